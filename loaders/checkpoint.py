@@ -1,0 +1,220 @@
+"""Reading checkpoints: safetensors, ``.pth``/``.bin`` with ``weights_only=True``, diffusers folders; strict loading.
+
+* :func:`read_state_dict` reads one file into a CPU state dict, optionally casting floating tensors to a dtype.
+* :func:`read_diffusers_folder` reads ``config.json`` plus the weights (single file or sharded index).
+* :func:`load_strict` loads a state dict into a module and raises :class:`CheckpointKeyError` naming the file and the
+  missing, unexpected and mis-shaped keys. Modules can be built on the meta device and materialised by the load
+  (``assign=True``), so the weights are held in memory once.
+* :func:`embedded_config` returns the configs the official loaders would fetch from the hub, shipped with the pack.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import torch
+
+from .store import CorruptModelFile, check_file_format
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
+                "pytorch_model.bin")
+INDEX_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json",
+               "diffusion_pytorch_model.bin.index.json", "pytorch_model.bin.index.json")
+
+
+class UnsafeCheckpoint(RuntimeError):
+    """The file needs arbitrary unpickling; refused."""
+
+
+class CheckpointKeyError(RuntimeError):
+    """The checkpoint's keys do not match the module: names the file and the offending keys."""
+
+    def __init__(self, source: str, missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple, tuple]],
+                 what: str = "", limit: int = 12):
+        self.source, self.missing, self.unexpected, self.mismatched = source, missing, unexpected, mismatched
+
+        def show(keys):
+            head = ", ".join(keys[:limit])
+            return head + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+        parts = [f"checkpoint {source} does not match {what or 'the model'}"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
+        if mismatched:
+            parts.append("shape mismatches ({}): {}".format(
+                len(mismatched), show([f"{k} file {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched])))
+        parts.append("Is this the right file for this model and version?")
+        super().__init__("\n  ".join(parts))
+
+
+def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
+    if dtype is None:
+        return sd
+    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def read_state_dict(path: str | Path, dtype: torch.dtype | None = None, unwrap: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a CPU state dict.
+
+    ``.safetensors``/``.sft`` are memory-mapped; ``.pth``/``.pt``/``.bin``/``.ckpt`` go through
+    ``torch.load(weights_only=True)`` (never arbitrary unpickling). ``unwrap`` names a top-level key to descend into
+    (for files that store ``{"state_dict": {...}}``); a lone ``state_dict`` key is unwrapped automatically.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".safetensors", ".sft"):
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        else:
+            raise ValueError(f"unsupported checkpoint format {suffix!r} for {path} (use .safetensors, .pth or .bin)")
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(f"{path} holds Python objects beyond tensors, which this pack refuses to unpickle "
+                               f"(torch.load weights_only=True): {e}. Use the official file, or convert it to "
+                               "safetensors.") from e
+    except (RuntimeError, OSError, EOFError) as e:
+        problem = check_file_format(path) or f"{type(e).__name__}: {e}"
+        raise CorruptModelFile(None, path, problem) from e
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError":
+            raise CorruptModelFile(None, path, f"{type(e).__name__}: {e}") from e
+        raise
+    if unwrap is not None:
+        if unwrap not in sd:
+            raise CheckpointKeyError(str(path), [unwrap], [], [], what=f"the expected layout (top-level {unwrap!r})")
+        sd = sd[unwrap]
+    elif set(sd) == {"state_dict"}:
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointKeyError(str(path), [], [], [], what="a flat tensor state dict")
+    return _cast(dict(sd), dtype)
+
+
+def _is_zip(path: Path) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(path)
+
+
+def find_weights(folder: str | Path) -> list[Path]:
+    """The weight file(s) of a diffusers-style folder: one file, or the shards listed by an index."""
+    folder = Path(folder)
+    for name in INDEX_NAMES:
+        idx = folder / name
+        if idx.is_file():
+            shards = sorted(set(json.loads(idx.read_text())["weight_map"].values()))
+            return [folder / s for s in shards]
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return [folder / name]
+    found = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pth"))
+    if len(found) == 1:
+        return found
+    raise FileNotFoundError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_NAMES)}")
+
+
+def read_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None,
+                          config: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of a diffusers-style folder. An explicit ``config`` replaces ``config.json``."""
+    folder = Path(folder)
+    if config is None:
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{folder} has no config.json; pass a config explicitly")
+        config = json.loads(cfg_path.read_text())
+    sd: dict[str, torch.Tensor] = {}
+    for f in find_weights(folder):
+        sd.update(read_state_dict(f, dtype=dtype))
+    return config, sd
+
+
+def read_checkpoint(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a file, or from a diffusers folder (its config is ignored here)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_diffusers_folder(path, dtype=dtype, config={})[1]
+    return read_state_dict(path, dtype=dtype)
+
+
+def strip_config(config: dict) -> dict:
+    """Drop diffusers bookkeeping entries (``_class_name``, ``_diffusers_version``, ...)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def embedded_config(name: str) -> dict:
+    """A config shipped with the pack (``loaders/configs/<name>.json``), e.g. ``sd15_unet``, ``wav2vec2_base``."""
+    path = CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+        raise KeyError(f"no embedded config {name!r} (known: {known})")
+    return json.loads(path.read_text())
+
+
+def diff_keys(module: torch.nn.Module, sd: Mapping[str, torch.Tensor]):
+    """``(missing, unexpected, mismatched)`` between a module's state dict and ``sd``."""
+    own = module.state_dict()
+    missing = sorted(k for k in own if k not in sd)
+    unexpected = sorted(k for k in sd if k not in own)
+    mismatched = sorted((k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own
+                        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape))
+    return missing, unexpected, mismatched
+
+
+def load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "state dict",
+                what: str = "", ignore: Callable[[str], bool] | None = None) -> torch.nn.Module:
+    """Load ``sd`` into ``module`` requiring an exact key and shape match (``ignore`` filters known extras).
+
+    Works for modules built on the meta device: the tensors are assigned, not copied.
+    """
+    if ignore is not None:
+        sd = {k: v for k, v in sd.items() if not ignore(k)}
+    missing, unexpected, mismatched = diff_keys(module, sd)
+    if missing or unexpected or mismatched:
+        raise CheckpointKeyError(source, missing, unexpected, mismatched, what=what or type(module).__name__)
+    on_meta = any(t.is_meta for t in module.state_dict().values())
+    module.load_state_dict(sd, strict=True, assign=on_meta)
+    return module
+
+
+@contextmanager
+def on_meta_device() -> Iterator[None]:
+    """Build modules without allocating weights (fill them later with :func:`load_strict`)."""
+    with torch.device("meta"):
+        yield
+
+
+def build_and_load(factory: Callable[[], torch.nn.Module], sd: Mapping[str, torch.Tensor], source: str,
+                   dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Build ``factory()`` on the meta device, load ``sd`` strictly and return it (CPU, in ``dtype`` if given)."""
+    with on_meta_device():
+        module = factory()
+    sd = _cast(dict(sd), dtype)
+    load_strict(module, sd, source=source)
+    # Buffers that are not in the state dict (non-persistent) are still on meta: rebuild them on the CPU.
+    leftover = [n for n, b in module.named_buffers() if b.is_meta]
+    if leftover:
+        cpu = factory()
+        cpu_buffers = dict(cpu.named_buffers())
+        for name in leftover:
+            owner, attr = _owner(module, name)
+            owner._buffers[attr] = cpu_buffers[name].to(dtype) if dtype and cpu_buffers[name].is_floating_point() \
+                else cpu_buffers[name]
+    return module
+
+
+def _owner(module: torch.nn.Module, dotted: str):
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        module = getattr(module, p)
+    return module, parts[-1]

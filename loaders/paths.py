@@ -1,0 +1,31 @@
+"""ComfyUI folder registration. Imported only inside ComfyUI."""
+from __future__ import annotations
+
+import os
+
+PACK_FOLDER = "portrait_animation"
+STANDARD_FOLDERS = ("checkpoints", "vae", "clip_vision", "audio_encoders", "text_encoders", "diffusion_models", "loras")
+
+
+def register_comfy_folders() -> None:
+    """Register the pack's model folder with ``folder_paths``, merging with entries from extra_model_paths.yaml.
+
+    ``models/portrait_animation`` is appended (not prepended), so a folder the user configured for this key comes
+    first and receives downloads. Standard keys that an older ComfyUI lacks are added the same way.
+    """
+    import folder_paths
+
+    folder_paths.add_model_folder_path(PACK_FOLDER, os.path.join(folder_paths.models_dir, PACK_FOLDER))
+    for key in STANDARD_FOLDERS:
+        if key not in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(key, os.path.join(folder_paths.models_dir, key))
+
+
+def comfy_folders(key: str) -> list[str]:
+    import folder_paths
+
+    try:
+        return list(folder_paths.get_folder_paths(key))
+    except KeyError:
+        register_comfy_folders()
+        return list(folder_paths.get_folder_paths(key))

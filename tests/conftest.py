@@ -1,0 +1,56 @@
+"""Test setup: import the repository root as the package ``portrait_animation`` (the folder name is arbitrary, as it
+is under ComfyUI/custom_nodes), and locate the shared data and parity folders."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+DATA = SHARED / "data"
+PACKAGE = "portrait_animation"
+
+
+def _register_package() -> None:
+    if PACKAGE in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+
+
+_register_package()
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers: `parity`, `helpers`
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which parity cases the default selection left out, so nothing is silently skipped."""
+    from parity import runner
+
+    if not runner.parity_root().is_dir():
+        return
+    chosen, left = runner.split_cases(runner.discover())
+    if not left:
+        return
+    counts: dict[str, int] = {}
+    for c in left:
+        counts[c.family] = counts.get(c.family, 0) + 1
+    fams = ", ".join(f"{f} ({n} cases)" for f, n in sorted(counts.items()))
+    terminalreporter.write_sep("-", "parity selection")
+    terminalreporter.write_line(f"parity: ran {len(chosen)} case(s) of finished families "
+                                f"{list(runner.FAMILIES_DONE) or '[]'}; left out {len(left)}: {fams}.")
+    terminalreporter.write_line("parity: set PARITY_FAMILIES=all (or a comma list) to run them; "
+                                "unhandled components fail.")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"sample media folder {DATA} not found (set SHARED_DIR to the folder holding data/ and parity/)")
+    return DATA
