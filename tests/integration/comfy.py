@@ -1,0 +1,182 @@
+"""Start a real ComfyUI server for integration tests and talk to it over HTTP and WebSocket.
+
+The pack is exposed to the server through a temporary ``custom_nodes`` folder holding a symlink to the repository
+(so the folder name is arbitrary, as after a user's clone) and an ``extra_model_paths.yaml``; the server gets its own
+input, output, temp, user and models folders and runs with ``--cpu`` on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACK_LINK_NAME = "portrait_animation_under_test"
+
+
+def comfy_python(comfy_path: Path) -> str:
+    """Interpreter for the server: $COMFYUI_PYTHON, a venv inside the checkout, or this interpreter."""
+    if os.environ.get("COMFYUI_PYTHON"):
+        return os.environ["COMFYUI_PYTHON"]
+    for cand in (comfy_path / ".venv/bin/python", comfy_path / "venv/bin/python"):
+        if cand.exists():
+            return str(cand)
+    return sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ComfyServer:
+    comfy_path: Path
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.workdir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.workdir / "output"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.workdir / "models"
+
+    def start(self, timeout: float = 240) -> "ComfyServer":
+        nodes = self.workdir / "custom_nodes"
+        nodes.mkdir(parents=True, exist_ok=True)
+        link = nodes / PACK_LINK_NAME
+        if not link.exists():
+            link.symlink_to(ROOT, target_is_directory=True)
+        for d in ("input", "output", "temp", "user", "models/portrait_animation"):
+            (self.workdir / d).mkdir(parents=True, exist_ok=True)
+        yaml = self.workdir / "extra_model_paths.yaml"
+        yaml.write_text(
+            "pack_tests:\n"
+            f"  custom_nodes: {nodes}\n"
+            f"  portrait_animation: {self.models_dir / 'portrait_animation'}\n"
+        )
+        self.port = free_port()
+        self.log_path = self.workdir / "server.log"
+        cmd = [comfy_python(self.comfy_path), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--extra-model-paths-config", str(yaml), "--disable-all-custom-nodes",
+               "--whitelist-custom-nodes", PACK_LINK_NAME, "--disable-api-nodes", "--disable-auto-launch",
+               "--input-directory", str(self.input_dir), "--output-directory", str(self.output_dir),
+               "--temp-directory", str(self.workdir / "temp"), "--user-directory", str(self.workdir / "user"),
+               "--preview-method", "none"]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.comfy_path, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/system_stats", timeout=2)
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    # ---- HTTP ---------------------------------------------------------------------------------------------------
+    def request(self, method: str, path: str, body=None, timeout: float = 30):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, raw.decode(errors="replace")
+
+    def get(self, path: str, timeout: float = 30):
+        status, body = self.request("GET", path, timeout=timeout)
+        if status != 200:
+            raise RuntimeError(f"GET {path} -> {status}: {body}")
+        return body
+
+    def queue(self, prompt: dict) -> tuple[int, dict]:
+        return self.request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        """Poll /history until the prompt finished; returns its history entry."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{prompt_id}")
+            if prompt_id in hist and hist[prompt_id].get("status", {}).get("completed") is not None:
+                entry = hist[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error") or entry["status"].get("completed"):
+                    return entry
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
+
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        status, body = self.queue(prompt)
+        if status != 200:
+            raise AssertionError(f"/prompt rejected the graph ({status}): {json.dumps(body, indent=1)[:3000]}")
+        return self.wait(body["prompt_id"], timeout)
+
+    def ws(self):
+        import websocket
+
+        conn = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=60)
+        return conn
+
+
+def status_messages(entry: dict) -> dict[str, dict]:
+    return {name: data for name, data in entry.get("status", {}).get("messages", [])}
+
+
+def load_api_workflow(path: Path) -> dict:
+    graph = json.loads(path.read_text())
+    return {k: v for k, v in graph.items() if not k.startswith("_")}
+
+
+def stage_inputs(server: ComfyServer, files) -> None:
+    for f in files:
+        shutil.copy(f, server.input_dir / Path(f).name)

@@ -1,0 +1,138 @@
+"""The pack inside a real ComfyUI: registration, schemas, errors, workflows, cancellation."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .comfy import ROOT, load_api_workflow, status_messages
+
+PACK_CATEGORY = "Portrait Animation"
+API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
+
+
+def pack_nodes(object_info: dict) -> dict[str, dict]:
+    return {k: v for k, v in object_info.items() if k.startswith("PortraitAnim_")}
+
+
+def test_pack_imports_without_errors(comfy_server):
+    log = comfy_server.log_text()
+    assert "IMPORT FAILED" not in log and "Cannot import" not in log, comfy_server.log_tail()
+    assert "Error while calling comfy_entrypoint" not in log, comfy_server.log_tail()
+    assert "nodes in" not in log or "are unavailable" not in log, comfy_server.log_tail()
+
+
+def test_every_node_is_listed_with_tooltips(comfy_server):
+    nodes = pack_nodes(comfy_server.get("/object_info"))
+    expected = {"PortraitAnim_ModelFiles", "PortraitAnim_FaceCrop", "PortraitAnim_FacePasteBack"}
+    assert expected <= set(nodes), sorted(nodes)
+    for node_id, info in nodes.items():
+        assert info["category"].startswith(PACK_CATEGORY), node_id
+        assert info["description"], f"{node_id} has no description"
+        assert info["python_module"].startswith("custom_nodes."), node_id
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                opts = spec[1] if len(spec) > 1 else {}
+                assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+        tips = info.get("output_tooltips") or []
+        assert len(tips) == len(info["output"]) and all(tips), f"{node_id} outputs lack tooltips: {tips}"
+
+
+def test_missing_weights_error_lists_file_source_destination(comfy_server):
+    prompt = {"1": {"class_type": "PortraitAnim_ModelFiles",
+                    "inputs": {"family": "memo", "groups": "all", "download": False, "verify_checksums": False}}}
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    err = status_messages(entry)["execution_error"]
+    msg = err["exception_message"]
+    assert err["node_type"] == "PortraitAnim_ModelFiles"
+    assert "missing" in msg and "downloading is off" in msg
+    assert "source:" in msg and "huggingface.co/memoavatar/memo" in msg
+    assert "destination:" in msg and str(comfy_server.models_dir / "portrait_animation") in msg
+
+
+def test_bad_input_is_rejected_with_its_name(comfy_server):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "harris.jpg"}},
+        "2": {"class_type": "PortraitAnim_FaceCrop", "inputs": {"images": ["1", 0], "size": 3}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    status, body = comfy_server.queue(prompt)
+    assert status == 400, body
+    errors = body["node_errors"]["2"]["errors"]
+    assert any(e["extra_info"].get("input_name") == "size" for e in errors), errors
+
+
+def test_no_face_is_a_clear_runtime_error(comfy_server):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 256, "height": 256, "batch_size": 2, "color": 0}},
+        "2": {"class_type": "PortraitAnim_FaceCrop", "inputs": {"images": ["1", 0]}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    msg = status_messages(entry)["execution_error"]["exception_message"]
+    assert "no face" in msg.lower() and "frame 0" in msg, msg
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_runs(comfy_server, path):
+    entry = comfy_server.run(load_api_workflow(path), timeout=600)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
+    files = [f for out in entry["outputs"].values() for key in ("images", "videos", "gifs", "audio")
+             for f in out.get(key, [])]
+    assert files, f"{path.name} produced no output files: {entry['outputs']}"
+    for f in files:
+        folder = comfy_server.output_dir if f.get("type", "output") == "output" else comfy_server.workdir / "temp"
+        assert (folder / f.get("subfolder", "") / f["filename"]).is_file(), f
+
+
+def test_workflow_folder_has_ui_and_api_versions():
+    ui = {p.stem for p in (ROOT / "workflows").glob("*.json")}
+    api = {p.stem for p in API_WORKFLOWS}
+    assert api, "no API-format workflows in workflows/api"
+    assert ui == api, f"UI and API workflows differ: ui-only {sorted(ui - api)}, api-only {sorted(api - ui)}"
+    for stem in ui:
+        graph = json.loads((ROOT / "workflows" / f"{stem}.json").read_text())
+        assert "nodes" in graph and "links" in graph, f"workflows/{stem}.json is not UI format"
+
+
+def test_interrupt_stops_a_running_job_and_server_keeps_serving(comfy_server, data_dir):
+    # A long job: landmarks on a video's frames repeated many times (PortraitAnim_LoadVideo -> RepeatImageBatch).
+    prompt = {
+        "1": {"class_type": "PortraitAnim_LoadVideo", "inputs": {"video": "driving_video.mp4"}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 20}},
+        "3": {"class_type": "PortraitAnim_FaceCrop", "inputs": {"images": ["2", 0]}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    ws = comfy_server.ws()
+    try:
+        status, body = comfy_server.queue(prompt)
+        assert status == 200, body
+        pid = body["prompt_id"]
+        deadline = time.time() + 300
+        interrupted = False
+        while time.time() < deadline:
+            raw = ws.recv()
+            if not isinstance(raw, str):
+                continue
+            msg = json.loads(raw)
+            data = msg.get("data", {})
+            if data.get("prompt_id") not in (None, pid):
+                continue
+            if msg["type"] == "progress" and data.get("node") == "3" and not interrupted:
+                comfy_server.request("POST", "/interrupt", {})
+                interrupted = True
+            if msg["type"] in ("execution_interrupted", "execution_success", "execution_error"):
+                break
+        assert interrupted, "never saw progress from the face node"
+        assert msg["type"] == "execution_interrupted", msg
+    finally:
+        ws.close()
+    # the server still serves: a small job succeeds afterwards
+    quick = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+             "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    assert comfy_server.run(quick)["status"]["status_str"] == "success"

@@ -1,0 +1,167 @@
+"""Convert ComfyUI workflows between API format (what /prompt runs) and UI format (what the editor and the template
+browser load), using a server's ``/object_info`` to know each node's inputs, widgets and outputs.
+
+    python tools/workflow_ui.py to-ui   workflows/api/x.json  workflows/x.json  --server http://127.0.0.1:8188
+    python tools/workflow_ui.py to-api  workflows/x.json      x_api.json        --object-info info.json
+
+UI format: ``widgets_values`` are positional in the node's input order; an INT widget with
+``control_after_generate`` carries an extra "fixed" value; upload combos carry the upload widget's value.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from collections import defaultdict
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UPLOAD_FLAGS = {"image_upload": "image", "video_upload": "video", "audio_upload": "audio"}
+
+
+def _inputs(info: dict) -> list[tuple[str, object, dict]]:
+    """(name, type, options) for every required/optional input, in the node's input order."""
+    specs = {}
+    for section in ("required", "optional"):
+        for name, spec in info["input"].get(section, {}).items():
+            specs[name] = (spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+    order = [n for s in ("required", "optional") for n in info.get("input_order", {}).get(s, [])] or list(specs)
+    return [(n, *specs[n]) for n in order if n in specs]
+
+
+def is_widget(type_, opts: dict) -> bool:
+    if opts.get("forceInput"):
+        return False
+    return isinstance(type_, list) or type_ in WIDGET_TYPES
+
+
+def _widget_values(name, type_, opts, value) -> list:
+    vals = [value]
+    if type_ == "INT" and opts.get("control_after_generate"):
+        vals.append("fixed")
+    for flag, kind in UPLOAD_FLAGS.items():
+        if opts.get(flag):
+            vals.append(kind)
+    return vals
+
+
+def _depths(api: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(nid, stack=()):
+        if nid in depth:
+            return depth[nid]
+        if nid in stack:
+            raise ValueError(f"cycle at node {nid}")
+        parents = [v[0] for v in api[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2]
+        depth[nid] = 1 + max((visit(p, stack + (nid,)) for p in parents), default=-1)
+        return depth[nid]
+
+    for nid in api:
+        visit(nid)
+    return depth
+
+
+def api_to_ui(api: dict, object_info: dict) -> dict:
+    api = {k: v for k, v in api.items() if not k.startswith("_")}
+    depth = _depths(api)
+    column_rows: dict[int, int] = defaultdict(int)
+    nodes, links = [], []
+    out_links: dict[tuple[str, int], list[int]] = defaultdict(list)
+    link_id = 0
+    for nid in sorted(api, key=lambda n: (depth[n], int(n) if n.isdigit() else n)):
+        node = api[nid]
+        info = object_info[node["class_type"]]
+        ui_inputs, widgets = [], []
+        for name, type_, opts in _inputs(info):
+            value = node["inputs"].get(name)
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                link_id += 1
+                src, slot = value
+                src_type = object_info[api[src]["class_type"]]["output"][slot]
+                links.append([link_id, int(src), slot, int(nid), len(ui_inputs), src_type])
+                out_links[(src, slot)].append(link_id)
+                entry = {"name": name, "type": src_type, "link": link_id}
+                if is_widget(type_, opts):
+                    entry["widget"] = {"name": name}
+                    widgets.extend(_widget_values(name, type_, opts, None))
+                ui_inputs.append(entry)
+            elif is_widget(type_, opts):
+                if value is None:
+                    value = opts.get("default")
+                widgets.extend(_widget_values(name, type_, opts, value))
+            elif value is None:
+                ui_inputs.append({"name": name, "type": type_ if isinstance(type_, str) else "COMBO", "link": None})
+        col = depth[nid]
+        row = column_rows[col]
+        column_rows[col] += 1
+        nodes.append({
+            "id": int(nid), "type": node["class_type"], "pos": [40 + 360 * col, 40 + 300 * row], "size": [320, 260],
+            "flags": {}, "order": 0, "mode": 0, "inputs": ui_inputs,
+            "outputs": [{"name": n, "type": t, "slot_index": i, "links": []}
+                        for i, (n, t) in enumerate(zip(info.get("output_name", info["output"]), info["output"]))],
+            "properties": {"Node name for S&R": node["class_type"]},
+            "widgets_values": widgets,
+            **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title") else {}),
+        })
+    for n in nodes:
+        for out in n["outputs"]:
+            out["links"] = out_links.get((str(n["id"]), out["slot_index"]), [])
+    for i, n in enumerate(sorted(nodes, key=lambda n: (depth[str(n["id"])], n["id"]))):
+        n["order"] = i
+    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": link_id, "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def ui_to_api(ui: dict, object_info: dict) -> dict:
+    links = {l[0]: l for l in ui["links"]}
+    api = {}
+    for n in ui["nodes"]:
+        if n.get("mode", 0) in (2, 4) or n["type"] not in object_info:
+            continue
+        info = object_info[n["type"]]
+        by_name = {i["name"]: i for i in n.get("inputs", [])}
+        values = list(n.get("widgets_values") or [])
+        inputs = {}
+        for name, type_, opts in _inputs(info):
+            linked = by_name.get(name, {}).get("link")
+            if is_widget(type_, opts):
+                consumed = _widget_values(name, type_, opts, None)
+                value, values = values[0] if values else None, values[len(consumed):]
+                if linked is None:
+                    inputs[name] = value
+                    continue
+            if linked is not None:
+                l = links[linked]
+                inputs[name] = [str(l[1]), l[2]]
+        api[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
+        if n.get("title"):
+            api[str(n["id"])]["_meta"] = {"title": n["title"]}
+    return api
+
+
+def fetch_object_info(server: str) -> dict:
+    with urllib.request.urlopen(server.rstrip("/") + "/object_info", timeout=60) as r:
+        return json.loads(r.read())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("direction", choices=("to-ui", "to-api"))
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    src_info = ap.add_mutually_exclusive_group(required=True)
+    src_info.add_argument("--server", help="ComfyUI server to read /object_info from")
+    src_info.add_argument("--object-info", help="a saved /object_info JSON")
+    args = ap.parse_args(argv)
+    info = fetch_object_info(args.server) if args.server else json.load(open(args.object_info))
+    data = json.load(open(args.src))
+    out = api_to_ui(data, info) if args.direction == "to-ui" else ui_to_api(data, info)
+    with open(args.dst, "w") as fh:
+        json.dump(out, fh, indent=2)
+        fh.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
