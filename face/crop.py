@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 import torch
 
+from .constants import (DEFAULT_CROP_SIZE, DEFAULT_OFFSET_Y, DEFAULT_SCALE, DEFAULT_WINDOW, PAD_MODES,
+                        STABILITY_MODES)
 from .frames import Frames, as_batch, frame_float, frame_size
 from .track import FaceTrack
 
-STABILITY_MODES = ("smooth", "fixed", "per_frame")
-PAD_MODES = ("replicate", "black", "reflect")
 _CV_BORDER = {"replicate": cv2.BORDER_REPLICATE, "black": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
 
 
@@ -106,7 +106,8 @@ def box_outside(box, height: int, width: int) -> bool:
 # ---------------------------------------------------------------------------------------------------------------------
 # boxes
 # ---------------------------------------------------------------------------------------------------------------------
-def landmark_boxes(track: FaceTrack, scale: float = 1.6, offset_x: float = 0.0, offset_y: float = 0.0) -> np.ndarray:
+def landmark_boxes(track: FaceTrack, scale: float = DEFAULT_SCALE, offset_x: float = 0.0,
+                   offset_y: float = DEFAULT_OFFSET_Y) -> np.ndarray:
     """Per-frame square boxes as ``[N, 3]`` float64 ``cx, cy, side`` (centre form, not rounded).
 
     Raises :class:`NoFaceError` if a frame has no landmarks (fill them first)."""
@@ -136,7 +137,7 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (c[hi] - c[lo]) / cnt
 
 
-def stabilize_boxes(centre_boxes: np.ndarray, mode: str = "smooth", window: int = 9) -> np.ndarray:
+def stabilize_boxes(centre_boxes: np.ndarray, mode: str = "smooth", window: int = DEFAULT_WINDOW) -> np.ndarray:
     """``[N, 3]`` ``cx, cy, side`` -> stabilised ``[N, 3]`` ``cx, cy, side`` (see the module docstring)."""
     if mode not in STABILITY_MODES:
         raise ValueError(f"unknown stability mode {mode!r}: use one of {', '.join(STABILITY_MODES)}")
@@ -161,8 +162,9 @@ def to_corner_boxes(centre_boxes: np.ndarray) -> np.ndarray:
     return np.stack([np.round(b[:, 0] - side / 2), np.round(b[:, 1] - side / 2), side], axis=1)
 
 
-def compute_crop_boxes(track: FaceTrack, scale: float = 1.6, offset_x: float = 0.0, offset_y: float = 0.0,
-                       mode: str = "smooth", window: int = 9) -> np.ndarray:
+def compute_crop_boxes(track: FaceTrack, scale: float = DEFAULT_SCALE, offset_x: float = 0.0,
+                       offset_y: float = DEFAULT_OFFSET_Y, mode: str = "smooth",
+                       window: int = DEFAULT_WINDOW) -> np.ndarray:
     """Stable whole-pixel square boxes ``[N, 3]`` (``x0, y0, side``) for every frame of ``track``."""
     return to_corner_boxes(stabilize_boxes(landmark_boxes(track, scale, offset_x, offset_y), mode, window))
 
@@ -203,7 +205,7 @@ def extract_box(frame: np.ndarray, box, pad_mode: str = "replicate") -> np.ndarr
     return region
 
 
-def crop_frames(images: Frames, boxes: np.ndarray, size: int = 512, pad_mode: str = "replicate",
+def crop_frames(images: Frames, boxes: np.ndarray, size: int = DEFAULT_CROP_SIZE, pad_mode: str = "replicate",
                 input_name: str = "images", progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Crop whole-pixel ``boxes`` (``[N, 3]``, N = 1 or the batch size) from ``images`` (IMAGE ``[B, H, W, 3]``) and
     resize each to ``size`` -> IMAGE ``[B, size, size, 3]`` float32."""
@@ -217,17 +219,18 @@ def crop_frames(images: Frames, boxes: np.ndarray, size: int = 512, pad_mode: st
     if len(boxes) not in (1, n):
         raise ValueError(f"{len(boxes)} crop boxes for {n} frames of input '{input_name}'")
     out = torch.empty((n, size, size, 3), dtype=torch.float32)
+    out_np = out.numpy()  # fill through numpy: much faster than per-frame torch copies
     for i in range(n):
         region = extract_box(frame_float(images, i), boxes[i if len(boxes) > 1 else 0], pad_mode)
-        out[i] = torch.from_numpy(np.ascontiguousarray(resize_square(region, size)))
+        out_np[i] = resize_square(region, size)
         if progress is not None:
             progress(1)
     return out
 
 
-def crop_faces(images: Frames, track: FaceTrack, size: int = 512, scale: float = 1.6, offset_x: float = 0.0,
-               offset_y: float = 0.0, mode: str = "smooth", window: int = 9, pad_mode: str = "replicate",
-               input_name: str = "images",
+def crop_faces(images: Frames, track: FaceTrack, size: int = DEFAULT_CROP_SIZE, scale: float = DEFAULT_SCALE,
+               offset_x: float = 0.0, offset_y: float = DEFAULT_OFFSET_Y, mode: str = "smooth",
+               window: int = DEFAULT_WINDOW, pad_mode: str = "replicate", input_name: str = "images",
                progress: Optional[Callable[[int], None]] = None) -> tuple[torch.Tensor, CropInfo]:
     """Square face crops of ``images`` (IMAGE ``[B, H, W, 3]``) around ``track``'s landmarks.
 

@@ -23,11 +23,10 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from .constants import BACKENDS, ON_MISSING
 from .frames import Frames, as_batch, frame_size, frame_uint8
 from .track import Face, FaceTrack, NoFaceError
 
-BACKENDS = ("auto", "bundled", "task")
-ON_MISSING = ("error", "fill_nearest")
 TASK_FAMILY, TASK_FILE_ID = "face", "face_landmarker"
 
 _MESH_CROP = 384          # side of the square crop the bundled mesh runs on (the face fills about half of it)
@@ -96,8 +95,8 @@ class _BundledBackend:
         mp = _import_mediapipe()
         if not bundled_available():
             raise RuntimeError(f"the installed mediapipe {getattr(mp, '__version__', '?')} carries no bundled face "
-                               "models (they were removed after 0.10.21); use the 'task' backend (face_landmarker.task, "
-                               "downloaded by the Face Detector node when 'download' is on)")
+                               "models (they were removed after 0.10.21); use the 'task' backend "
+                               "(face_landmarker.task, downloaded by the Face Detector node when 'download' is on)")
         self.max_faces = max_faces
         self.detector = mp.solutions.face_detection.FaceDetection(model_selection=1,
                                                                    min_detection_confidence=min_confidence)
@@ -313,6 +312,10 @@ class FaceDetector:
             raise ValueError(f"unknown on_missing {on_missing!r}: use one of {', '.join(ON_MISSING)}")
         if face_index < 0:
             raise ValueError(f"face_index must be >= 0 (0 = largest face), got {face_index}")
+        if face_index >= self.max_faces:
+            raise ValueError(f"face_index {face_index} needs at least {face_index + 1} faces per frame but the "
+                             f"detector looks for at most {self.max_faces}; raise 'max_faces' on the Face Detector "
+                             "node")
         images = as_batch(images, input_name)
         h, w = frame_size(images)
         self.prepare()

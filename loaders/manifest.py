@@ -49,8 +49,7 @@ class ModelFile:
         """Human-readable origin, used in error messages."""
         if self.url:
             return self.url
-        rev = "" if self.revision in (None, "main") else f"@{self.revision}"
-        return f"https://huggingface.co/{self.repo_id}{rev}/blob/{self.revision or 'main'}/{self.path}"
+        return f"https://huggingface.co/{self.repo_id}/blob/{self.revision or 'main'}/{self.path}"
 
     @property
     def destination(self) -> str:

@@ -86,9 +86,18 @@ def samples_for_frames(frames: int, fps, sample_rate: int) -> int:
 
 
 def audio_frame_count(audio: Audio, fps) -> int:
-    """How many video frames at ``fps`` the audio covers: ``ceil(T / sample_rate * fps)`` (0 for empty audio)."""
+    """How many video frames at ``fps`` the audio covers: ``ceil(T / sample_rate * fps)`` (0 for empty audio).
+
+    The ceiling forgives the half sample that :func:`samples_for_frames` may round away, so audio prepared for ``n``
+    frames (``prepare_audio(..., frames=n)``) always counts as exactly ``n`` frames.
+    """
     waveform, sr = _check_audio(audio)
-    return int(math.ceil(Fraction(waveform.shape[-1]) * as_fraction(fps) / sr))
+    total = waveform.shape[-1]
+    rate = as_fraction(fps)
+    n = int(math.ceil(Fraction(total) * rate / sr))
+    while n > 0 and samples_for_frames(n - 1, rate, sr) >= total:
+        n -= 1
+    return n
 
 
 def peak_db(audio: Audio) -> float:

@@ -1,0 +1,52 @@
+"""ComfyRuntime inside a real ComfyUI process: ModelPatcher + load_models_gpu, dtype policy, progress, interrupts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+from .comfy import ROOT, comfy_python
+
+SCRIPT = textwrap.dedent('''
+    import importlib.util, sys
+    sys.argv = ["main.py", "--cpu"]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import torch
+    import comfy.model_management as mm
+    spec = importlib.util.spec_from_file_location("pa", sys.argv_root + "/__init__.py",
+                                                  submodule_search_locations=[sys.argv_root])
+    pa = importlib.util.module_from_spec(spec); sys.modules["pa"] = pa; spec.loader.exec_module(pa)
+    from pa.runtime import get_runtime
+    from pa.runtime.comfy import ComfyRuntime
+    rt = get_runtime(node_id="7")
+    assert isinstance(rt, ComfyRuntime), type(rt)
+    assert rt.device.type == "cpu" and rt.dtype("auto") == torch.float32 and rt.dtype("bf16") == torch.bfloat16
+    h = rt.manage("toy", torch.nn.Linear(64, 64), torch.float32)
+    rt.load([h])
+    assert any(m is h.extra["patcher"] for m in mm.loaded_models()), "not loaded through model management"
+    rt.offload([h])
+    assert not any(m is h.extra["patcher"] for m in mm.loaded_models()), "still loaded after offload"
+    with rt.progress(3) as bar:
+        bar.update(1)
+    mm.interrupt_current_processing(True)
+    try:
+        with rt.progress(3) as bar:
+            bar.update(1)
+        raise SystemExit("progress update did not honour the interrupt")
+    except mm.InterruptProcessingException:
+        pass
+    print("COMFY RUNTIME OK")
+''')
+
+
+def test_comfy_runtime_under_model_management(tmp_path):
+    comfy = Path(os.environ["COMFYUI_PATH"])
+    script = tmp_path / "check.py"
+    script.write_text(SCRIPT.replace("sys.argv_root", repr(str(ROOT))))
+    r = subprocess.run([comfy_python(comfy), str(script)], cwd=comfy, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(comfy)))
+    assert "COMFY RUNTIME OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]

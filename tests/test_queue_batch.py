@@ -1,0 +1,365 @@
+"""tools/queue_batch.py without ComfyUI: job parsing and substitution, workflow checks, and the whole upload / queue /
+poll / download flow against a small fake ComfyUI HTTP server running in a thread."""
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "queue_batch.py"
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("queue_batch_under_test", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+qb = _load_tool()
+
+WORKFLOW = {
+    "10": {"class_type": "LoadImage", "inputs": {"image": "example.png"}, "_meta": {"title": "Load Image"}},
+    "11": {"class_type": "ImageInvert", "inputs": {"image": ["10", 0]}, "_meta": {"title": "Invert"}},
+    "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "out"},
+           "_meta": {"title": "Save Image"}},
+    "13": {"class_type": "PreviewImage", "inputs": {"images": ["11", 0]}, "_meta": {"title": "Preview"}},
+}
+
+
+@pytest.fixture
+def wf(tmp_path) -> Path:
+    path = tmp_path / "wf_api.json"
+    path.write_text(json.dumps({"_comment": "top-level keys starting with _ are ignored", **WORKFLOW}))
+    return path
+
+
+def jobs_for(wf: Path, *argv: str):
+    args = qb.parse_args([str(wf), *argv])
+    graph = qb.load_workflow(wf)
+    jobs = qb.build_jobs(graph, args)
+    runner = qb.Runner(graph, args, qb.upload_names(jobs, args.subfolder))
+    return jobs, {j.name: runner.prompt_for(j, None) for j in jobs}
+
+
+# ---- workflow checks and references ------------------------------------------------------------------------------
+def test_ui_format_is_rejected_with_export_hint(tmp_path):
+    ui = tmp_path / "ui.json"
+    ui.write_text(json.dumps({"last_node_id": 3, "nodes": [{"id": 1, "type": "LoadImage"}], "links": [],
+                              "version": 0.4}))
+    with pytest.raises(qb.UsageError, match=r"UI-format.*Export \(API\)"):
+        qb.load_workflow(ui)
+    # and from the command line, standalone (the tool must not import the pack): exit status 2, message on stderr
+    proc = subprocess.run([sys.executable, str(TOOL), str(ui), "--dry-run"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Export (API)" in proc.stderr and proc.stdout == ""
+
+
+def test_non_api_workflow_is_rejected(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"1": {"inputs": {}}}))
+    with pytest.raises(qb.UsageError, match="not an API-format workflow"):
+        qb.load_workflow(bad)
+    bad.write_text("{not json")
+    with pytest.raises(qb.UsageError, match="cannot read workflow"):
+        qb.load_workflow(bad)
+
+
+def test_references_by_id_title_and_class_type():
+    graph = json.loads(json.dumps(WORKFLOW))
+    assert qb.resolve_ref(graph, "10.image") == qb.Ref("10", "image")
+    assert qb.resolve_ref(graph, "Load Image.image") == qb.Ref("10", "image")
+    assert qb.resolve_ref(graph, "SaveImage.filename_prefix") == qb.Ref("12", "filename_prefix")
+    with pytest.raises(qb.UsageError, match=r"no node .*'Load Imag'.*10 \(Load Image\)"):
+        qb.resolve_ref(graph, "Load Imag.image")
+    with pytest.raises(qb.UsageError, match=r"node 10 \(LoadImage\) has no input 'imag'; its inputs: image"):
+        qb.resolve_ref(graph, "10.imag")
+    with pytest.raises(qb.UsageError, match="NODE.INPUT"):
+        qb.resolve_ref(graph, "image")
+    graph["13"]["_meta"]["title"] = "Invert"
+    with pytest.raises(qb.UsageError, match="several nodes"):
+        qb.resolve_ref(graph, "Invert.images")
+
+
+def test_jobs_file_substitution_by_id_and_title(wf, tmp_path):
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "harris.jpg").write_bytes(b"jpeg")
+    jobs_file = tmp_path / "jobs.json"
+    jobs_file.write_text(json.dumps([
+        {"name": "harris", "set": {"Load Image.image": "media/harris.jpg", "12.filename_prefix": "h"}},
+        {"name": "remote", "10.image": "already_on_server.png", "Save Image.filename_prefix": "r"},
+    ]))
+    jobs, prompts = jobs_for(wf, "--jobs", str(jobs_file), "--set", "Save Image.filename_prefix=all")
+    assert [j.name for j in jobs] == ["harris", "remote"]
+    # a local media file (relative to the jobs file) becomes an upload; the prompt carries the uploaded name
+    assert jobs[0].settings[qb.Ref("10", "image")] == qb.Upload((tmp_path / "media" / "harris.jpg").resolve())
+    assert prompts["harris"]["10"]["inputs"]["image"] == "harris.jpg"
+    assert prompts["remote"]["10"]["inputs"]["image"] == "already_on_server.png"
+    # --set applies to every job, over the job's own values; other nodes are untouched
+    assert {p["12"]["inputs"]["filename_prefix"] for p in prompts.values()} == {"all"}
+    assert prompts["harris"]["11"] == WORKFLOW["11"] and "_comment" not in prompts["harris"]
+
+
+def test_jsonl_and_csv_jobs(wf, tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"name": "x", "set": {"12.filename_prefix": "px"}}\n\n'
+                                      '{"12.filename_prefix": "py"}\n')
+    (tmp_path / "b.csv").write_text("name,Save Image.filename_prefix,10.image\nc1,pc,\nc2,42,in.png\n")
+    jobs, prompts = jobs_for(wf, "--jobs", str(tmp_path / "a.jsonl"))
+    assert [j.name for j in jobs] == ["x", "job2"]
+    assert prompts["job2"]["12"]["inputs"]["filename_prefix"] == "py"
+    jobs, prompts = jobs_for(wf, "--jobs", str(tmp_path / "b.csv"))
+    assert prompts["c1"]["10"]["inputs"]["image"] == "example.png"  # empty cell: left alone
+    assert prompts["c2"]["12"]["inputs"]["filename_prefix"] == 42 and prompts["c2"]["10"]["inputs"]["image"] == "in.png"
+
+
+def test_media_and_seeds_product_and_zip(wf, tmp_path):
+    for n in ("a.png", "b.png"):
+        (tmp_path / n).write_bytes(n.encode())
+    media = ["--media", "Load Image.image", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    jobs, prompts = jobs_for(wf, *media, "--seeds", "12.filename_prefix", "1", "2", "3")
+    assert [j.name for j in jobs] == ["a_seed1", "a_seed2", "a_seed3", "b_seed1", "b_seed2", "b_seed3"]
+    assert prompts["b_seed3"]["10"]["inputs"]["image"] == "b.png"
+    assert prompts["b_seed3"]["12"]["inputs"]["filename_prefix"] == 3
+    jobs, prompts = jobs_for(wf, *media, "--seeds", "12.filename_prefix", "7", "8", "--combine", "zip")
+    assert [(p["10"]["inputs"]["image"], p["12"]["inputs"]["filename_prefix"]) for p in prompts.values()] == \
+        [("a.png", 7), ("b.png", 8)]
+    with pytest.raises(qb.UsageError, match="equal length"):
+        jobs_for(wf, *media, "--seeds", "12.filename_prefix", "1", "2", "3", "--combine", "zip")
+    with pytest.raises(qb.UsageError, match="has no input 'seed'"):
+        jobs_for(wf, "--seeds", "12.seed", "1")
+
+
+def test_same_file_name_from_two_folders_gets_distinct_upload_names(wf, tmp_path):
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "face.png").write_bytes(d.encode())
+    jobs, prompts = jobs_for(wf, "--media", "10.image", str(tmp_path / "x/face.png"), str(tmp_path / "y/face.png"),
+                             "--subfolder", "batch")
+    assert [j.name for j in jobs] == ["face", "face-2"]
+    names = [p["10"]["inputs"]["image"] for p in prompts.values()]
+    assert names[0] == "batch/face.png" and names[1].startswith("batch/face-") and names[1].endswith(".png")
+
+
+def test_dry_run_prints_prompts_and_contacts_nobody(wf, tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(b"a")
+    rc = qb.main([str(wf), "--media", "10.image", str(tmp_path / "a.png"), "--server", "http://127.0.0.1:9",
+                  "--dry-run"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["name"] == "a" and out[0]["prompt"]["10"]["inputs"]["image"] == "a.png"
+    assert out[0]["uploads"] == {"a.png": str((tmp_path / "a.png").resolve())}
+
+
+def test_validation_error_is_summarised():
+    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
+            "node_errors": {"10": {"class_type": "LoadImage", "errors": [
+                {"message": "Custom validation failed for node", "details": "image - Invalid image file: x.png"}]}}}
+    msg = qb.format_validation_error(body)
+    assert msg.startswith("Prompt outputs failed validation; node 10 (LoadImage): Custom validation failed")
+    assert "Invalid image file: x.png" in msg
+
+
+# ---- the whole flow against a fake server --------------------------------------------------------------------------
+class FakeComfy:
+    """Enough of ComfyUI's HTTP API: /system_stats, /upload/image, /prompt (LoadImage must name an uploaded file, else
+    400 with node_errors), /history/{id} (empty on the first poll; prefix "boom" ends in execution_error), /view,
+    /queue, /interrupt. No /ws, so the tool must poll."""
+
+    def __init__(self):
+        self.uploads: dict[str, bytes] = {}
+        self.prompts: dict[str, dict] = {}
+        self.history: dict[str, dict] = {}
+        self.files: dict[tuple, bytes] = {}
+        self.polls: dict[str, int] = {}
+        self.running = self.max_running = 0
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def reply(self, status, body):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def do_GET(self):
+                url = urllib.parse.urlparse(self.path)
+                q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
+                if url.path == "/system_stats":
+                    return self.reply(200, {"system": {}})
+                if url.path.startswith("/history/"):
+                    return self.reply(200, fake.poll(url.path.rsplit("/", 1)[1]))
+                if url.path == "/view":
+                    data = fake.files.get((q.get("type"), q.get("subfolder"), q.get("filename")))
+                    return self.reply(200, data) if data is not None else self.reply(404, b"")
+                self.reply(404, b"not found")
+
+            def do_POST(self):
+                if self.path == "/upload/image":
+                    return self.reply(200, fake.upload(self.headers["Content-Type"], self.body()))
+                if self.path == "/prompt":
+                    return self.reply(*fake.queue(json.loads(self.body())))
+                if self.path in ("/queue", "/interrupt"):
+                    return self.reply(200, {})
+                self.reply(404, b"not found")
+
+        return Handler
+
+    def upload(self, ctype: str, body: bytes) -> dict:
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+        fields, name, data = {}, None, None
+        for part in msg.iter_parts():
+            key = part.get_param("name", header="content-disposition")
+            if part.get_filename():
+                name, data = part.get_filename(), part.get_payload(decode=True)
+            else:
+                fields[key] = part.get_payload(decode=True).decode()
+        assert fields["type"] == "input" and fields["overwrite"] == "true"
+        sub = fields.get("subfolder", "")
+        self.uploads[f"{sub}/{name}" if sub else name] = data
+        return {"name": name, "subfolder": sub, "type": "input"}
+
+    def queue(self, body: dict) -> tuple[int, dict]:
+        prompt = body["prompt"]
+        assert body.get("client_id")
+        image = prompt["10"]["inputs"]["image"]
+        if image not in self.uploads:
+            return 400, {"error": {"type": "prompt_outputs_failed_validation",
+                                   "message": "Prompt outputs failed validation", "details": "", "extra_info": {}},
+                         "node_errors": {"10": {"class_type": "LoadImage", "dependent_outputs": ["12"], "errors": [
+                             {"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                              "details": f"image - Invalid image file: {image}", "extra_info": {}}]}}}
+        pid = uuid.uuid4().hex
+        with self.lock:
+            self.prompts[pid] = prompt
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        return 200, {"prompt_id": pid, "number": len(self.prompts), "node_errors": {}}
+
+    def poll(self, pid: str) -> dict:
+        with self.lock:
+            self.polls[pid] = self.polls.get(pid, 0) + 1
+            if self.polls[pid] == 1:  # still running
+                return {}
+            if pid not in self.history:
+                self.running -= 1
+                self.history[pid] = self.finish(pid, self.prompts[pid])
+            return {pid: self.history[pid]}
+
+    def finish(self, pid: str, prompt: dict) -> dict:
+        prefix = prompt["12"]["inputs"]["filename_prefix"]
+        if prefix == "boom":
+            return {"outputs": {}, "status": {"status_str": "error", "completed": False, "messages": [
+                ["execution_start", {"prompt_id": pid}],
+                ["execution_error", {"prompt_id": pid, "node_id": "11", "node_type": "ImageInvert",
+                                     "exception_type": "RuntimeError", "exception_message": "boom\n"}]]}}
+        pixels = self.uploads[prompt["10"]["inputs"]["image"]]
+        image = {"filename": f"{prefix}_00001_.png", "subfolder": "", "type": "output"}
+        video = {"filename": f"{prefix}.mp4", "subfolder": "vids", "type": "output", "format": "video/h264-mp4"}
+        preview = {"filename": f"{prefix}_temp.png", "subfolder": "", "type": "temp"}
+        for item, tag in ((image, b"inverted:"), (video, b"video:"), (preview, b"preview:")):
+            self.files[(item["type"], item["subfolder"], item["filename"])] = tag + pixels
+        return {"prompt": [1, pid, prompt, {}, ["12"]],
+                "outputs": {"12": {"images": [image], "gifs": [video], "animated": [False], "text": ["hi"]},
+                            "13": {"images": [preview]}},
+                "status": {"status_str": "success", "completed": True, "messages": []}}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fakes():
+    servers = [FakeComfy(), FakeComfy()]
+    yield servers
+    for s in servers:
+        s.close()
+
+
+def test_batch_uploads_queues_polls_downloads_and_reports_failures(wf, tmp_path, fakes, capsys):
+    media = []
+    for n in ("harris", "dicaprio", "source"):
+        media.append(tmp_path / f"{n}.png")
+        media[-1].write_bytes(f"pixels of {n}".encode())
+    (tmp_path / "jobs.json").write_text(json.dumps([{"name": "exploding", "set": {
+        "10.image": "harris.png", "Save Image.filename_prefix": "boom"}}]))
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    argv = [str(wf), "--media", "Load Image.image", *map(str, media), "missing.png",
+            "--set", "Save Image.filename_prefix=res", "--subfolder", "qb", "--out", str(out), "--summary", str(summary),
+            "--max-in-flight", "2", "--poll-interval", "0.05", "--no-websocket"]
+    for fake in fakes:
+        argv += ["--server", fake.url]
+    assert qb.main(argv) == 1  # some job failed
+    assert qb.main([str(wf), "--jobs", str(tmp_path / "jobs.json"), "--server", fakes[0].url, "--out", str(out),
+                    "--poll-interval", "0.05", "--no-websocket"]) == 1
+    printed = capsys.readouterr().out
+
+    report = json.loads(summary.read_text())
+    jobs = {j["name"]: j for j in report["jobs"]}
+    assert list(jobs) == ["harris", "dicaprio", "source", "missing"]
+    assert (report["succeeded"], report["failed"]) == (3, 1)
+    failed = jobs["missing"]
+    assert failed["status"] == "failed" and failed["prompt_id"] is None
+    assert "node 10 (LoadImage)" in failed["error"] and "Invalid image file: missing.png" in failed["error"]
+    for name in ("harris", "dicaprio", "source"):
+        job = jobs[name]
+        assert job["status"] == "success" and job["error"] is None and job["duration"] > 0
+        assert job["server"] in {f.url for f in fakes} and job["prompt_id"]
+        pixels = f"pixels of {name}".encode()
+        expected = {out / name / "res_00001_.png": b"inverted:" + pixels, out / name / "vids" / "res.mp4":
+                    b"video:" + pixels, out / name / "temp" / "res_temp.png": b"preview:" + pixels}
+        assert sorted(job["outputs"]) == sorted(map(str, expected))
+        for path, data in expected.items():
+            assert path.read_bytes() == data
+    # uploaded names were substituted (with the subfolder); each server got only the files of its own jobs
+    queued = [p for f in fakes for p in f.prompts.values()]
+    assert sorted(p["10"]["inputs"]["image"] for p in queued) == \
+        ["harris.png", "qb/dicaprio.png", "qb/harris.png", "qb/source.png"]  # the last run had no --subfolder
+    for fake in fakes:
+        assert all(k.startswith("qb/") or k == "harris.png" for k in fake.uploads)
+        assert fake.max_running <= 2
+    assert all(f.prompts for f in fakes), "jobs were not spread over both servers"
+    # the execution error of the second run
+    assert "[exploding] failed" in printed and "execution error in node 11 (ImageInvert): RuntimeError: boom" in printed
+
+
+def test_websocket_missing_falls_back_to_polling(wf, tmp_path, fakes, capsys):
+    (tmp_path / "a.png").write_bytes(b"a")
+    rc = qb.main([str(wf), "--media", "10.image", str(tmp_path / "a.png"), "--server", fakes[0].url,
+                  "--out", str(tmp_path / "out"), "--poll-interval", "0.05"])
+    assert rc == 0, capsys.readouterr()
+    assert (tmp_path / "out" / "a" / "out_00001_.png").read_bytes() == b"inverted:a"
+    if qb.websocket is not None:
+        assert "polling /history" in capsys.readouterr().err
+
+
+def test_no_server_answers(wf, tmp_path, capsys):
+    rc = qb.main([str(wf), "--server", "127.0.0.1:9", "--out", str(tmp_path)])
+    assert rc == 2 and "no ComfyUI server answered" in capsys.readouterr().err
