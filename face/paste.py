@@ -6,9 +6,10 @@ broadcast to every frame; a longer one is indexed by ``i`` and, past its end, wr
 last frame (``"clamp"``).
 
 Each generated frame (any size) is resized to its box (INTER_AREA to shrink, INTER_CUBIC to enlarge), then blended as
-``out = orig + mask * (gen - orig)`` inside the part of the box that lies in the frame. The mask is exactly 0 outside
-the box, so those pixels are the original bit for bit; it rises from 0 at the box edge to 1 over ``feather`` pixels
-(a fraction of the box side with ``feather_unit="fraction"``), with a smoothstep profile.
+``out = gen * mask + orig * (1 - mask)`` inside the part of the box that lies in the frame. The mask is exactly 0
+outside the box, so those pixels are the original bit for bit (and the resized generated ones where it is 1); it rises
+from 0 at the box edge to 1 over ``feather`` pixels (a fraction of the box side with ``feather_unit="fraction"``),
+with a smoothstep profile.
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def paste_back(generated: Frames, info: CropInfo, original: Frames, feather: flo
             bx0, by0, bx1, by1 = sx0 - x0, sy0 - y0, sx1 - x0, sy1 - y0
             mr = m[by0:by1, bx0:bx1, None]
             orig = frame[sy0:sy1, sx0:sx1]
-            frame[sy0:sy1, sx0:sx1] = orig + mr * (gen[by0:by1, bx0:bx1] - orig)
+            frame[sy0:sy1, sx0:sx1] = gen[by0:by1, bx0:bx1] * mr + orig * (1.0 - mr)  # exact where mr is 0 or 1
             masks_np[i, sy0:sy1, sx0:sx1] = mr[..., 0]
         if progress is not None:
             progress(1)

@@ -174,8 +174,8 @@ def _open(path: str, what: str):
 def load_audio(path) -> Audio:
     """Decode the first audio stream of any file PyAV/FFmpeg reads into AUDIO ``[1, C, T]`` float32 (channels kept).
 
-    Raises ``FileNotFoundError`` for a missing file and :class:`MediaError` (naming the file) for a file that is corrupt,
-    is not a media file, or holds no audio stream.
+    Raises ``FileNotFoundError`` for a missing file and :class:`MediaError` (naming the file) for a file that is
+    corrupt, is not a media file, or holds no audio stream.
     """
     path = check_exists(path, "audio")
     container = _open(path, "an audio")

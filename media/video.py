@@ -8,7 +8,6 @@ frame sizes, which :func:`even_size` provides by padding or cropping one pixel.
 from __future__ import annotations
 
 import logging
-import math
 from fractions import Fraction
 from typing import Iterable, Iterator, Optional, Union
 
@@ -162,6 +161,9 @@ def read_video(path, max_frames: Optional[int] = None, start: int = 0, step: int
     h, w = raw[0].shape[:2]
     frames = torch.empty(len(raw), h, w, 3, dtype=torch.float32)
     for i in range(len(raw)):
+        if raw[i].shape != (h, w, 3):
+            raise MediaError(f"'{path}' changes frame size mid-stream ({w}x{h} -> {raw[i].shape[1]}x"
+                             f"{raw[i].shape[0]} at frame {start + i * step}); pass size=(width, height)")
         frames[i] = torch.from_numpy(raw[i]).to(torch.float32).div_(255.0)
         raw[i] = None  # release the uint8 copy as we go
     fps = src_fps / int(step)
@@ -173,6 +175,9 @@ def read_video(path, max_frames: Optional[int] = None, start: int = 0, step: int
         try:
             audio = _audio_span(path, container, video_start, float(Fraction(int(start)) / src_fps),
                                 lambda sr: samples_for_frames(count, fps, sr))
+        except MediaError as e:  # a broken soundtrack should not cost the frames
+            log.warning("Portrait Animation: ignoring the audio of '%s': %s", path, e)
+            audio = None
         finally:
             container.close()
     return frames, fps, audio

@@ -50,7 +50,7 @@ def jobs_for(wf: Path, *argv: str):
     args = qb.parse_args([str(wf), *argv])
     graph = qb.load_workflow(wf)
     jobs = qb.build_jobs(graph, args)
-    runner = qb.Runner(graph, args, qb.upload_names(jobs, args.subfolder))
+    runner = qb.Runner(graph, args, qb.upload_names(jobs))
     return jobs, {j.name: runner.prompt_for(j, None) for j in jobs}
 
 
@@ -185,6 +185,8 @@ class FakeComfy:
         self.files: dict[tuple, bytes] = {}
         self.polls: dict[str, int] = {}
         self.running = self.max_running = 0
+        self.hold = False  # True: prompts never finish
+        self.cancels: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -225,6 +227,7 @@ class FakeComfy:
                 if self.path == "/prompt":
                     return self.reply(*fake.queue(json.loads(self.body())))
                 if self.path in ("/queue", "/interrupt"):
+                    fake.cancels.append((self.path, json.loads(self.body())))
                     return self.reply(200, {})
                 self.reply(404, b"not found")
 
@@ -265,7 +268,7 @@ class FakeComfy:
     def poll(self, pid: str) -> dict:
         with self.lock:
             self.polls[pid] = self.polls.get(pid, 0) + 1
-            if self.polls[pid] == 1:  # still running
+            if self.polls[pid] == 1 or self.hold:  # still running
                 return {}
             if pid not in self.history:
                 self.running -= 1
@@ -279,10 +282,10 @@ class FakeComfy:
                 ["execution_start", {"prompt_id": pid}],
                 ["execution_error", {"prompt_id": pid, "node_id": "11", "node_type": "ImageInvert",
                                      "exception_type": "RuntimeError", "exception_message": "boom\n"}]]}}
-        pixels = self.uploads[prompt["10"]["inputs"]["image"]]
-        image = {"filename": f"{prefix}_00001_.png", "subfolder": "", "type": "output"}
-        video = {"filename": f"{prefix}.mp4", "subfolder": "vids", "type": "output", "format": "video/h264-mp4"}
-        preview = {"filename": f"{prefix}_temp.png", "subfolder": "", "type": "temp"}
+        pixels, n = self.uploads[prompt["10"]["inputs"]["image"]], len(self.history) + 1  # counters, like SaveImage
+        image = {"filename": f"{prefix}_{n:05}_.png", "subfolder": "", "type": "output"}
+        video = {"filename": f"{prefix}_{n:05}.mp4", "subfolder": "vids", "type": "output", "format": "video/h264-mp4"}
+        preview = {"filename": f"{prefix}_temp_{n:05}.png", "subfolder": "", "type": "temp"}
         for item, tag in ((image, b"inverted:"), (video, b"video:"), (preview, b"preview:")):
             self.files[(item["type"], item["subfolder"], item["filename"])] = tag + pixels
         return {"prompt": [1, pid, prompt, {}, ["12"]],
@@ -312,8 +315,8 @@ def test_batch_uploads_queues_polls_downloads_and_reports_failures(wf, tmp_path,
         "10.image": "harris.png", "Save Image.filename_prefix": "boom"}}]))
     out, summary = tmp_path / "out", tmp_path / "summary.json"
     argv = [str(wf), "--media", "Load Image.image", *map(str, media), "missing.png",
-            "--set", "Save Image.filename_prefix=res", "--subfolder", "qb", "--out", str(out), "--summary", str(summary),
-            "--max-in-flight", "2", "--poll-interval", "0.05", "--no-websocket"]
+            "--set", "Save Image.filename_prefix=res", "--subfolder", "qb", "--out", str(out),
+            "--summary", str(summary), "--max-in-flight", "2", "--poll-interval", "0.05", "--no-websocket"]
     for fake in fakes:
         argv += ["--server", fake.url]
     assert qb.main(argv) == 1  # some job failed
@@ -333,11 +336,11 @@ def test_batch_uploads_queues_polls_downloads_and_reports_failures(wf, tmp_path,
         assert job["status"] == "success" and job["error"] is None and job["duration"] > 0
         assert job["server"] in {f.url for f in fakes} and job["prompt_id"]
         pixels = f"pixels of {name}".encode()
-        expected = {out / name / "res_00001_.png": b"inverted:" + pixels, out / name / "vids" / "res.mp4":
-                    b"video:" + pixels, out / name / "temp" / "res_temp.png": b"preview:" + pixels}
-        assert sorted(job["outputs"]) == sorted(map(str, expected))
-        for path, data in expected.items():
-            assert path.read_bytes() == data
+        got = {Path(p).relative_to(out / name).parent.as_posix(): Path(p) for p in job["outputs"]}
+        assert len(got) == len(job["outputs"]) == 3 and set(got) == {".", "vids", "temp"}
+        assert got["."].name.startswith("res_") and got["."].read_bytes() == b"inverted:" + pixels
+        assert got["vids"].suffix == ".mp4" and got["vids"].read_bytes() == b"video:" + pixels
+        assert got["temp"].read_bytes() == b"preview:" + pixels
     # uploaded names were substituted (with the subfolder); each server got only the files of its own jobs
     queued = [p for f in fakes for p in f.prompts.values()]
     assert sorted(p["10"]["inputs"]["image"] for p in queued) == \
@@ -355,9 +358,19 @@ def test_websocket_missing_falls_back_to_polling(wf, tmp_path, fakes, capsys):
     rc = qb.main([str(wf), "--media", "10.image", str(tmp_path / "a.png"), "--server", fakes[0].url,
                   "--out", str(tmp_path / "out"), "--poll-interval", "0.05"])
     assert rc == 0, capsys.readouterr()
-    assert (tmp_path / "out" / "a" / "out_00001_.png").read_bytes() == b"inverted:a"
+    assert (tmp_path / "out" / "a" / "out_00001_.png").read_bytes() == b"inverted:a"  # first prompt on that server
     if qb.websocket is not None:
         assert "polling /history" in capsys.readouterr().err
+
+
+def test_timeout_cancels_the_prompt(wf, tmp_path, fakes, capsys):
+    (tmp_path / "a.png").write_bytes(b"a")
+    fakes[0].hold = True
+    rc = qb.main([str(wf), "--media", "10.image", str(tmp_path / "a.png"), "--server", fakes[0].url, "--timeout", "0.3",
+                  "--out", str(tmp_path / "out"), "--poll-interval", "0.05", "--no-websocket"])
+    assert rc == 1 and "timed out after 0.3s" in capsys.readouterr().out
+    (pid,) = fakes[0].prompts
+    assert fakes[0].cancels == [("/queue", {"delete": [pid]}), ("/interrupt", {"prompt_id": pid})]
 
 
 def test_no_server_answers(wf, tmp_path, capsys):

@@ -63,6 +63,7 @@ try:
 except ImportError:
     websocket = None
 
+MEDIA_SUFFIXES = {".mkv", ".webm", ".flac", ".opus", ".ogg", ".m4a", ".exr"}  # where mimetypes may not know them
 _print_lock = threading.Lock()
 
 
@@ -156,7 +157,7 @@ def parse_value(text: str) -> Any:
 
 def is_media(path: Path) -> bool:
     kind = mimetypes.guess_type(path.name)[0] or ""
-    return kind.startswith(("image/", "video/", "audio/"))
+    return kind.startswith(("image/", "video/", "audio/")) or path.suffix.lower() in MEDIA_SUFFIXES
 
 
 def local_value(value: Any, base: Path, force: bool = False) -> Any:
@@ -312,7 +313,7 @@ class Server:
         return re.sub(r"^http", "ws", self.url) + f"/ws?clientId={client_id}"
 
 
-def upload_names(jobs: list[Job], subfolder: str) -> dict[Path, str]:
+def upload_names(jobs: list[Job]) -> dict[Path, str]:
     """Server-side file name for every local file: its own name, or name-<hash> when two files share one."""
     names: dict[Path, str] = {}
     for value in (v for job in jobs for v in job.settings.values() if isinstance(v, Upload)):
@@ -456,7 +457,10 @@ class Runner:
                 continue
             except Exception:  # noqa: BLE001
                 return False
-            msg = json.loads(raw) if isinstance(raw, str) else {}  # binary frames are previews
+            try:
+                msg = json.loads(raw) if isinstance(raw, str) else {}  # binary frames are previews
+            except ValueError:
+                continue
             kind, data = msg.get("type"), msg.get("data") or {}
             if data.get("prompt_id") != prompt_id:
                 continue
@@ -532,13 +536,13 @@ def run_all(runner: Runner, servers: list[Server], jobs: list[Job]) -> list[Resu
 
 # ---- command line -------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="queue_batch.py", description=__doc__,
+    p = argparse.ArgumentParser(usage="python tools/queue_batch.py WORKFLOW.json [options]", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workflow", help="API-format workflow JSON (Workflow > Export (API))")
     p.add_argument("--jobs", action="append", metavar="FILE", help="jobs file: JSON list, .jsonl or .csv")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="value for every job")
-    p.add_argument("--media", action="append", nargs="+", metavar="NODE.INPUT FILE", help="one job per file")
-    p.add_argument("--seeds", action="append", nargs="+", metavar="NODE.INPUT N", help="one job per value")
+    p.add_argument("--media", action="append", nargs="+", metavar=("NODE.INPUT", "FILE"), help="one job per file")
+    p.add_argument("--seeds", action="append", nargs="+", metavar=("NODE.INPUT", "N"), help="one job per value")
     p.add_argument("--combine", choices=("product", "zip"), default="product",
                    help="how job sources combine (default: product)")
     p.add_argument("--server", action="append", metavar="URL", help="ComfyUI URL (repeatable; http://127.0.0.1:8188)")
@@ -561,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    runner = Runner(graph, args, upload_names(jobs, args.subfolder))
+    runner = Runner(graph, args, upload_names(jobs))
     if args.dry_run:
         print(json.dumps([{"name": j.name, "prompt": runner.prompt_for(j, None),
                            "uploads": {runner.names[v.path]: str(v.path) for v in j.settings.values()
