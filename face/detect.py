@@ -249,7 +249,7 @@ class FaceDetector:
         return Path(path)
 
     def resolved_backend(self) -> str:
-        """"bundled" or "task": what :meth:`prepare` would use (may raise the store's missing-file error)."""
+        """The backend :meth:`prepare` will build, "bundled" or "task" (nothing is loaded or downloaded here)."""
         if self.backend == "bundled":
             return "bundled"
         if self.backend == "task":

@@ -143,7 +143,7 @@ class FaceTrack:
         boxes, scores = self.boxes.copy(), self.scores.copy()
         filled = dict(self.filled)
         for i in missing:
-            src = int(have[np.argmin(np.abs(have - i) * 2 + (have < i))])  # nearest; earlier wins a tie
+            src = int(have[np.argmin(np.abs(have - i) * 2 + (have > i))])  # nearest; earlier wins a tie
             landmarks[i] = self.landmarks[src].copy()
             boxes[i], scores[i] = self.boxes[src], self.scores[src]
             filled[i] = src

@@ -9,7 +9,7 @@ CATEGORY = "Portrait Animation"
 CAT_MODELS = f"{CATEGORY}/Models"
 CAT_FACE = f"{CATEGORY}/Face"
 CAT_MEDIA = f"{CATEGORY}/Media"
-PREFIX = "PortraitAnim"
+PREFIX = "PortraitAnim"  # node ids are PortraitAnim_<Name>
 
 # Custom wire types. Values are core Python objects passed by reference.
 FaceLandmarks = io.Custom("PA_FACE_LANDMARKS")   # face.FaceTrack: per-frame detections and landmarks

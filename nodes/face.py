@@ -25,7 +25,7 @@ class FaceDetectorLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}FaceDetector",
+            node_id=f"{PREFIX}_FaceDetector",
             display_name="Face Detector (MediaPipe)",
             category=CAT_FACE,
             description="Sets up MediaPipe face detection with 478 face landmarks (eyes, irises, lips, contour). "
@@ -67,7 +67,7 @@ class DetectFaceLandmarks(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}DetectFaceLandmarks",
+            node_id=f"{PREFIX}_DetectFaceLandmarks",
             display_name="Detect Face Landmarks",
             category=CAT_FACE,
             description="Finds one face in every frame and its 478 MediaPipe landmarks (pixel coordinates). "
@@ -112,7 +112,7 @@ class FaceCrop(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}FaceCrop",
+            node_id=f"{PREFIX}_FaceCrop",
             display_name="Face Crop",
             category=CAT_FACE,
             description="Cuts a square crop around the face in every frame and resizes it (512 px for the "
@@ -177,7 +177,7 @@ class FacePasteBack(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}FacePasteBack",
+            node_id=f"{PREFIX}_FacePasteBack",
             display_name="Face Paste Back",
             category=CAT_FACE,
             description="Puts generated face crops back into the original frames at the boxes from Face Crop, "

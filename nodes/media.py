@@ -114,7 +114,7 @@ class LoadAudio(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}LoadAudio",
+            node_id=f"{PREFIX}_LoadAudio",
             display_name="Load Audio (Portrait Animation)",
             category=CAT_MEDIA,
             description="Loads an audio file (wav, flac, mp3, ogg, m4a, ... or the audio track of a video) from "
@@ -155,7 +155,7 @@ class PrepareAudio(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}PrepareAudio",
+            node_id=f"{PREFIX}_PrepareAudio",
             display_name="Prepare Audio",
             category=CAT_MEDIA,
             description="Resamples (band-limited sinc), optionally downmixes to mono, and trims or zero-pads the "
@@ -204,7 +204,7 @@ class LoadVideoFrames(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}LoadVideoFrames",
+            node_id=f"{PREFIX}_LoadVideoFrames",
             display_name="Load Video (Frames)",
             category=CAT_MEDIA,
             description="Decodes a video from ComfyUI's input folder into an IMAGE batch with its fps and the "
@@ -242,7 +242,7 @@ class VideoToFrames(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}VideoToFrames",
+            node_id=f"{PREFIX}_VideoToFrames",
             display_name="Video To Frames",
             category=CAT_MEDIA,
             description="Splits a core VIDEO (from Load Video or Create Video) into an IMAGE batch, its fps and "
@@ -286,7 +286,7 @@ class FramesToVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=f"{PREFIX}FramesToVideo",
+            node_id=f"{PREFIX}_FramesToVideo",
             display_name="Frames To Video",
             category=CAT_MEDIA,
             description="Makes a core VIDEO from frames, fps and optional audio, ready for core 'Save Video': odd "

@@ -103,7 +103,7 @@ def test_workflow_folder_has_ui_and_api_versions():
 def test_interrupt_stops_a_running_job_and_server_keeps_serving(comfy_server, data_dir):
     # A long job: landmarks on a video's frames repeated many times (PortraitAnim_LoadVideo -> RepeatImageBatch).
     prompt = {
-        "1": {"class_type": "PortraitAnim_LoadVideo", "inputs": {"video": "driving_video.mp4"}},
+        "1": {"class_type": "PortraitAnim_LoadVideoFrames", "inputs": {"video": "driving_video.mp4"}},
         "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 20}},
         "3": {"class_type": "PortraitAnim_FaceCrop", "inputs": {"images": ["2", 0]}},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
