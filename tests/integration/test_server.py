@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,14 @@ from .comfy import ROOT, load_api_workflow, status_messages
 
 PACK_CATEGORY = "Portrait Animation"
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
+
+
+CROP_DEFAULTS = {"size": 512, "scale": 2.0, "offset_y": -0.1, "stability": "smooth", "smoothing_window": 9,
+                 "padding": "replicate"}
+
+
+def face_crop(images, **over) -> dict:
+    return {"class_type": "PortraitAnim_FaceCrop", "inputs": {"images": images, **CROP_DEFAULTS, **over}}
 
 
 def pack_nodes(object_info: dict) -> dict[str, dict]:
@@ -57,7 +67,7 @@ def test_missing_weights_error_lists_file_source_destination(comfy_server):
 def test_bad_input_is_rejected_with_its_name(comfy_server):
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "harris.jpg"}},
-        "2": {"class_type": "PortraitAnim_FaceCrop", "inputs": {"images": ["1", 0], "size": 3}},
+        "2": face_crop(["1", 0], size=3),
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
     }
     status, body = comfy_server.queue(prompt)
@@ -66,16 +76,18 @@ def test_bad_input_is_rejected_with_its_name(comfy_server):
     assert any(e["extra_info"].get("input_name") == "size" for e in errors), errors
 
 
-def test_no_face_is_a_clear_runtime_error(comfy_server):
+def test_no_face_is_a_clear_runtime_error_naming_the_frame(comfy_server):
     prompt = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 256, "height": 256, "batch_size": 2, "color": 0}},
-        "2": {"class_type": "PortraitAnim_FaceCrop", "inputs": {"images": ["1", 0]}},
-        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": "harris.jpg"}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 512, "height": 512, "batch_size": 1, "color": 0}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": face_crop(["3", 0]),
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
     }
     entry = comfy_server.run(prompt)
     assert entry["status"]["status_str"] == "error"
     msg = status_messages(entry)["execution_error"]["exception_message"]
-    assert "no face" in msg.lower() and "frame 0" in msg, msg
+    assert "no face found in frame 1 of 2 of input 'images'" in msg, msg
 
 
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
@@ -85,9 +97,11 @@ def test_example_workflow_runs(comfy_server, path):
     files = [f for out in entry["outputs"].values() for key in ("images", "videos", "gifs", "audio")
              for f in out.get(key, [])]
     assert files, f"{path.name} produced no output files: {entry['outputs']}"
-    for f in files:
-        folder = comfy_server.output_dir if f.get("type", "output") == "output" else comfy_server.workdir / "temp"
-        assert (folder / f.get("subfolder", "") / f["filename"]).is_file(), f
+    for f in files:  # every listed file can be fetched back through /view
+        query = urllib.parse.urlencode({"filename": f["filename"], "subfolder": f.get("subfolder", ""),
+                                        "type": f.get("type", "output")})
+        with urllib.request.urlopen(f"{comfy_server.url}/view?{query}", timeout=60) as r:
+            assert r.status == 200 and len(r.read()) > 1000, f
 
 
 def test_workflow_folder_has_ui_and_api_versions():
@@ -103,9 +117,10 @@ def test_workflow_folder_has_ui_and_api_versions():
 def test_interrupt_stops_a_running_job_and_server_keeps_serving(comfy_server, data_dir):
     # A long job: landmarks on a video's frames repeated many times (PortraitAnim_LoadVideo -> RepeatImageBatch).
     prompt = {
-        "1": {"class_type": "PortraitAnim_LoadVideoFrames", "inputs": {"video": "driving_video.mp4"}},
+        "1": {"class_type": "PortraitAnim_LoadVideoFrames",
+              "inputs": {"video": "driving_video.mp4", "start_frame": 0, "frame_cap": 0, "select_every_nth": 1}},
         "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 20}},
-        "3": {"class_type": "PortraitAnim_FaceCrop", "inputs": {"images": ["2", 0]}},
+        "3": face_crop(["2", 0]),
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
     }
     ws = comfy_server.ws()
