@@ -48,6 +48,7 @@ class ComfyServer:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    env: dict = field(default_factory=dict)  # extra environment for the server (e.g. HF_ENDPOINT)
 
     @property
     def url(self) -> str:
@@ -63,7 +64,13 @@ class ComfyServer:
 
     @property
     def models_dir(self) -> Path:
+        """ComfyUI's models folder (``--base-directory`` is the work dir)."""
         return self.workdir / "models"
+
+    @property
+    def extra_models_dir(self) -> Path:
+        """The pack's folder as configured in extra_model_paths.yaml (comes first, receives downloads)."""
+        return self.workdir / "extra_models" / "portrait_animation"
 
     def start(self, timeout: float = 240) -> "ComfyServer":
         nodes = self.workdir / "custom_nodes"
@@ -71,23 +78,22 @@ class ComfyServer:
         link = nodes / PACK_LINK_NAME
         if not link.exists():
             link.symlink_to(ROOT, target_is_directory=True)
-        for d in ("input", "output", "temp", "user", "models/portrait_animation"):
+        for d in ("input", "output", "temp", "user", "models"):
             (self.workdir / d).mkdir(parents=True, exist_ok=True)
+        self.extra_models_dir.mkdir(parents=True, exist_ok=True)
         yaml = self.workdir / "extra_model_paths.yaml"
-        yaml.write_text(
-            "pack_tests:\n"
-            f"  custom_nodes: {nodes}\n"
-            f"  portrait_animation: {self.models_dir / 'portrait_animation'}\n"
-        )
+        yaml.write_text(f"pack_tests:\n  portrait_animation: {self.extra_models_dir}\n")
         self.port = free_port()
         self.log_path = self.workdir / "server.log"
         cmd = [comfy_python(self.comfy_path), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.workdir),
                "--extra-model-paths-config", str(yaml), "--disable-all-custom-nodes",
                "--whitelist-custom-nodes", PACK_LINK_NAME, "--disable-api-nodes", "--disable-auto-launch",
                "--input-directory", str(self.input_dir), "--output-directory", str(self.output_dir),
                "--temp-directory", str(self.workdir / "temp"), "--user-directory", str(self.workdir / "user"),
                "--preview-method", "none"]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        env.pop("HF_HUB_OFFLINE", None)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_path, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.loopback_hub import LoopbackHub
+
 from .comfy import ComfyServer, stage_inputs
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
@@ -23,8 +25,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, data_dir):
-    server = ComfyServer(Path(COMFYUI_PATH), tmp_path_factory.mktemp("comfy"))
+def loopback_hub():
+    """A Hugging Face look-alike on 127.0.0.1; the ComfyUI server downloads from it (HF_ENDPOINT)."""
+    hub = LoopbackHub()
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, data_dir, loopback_hub):
+    base = f"http://127.0.0.1:{loopback_hub.server.server_address[1]}"
+    server = ComfyServer(Path(COMFYUI_PATH), tmp_path_factory.mktemp("comfy"), env={"HF_ENDPOINT": base})
     server.start()
     stage_inputs(server, sorted(data_dir.iterdir()))
     yield server

@@ -61,7 +61,9 @@ def test_missing_weights_error_lists_file_source_destination(comfy_server):
     assert err["node_type"] == "PortraitAnim_ModelFiles"
     assert "missing" in msg and "downloading is off" in msg
     assert "source:" in msg and "huggingface.co/memoavatar/memo" in msg
-    assert "destination:" in msg and str(comfy_server.models_dir / "portrait_animation") in msg
+    # the folder configured in extra_model_paths.yaml comes first and receives downloads
+    assert "destination:" in msg and str(comfy_server.extra_models_dir / "memo" / "diffusion_net") in msg
+    assert str(comfy_server.models_dir / "vae" / "sd-vae-ft-mse.safetensors") in msg
 
 
 def test_bad_input_is_rejected_with_its_name(comfy_server):

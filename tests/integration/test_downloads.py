@@ -1,0 +1,73 @@
+"""Model downloads inside a real ComfyUI, from the loopback hub: right folders, corruption reported."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import torch
+from safetensors.torch import save
+
+from portrait_animation.loaders.manifest import load_manifest
+
+from .comfy import status_messages
+
+
+def fake_content(path: str) -> bytes:
+    """Small files that pass the store's structural checks for their type."""
+    if path.endswith(".safetensors"):
+        return save({"w": torch.arange(16, dtype=torch.float32)})
+    if path.endswith((".pt", ".pth", ".bin")):
+        buf = io.BytesIO()
+        torch.save({"w": torch.zeros(4)}, buf)
+        return buf.getvalue()
+    if path.endswith(".json"):
+        return json.dumps({"_class_name": "Fake", "for": path}).encode()
+    return f"fake content of {path}\n".encode()
+
+
+def model_files_prompt(family: str, groups: str, download: bool) -> dict:
+    return {"1": {"class_type": "PortraitAnim_ModelFiles",
+                  "inputs": {"family": family, "groups": groups, "download": download, "verify_checksums": False}}}
+
+
+def serve_group(hub, family: str, groups: list[str]):
+    files = load_manifest(family).select(groups=groups)
+    for f in files:
+        data = fake_content(f.path)
+        if f.size is not None:  # keep the manifest's known size: pad JSON with spaces
+            data = data + b" " * (f.size - len(data)) if len(data) <= f.size else data[: f.size]
+        hub.add(f.repo_id, f.path, data)
+    return files
+
+
+def test_download_lands_in_the_configured_folders(comfy_server, loopback_hub):
+    files = serve_group(loopback_hub, "memo", ["audio", "emotion"])
+    entry = comfy_server.run(model_files_prompt("memo", "audio,emotion", True))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    for f in files:
+        if f.folder == "portrait_animation":
+            path = comfy_server.extra_models_dir / f.dest  # the extra_model_paths.yaml folder
+        else:
+            path = comfy_server.models_dir / f.folder / f.dest  # a standard ComfyUI folder
+        assert path.is_file(), f"{f.id} not at {path}"
+        assert path.read_bytes() == loopback_hub.files[(f.repo_id, f.path)].data
+    assert (comfy_server.models_dir / "audio_encoders" / "wav2vec2-base-960h.safetensors").is_file()
+    report = entry["outputs"]["1"]["text"][0]
+    assert report.count("ok ") == len(files) and "MISSING" not in report
+    leftovers = [p for p in comfy_server.workdir.rglob("*") if p.name.startswith(".download-")]
+    assert leftovers == []
+
+
+def test_corrupt_download_is_reported_and_not_installed(comfy_server, loopback_hub):
+    f = load_manifest("memo").file("insightface_glintr100")
+    good = b"onnx model bytes" * 64
+    loopback_hub.add(f.repo_id, f.path, b"tampered" + good[8:], advertised_sha256=hashlib.sha256(good).hexdigest())
+    for other in load_manifest("memo").select(groups=["face"]):
+        if other.id != f.id:
+            loopback_hub.add(other.repo_id, other.path, b"onnx" * 100)
+    entry = comfy_server.run(model_files_prompt("memo", "face", True))
+    assert entry["status"]["status_str"] == "error"
+    msg = status_messages(entry)["execution_error"]["exception_message"]
+    assert "memo/insightface_glintr100" in msg and "corrupt" in msg and "sha256" in msg, msg
+    assert not (comfy_server.extra_models_dir / f.dest).exists()
