@@ -95,9 +95,7 @@ def iter_video_frames(path, max_frames: Optional[int] = None, start: int = 0, st
     limit = int(max_frames) if max_frames else None
     container = _open(path, "a video")
     try:
-        if not container.streams.video:
-            raise MediaError(f"'{path}' contains no video stream (corrupt or not a video file)")
-        stream = container.streams.video[0]
+        stream, _ = _video_stream(container, path)
         stream.thread_type = "AUTO"
         index = taken = 0
         if limit == 0:
@@ -143,10 +141,7 @@ def read_video(path, max_frames: Optional[int] = None, start: int = 0, step: int
     _check_selection(start, step, max_frames)
     container = _open(path, "a video")
     try:
-        if not container.streams.video:
-            raise MediaError(f"'{path}' contains no video stream (corrupt or not a video file)")
-        vstream = container.streams.video[0]
-        src_fps = _stream_fps(vstream, container)
+        vstream, src_fps = _video_stream(container, path)
         video_start = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
         has_audio = bool(container.streams.audio)
     finally:
@@ -183,6 +178,14 @@ def read_video(path, max_frames: Optional[int] = None, start: int = 0, step: int
     return frames, fps, audio
 
 
+def _video_stream(container, path):
+    """The first video stream of an open container and its frame rate; a clear error when there is none."""
+    if not container.streams.video:
+        raise MediaError(f"'{path}' contains no video stream (corrupt or not a video file)")
+    stream = container.streams.video[0]
+    return stream, _stream_fps(stream, container)
+
+
 def video_info(path) -> dict:
     """Cheap metadata: frames, fps (Fraction), width, height (display orientation), duration (s), has_audio, and
     audio_sample_rate / audio_channels (None without audio), codec."""
@@ -191,10 +194,7 @@ def video_info(path) -> dict:
     path = check_exists(path, "video")
     container = _open(path, "a video")
     try:
-        if not container.streams.video:
-            raise MediaError(f"'{path}' contains no video stream (corrupt or not a video file)")
-        stream = container.streams.video[0]
-        fps = _stream_fps(stream, container)
+        stream, fps = _video_stream(container, path)
         width, height = stream.codec_context.width, stream.codec_context.height
         frames = int(stream.frames or 0)
         if container.duration:
