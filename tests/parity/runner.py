@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PARITY_ROOT = ROOT.parent / "shared" / "parity"
+DEFAULT_PARITY_ROOT = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared")) / "parity"
 FAMILIES = ("hellomeme", "memo", "hunyuan_portrait")
 
 # Families whose parity handlers are complete: the default test command runs their cases. Cases of the other
