@@ -49,7 +49,8 @@ def handler(*components: str):
 
 def load_handlers() -> None:
     for family in FAMILIES:
-        if (Path(__file__).parent / "handlers" / f"{family}.py").is_file():
+        here = Path(__file__).parent / "handlers"
+        if (here / f"{family}.py").is_file() or (here / family / "__init__.py").is_file():
             importlib.import_module(f"parity.handlers.{family}")
 
 
