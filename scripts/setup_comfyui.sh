@@ -14,4 +14,5 @@ PIP=("$COMFY/.venv/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.11.*" "torchvision==0.26.*" "torchaudio==2.11.*"
 "${PIP[@]}" install -r "$COMFY/requirements.txt" requests
 "${PIP[@]}" install -r "$PACK/requirements.txt" -r "$PACK/tests/requirements.txt" -c "$PACK/tests/constraints.txt"
+"$COMFY/.venv/bin/python" "$PACK/install.py"
 echo "ComfyUI ready: COMFYUI_PATH=$COMFY COMFYUI_PYTHON=$COMFY/.venv/bin/python"

@@ -43,8 +43,9 @@ def pytest_terminal_summary(terminalreporter):
         counts[c.family] = counts.get(c.family, 0) + 1
     fams = ", ".join(f"{f} ({n} cases)" for f, n in sorted(counts.items()))
     terminalreporter.write_sep("-", "parity selection")
-    terminalreporter.write_line(f"parity: ran {len(chosen)} case(s) of finished families "
-                                f"{list(runner.FAMILIES_DONE) or '[]'}; left out {len(left)}: {fams}.")
+    done = ", ".join(f"{f} ({'all' if s == '*' else len(s)} components)" for f, s in runner.selection().items())
+    terminalreporter.write_line(f"parity: ran {len(chosen)} case(s) of finished parts [{done or 'none yet'}]; "
+                                f"left out {len(left)}: {fams}.")
     terminalreporter.write_line("parity: set PARITY_FAMILIES=all (or a comma list) to run them; "
                                 "unhandled components fail.")
 

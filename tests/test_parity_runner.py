@@ -83,8 +83,12 @@ def test_family_selection(monkeypatch, fake_root):
     monkeypatch.setenv("PARITY_FAMILIES", "all")
     assert len(runner.split_cases(cases)[0]) == 2
     monkeypatch.delenv("PARITY_FAMILIES")
+    monkeypatch.setattr(runner, "DONE", {"memo": ("memo.x",), "hellomeme": ("hellomeme.other",)})
+    chosen, left = runner.split_cases(cases)
+    assert [c.component for c in chosen] == ["memo.x"] and [c.component for c in left] == ["hellomeme.x"]
+    monkeypatch.setattr(runner, "DONE", {"hellomeme": "*"})
     chosen, _ = runner.split_cases(cases)
-    assert {c.family for c in chosen} <= set(runner.FAMILIES_DONE)
+    assert [c.component for c in chosen] == ["hellomeme.x"]
 
 
 def test_every_shared_case_is_well_formed():
