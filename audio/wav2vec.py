@@ -1,0 +1,420 @@
+"""wav2vec 2.0 audio encoder for MEMO (``facebook/wav2vec2-base-960h``), loaded from the released files.
+
+Why a small module of our own instead of ``transformers.Wav2Vec2Model``:
+
+* MEMO uses the encoder in a non-standard way (the CNN features are resampled to the video frame count *between*
+  the feature encoder and the feature projection) and needs every transformer layer output. With transformers the
+  original did this by subclassing and calling internals whose signatures changed in transformers 5 (the encoder no
+  longer returns per-layer hidden states itself). Owning the ~150 lines keeps the pack independent of that churn.
+* The released checkpoint stores the positional convolution's weight norm as ``weight_g``/``weight_v``; depending on
+  the torch/transformers versions a ``Wav2Vec2Model`` expects ``parametrizations.weight.original0/1`` instead. Here the
+  released names are the module's own parameter names (the weight is formed with ``torch._weight_norm`` each call,
+  exactly what torch's weight-norm parametrisation computes), and the newer names are accepted by renaming them.
+* No network, no ``from_pretrained``: the config comes from ``config.json`` next to the weights or from the pack's
+  embedded copy (``loaders/configs/wav2vec2_base_960h.json``) for a single-file download.
+
+Supported configurations: the wav2vec2 "base" family (``do_stable_layer_norm = false``; feature-encoder norm
+``group`` or ``layer``; GELU activations), which covers every checkpoint MEMO uses. Key layout: the ``Wav2Vec2ForCTC``
+checkpoint keys ``wav2vec2.*`` (``lm_head.*`` is the unused CTC head and is dropped explicitly) or a bare
+``Wav2Vec2Model`` state dict without the prefix.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..loaders.checkpoint import (CheckpointKeyError, build_and_load, embedded_config, find_weights,
+                                  read_state_dict)
+from . import features as feat
+
+EMBEDDED_CONFIG = "wav2vec2_base_960h"
+EMBEDDED_PREPROCESSOR = "wav2vec2_base_960h_preprocessor"
+CTC_PREFIX = "wav2vec2."
+IGNORED_PREFIXES = ("lm_head.",)
+_WEIGHT_NORM_RENAMES = {
+    "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv_embed.conv.weight_g",
+    "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv_embed.conv.weight_v",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Wav2Vec2Config:
+    """The architecture fields of a transformers ``Wav2Vec2Config`` that the encoder needs."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: Sequence[int] = (512,) * 7
+    conv_kernel: Sequence[int] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: Sequence[int] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    layer_norm_eps: float = 1e-5
+    do_stable_layer_norm: bool = False
+    hidden_act: str = "gelu"
+    feat_extract_activation: str = "gelu"
+    do_normalize: bool = True            # from preprocessor_config.json
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, config: dict, preprocessor: Optional[dict] = None) -> "Wav2Vec2Config":
+        names = {f for f in cls.__dataclass_fields__ if f not in ("extra", "do_normalize")}
+        kwargs = {k: config[k] for k in names if k in config}
+        for k in ("conv_dim", "conv_kernel", "conv_stride"):
+            if k in kwargs:
+                kwargs[k] = tuple(int(v) for v in kwargs[k])
+        cfg = cls(**kwargs, extra=dict(config))
+        if preprocessor is not None:
+            cfg.do_normalize = bool(preprocessor.get("do_normalize", True))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
+            raise ValueError("wav2vec2 config: conv_dim, conv_kernel and conv_stride must have the same length")
+        if self.do_stable_layer_norm:
+            raise NotImplementedError("wav2vec2 checkpoints with do_stable_layer_norm=true (the 'large' layout) are not "
+                                      "supported here; MEMO uses facebook/wav2vec2-base-960h")
+        if self.feat_extract_norm not in ("group", "layer"):
+            raise ValueError(f"wav2vec2 config: feat_extract_norm must be 'group' or 'layer', got {self.feat_extract_norm!r}")
+        for name in ("hidden_act", "feat_extract_activation"):
+            if getattr(self, name) != "gelu":
+                raise NotImplementedError(f"wav2vec2 config: {name}={getattr(self, name)!r} (only 'gelu' is supported)")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("wav2vec2 config: hidden_size must be divisible by num_attention_heads")
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples the convolutional feature encoder needs for one output frame (400 for the released layout)."""
+        field_, jump = 1, 1
+        for k, s in zip(self.conv_kernel, self.conv_stride):
+            field_ += (k - 1) * jump
+            jump *= s
+        return field_
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# modules (names follow the released checkpoint)
+# ---------------------------------------------------------------------------------------------------------------------
+class ConvFeatureLayer(nn.Module):
+    """Conv1d -> (GroupNorm with one group per channel | channel LayerNorm | nothing) -> GELU."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, bias: bool, norm: Optional[str]):
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, bias=bias)
+        self.norm_kind = norm
+        if norm == "group":
+            self.layer_norm = nn.GroupNorm(c_out, c_out, affine=True)
+        elif norm == "layer":
+            self.layer_norm = nn.LayerNorm(c_out, elementwise_affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, S) -> (B, C_out, S')``."""
+        x = self.conv(x)
+        if self.norm_kind == "group":
+            x = self.layer_norm(x)
+        elif self.norm_kind == "layer":
+            x = self.layer_norm(x.transpose(-2, -1)).transpose(-2, -1)
+        return F.gelu(x)
+
+
+class FeatureEncoder(nn.Module):
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        layers = []
+        c_in = 1
+        for i, (c, k, s) in enumerate(zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride)):
+            norm = "layer" if cfg.feat_extract_norm == "layer" else ("group" if i == 0 else None)
+            layers.append(ConvFeatureLayer(c_in, c, k, s, cfg.conv_bias, norm))
+            c_in = c
+        self.conv_layers = nn.ModuleList(layers)
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        """``(B, S) -> (B, C, N)`` (about 50 frames per second at 16 kHz)."""
+        x = input_values[:, None]
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+
+class FeatureProjection(nn.Module):
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
+        self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C) -> (B, T, hidden)``."""
+        return self.projection(self.layer_norm(x))
+
+
+class WeightNormConv1d(nn.Module):
+    """Grouped Conv1d whose weight is ``g * v / ||v||`` with the norm over all axes but the kernel axis (dim 2).
+
+    Parameters keep the released names ``weight_g (1, 1, K)``, ``weight_v (C, C/groups, K)`` and ``bias``.
+    """
+
+    def __init__(self, channels: int, kernel: int, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.padding = kernel // 2
+        self.weight_g = nn.Parameter(torch.ones(1, 1, kernel))
+        self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.normal_(self.weight_v, std=0.02)
+
+    def weight(self) -> torch.Tensor:
+        return torch._weight_norm(self.weight_v, self.weight_g, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
+
+
+class PositionalConvEmbedding(nn.Module):
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        self.conv = WeightNormConv1d(cfg.hidden_size, cfg.num_conv_pos_embeddings, cfg.num_conv_pos_embedding_groups)
+        self.remove = 1 if cfg.num_conv_pos_embeddings % 2 == 0 else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, H) -> (B, T, H)``: same-length grouped convolution (even kernels drop the last output), GELU."""
+        y = self.conv(x.transpose(1, 2))
+        if self.remove:
+            y = y[:, :, :-self.remove]
+        return F.gelu(y).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Bidirectional multi-head attention without mask: ``(B, T, H) -> (B, T, H)``."""
+        b, t, d = x.shape
+
+        def split(y):
+            return y.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)))
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.intermediate_dense = nn.Linear(dim, inner)
+        self.output_dense = nn.Linear(inner, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_dense(F.gelu(self.intermediate_dense(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LayerNorm transformer layer: ``x = LN(x + attn(x)); x = LN_final(x + ff(x))``."""
+
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        self.attention = SelfAttention(cfg.hidden_size, cfg.num_attention_heads)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.feed_forward = FeedForward(cfg.hidden_size, cfg.intermediate_size)
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(x + self.attention(x))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        self.pos_conv_embed = PositionalConvEmbedding(cfg)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, T, H)`` -> the output of every layer, a list of ``L`` tensors ``(B, T, H)``."""
+        x = self.layer_norm(x + self.pos_conv_embed(x))
+        outputs = []
+        for layer in self.layers:
+            x = layer(x)
+            outputs.append(x)
+        return outputs
+
+
+class Wav2Vec2Encoder(nn.Module):
+    """The ``Wav2Vec2Model`` part of a wav2vec2 checkpoint, split where MEMO needs it (eval behaviour only)."""
+
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        self.config = cfg
+        self.feature_extractor = FeatureEncoder(cfg)
+        self.feature_projection = FeatureProjection(cfg)
+        self.encoder = TransformerEncoder(cfg)
+        # SpecAugment mask embedding of the checkpoint; unused at inference but part of the released layout.
+        self.masked_spec_embed = nn.Parameter(torch.zeros(cfg.hidden_size))
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def cnn_features(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Convolutional features ``(B, S) -> (B, N, C)``."""
+        return self.feature_extractor(input_values).transpose(1, 2)
+
+    def layer_outputs(self, cnn_features: torch.Tensor) -> torch.Tensor:
+        """Feature projection + transformer: ``(B, T, C) -> (B, T, L, hidden)`` (all L layer outputs)."""
+        outs = self.encoder(self.feature_projection(cnn_features))
+        return torch.stack(outs, dim=2)
+
+    def forward(self, input_values: torch.Tensor, num_frames: Optional[int] = None) -> torch.Tensor:
+        """``(B, S) -> (B, T, L, hidden)``; with ``num_frames`` the CNN features are first resampled to that count."""
+        x = self.cnn_features(input_values)
+        if num_frames is not None:
+            x = feat.resample_frames(x, num_frames)
+        return self.layer_outputs(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def wav2vec2_model_keys(sd: dict) -> dict:
+    """Map a checkpoint state dict to the encoder's own key names.
+
+    Drops the CTC head (``lm_head.*``), strips the ``wav2vec2.`` prefix of a ``Wav2Vec2ForCTC`` checkpoint and renames
+    the weight-norm parametrisation keys written by newer torch/transformers to ``weight_g``/``weight_v``.
+    """
+    kept = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+    if any(k.startswith(CTC_PREFIX) for k in kept):
+        kept = {(k[len(CTC_PREFIX):] if k.startswith(CTC_PREFIX) else k): v for k, v in kept.items()}
+    return {_WEIGHT_NORM_RENAMES.get(k, k): v for k, v in kept.items()}
+
+
+def load_wav2vec2(path: str | Path, config: Optional[dict] = None, preprocessor: Optional[dict] = None,
+                  dtype: torch.dtype = torch.float32) -> Wav2Vec2Encoder:
+    """Load a wav2vec2 checkpoint strictly into :class:`Wav2Vec2Encoder` (CPU, eval mode).
+
+    ``path``: a folder as released (``config.json``, ``preprocessor_config.json``, ``model.safetensors`` or
+    ``pytorch_model.bin``) or a single weights file (ComfyUI's ``audio_encoders/wav2vec2-base-960h.safetensors``); a
+    missing config falls back to the embedded ``wav2vec2_base_960h`` one. Any key other than the CTC head that does
+    not match raises :class:`CheckpointKeyError` naming the file and the keys.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = find_weights(path)
+        folder = path
+    elif path.is_file():
+        files = [path]
+        folder = path.parent
+    else:
+        raise FileNotFoundError(f"wav2vec2 checkpoint not found: {path}")
+    if config is None:
+        config = _read_json(folder / "config.json") if path.is_dir() else None
+        if config is None:
+            config = embedded_config(EMBEDDED_CONFIG)
+    if preprocessor is None:
+        preprocessor = (_read_json(folder / "preprocessor_config.json") if path.is_dir() else None) \
+            or embedded_config(EMBEDDED_PREPROCESSOR)
+    cfg = Wav2Vec2Config.from_dict(config, preprocessor)
+    sd: dict = {}
+    for f in files:
+        sd.update(read_state_dict(f))
+    sd = wav2vec2_model_keys(sd)
+    source = str(files[0] if len(files) == 1 else folder)
+    try:
+        model = build_and_load(lambda: Wav2Vec2Encoder(cfg), sd, source=source, dtype=dtype)
+    except CheckpointKeyError as e:
+        raise CheckpointKeyError(source, e.missing, e.unexpected, e.mismatched,
+                                 what=f"a wav2vec2 encoder with this config ({cfg.num_hidden_layers} layers, "
+                                      f"hidden {cfg.hidden_size})") from None
+    return model.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MEMO's feature path
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Wav2VecFeatures:
+    """Intermediate and final results of the audio feature path (one utterance).
+
+    ``input_values (S',)`` normalised + padded waveform; ``cnn_features (N, C)``; ``cnn_features_resampled (T, C)``;
+    ``hidden_states (T, L, H)``; ``audio_emb (T, 5, L, H)``; ``num_frames`` = T (a multiple of the clip length);
+    ``frames_before_padding`` = ``ceil(samples / 16000 * fps)``.
+    """
+
+    input_values: torch.Tensor
+    cnn_features: torch.Tensor
+    cnn_features_resampled: torch.Tensor
+    hidden_states: torch.Tensor
+    audio_emb: torch.Tensor
+    num_frames: int
+    frames_before_padding: int
+    notes: list = field(default_factory=list)
+
+
+@torch.no_grad()
+def wav2vec_frame_features(model: Wav2Vec2Encoder, waveform: torch.Tensor, fps, clip_length: int,
+                           device: Optional[torch.device] = None) -> Wav2VecFeatures:
+    """MEMO's wav2vec path on a 16 kHz mono waveform ``(samples,)``.
+
+    normalise (if the preprocessor says so) -> pad to whole clips -> CNN features -> resample to T frames ->
+    projection + transformer -> all layer outputs ``(T, L, H)`` -> +-2 context windows ``(T, 5, L, H)`` (on the CPU,
+    float32).
+    """
+    notes: list[str] = []
+    x = waveform.detach().to("cpu", torch.float32).reshape(-1)
+    if model.config.do_normalize:
+        x = feat.normalize_utterance(x)
+    x, total, frames = feat.pad_to_whole_clips(x, fps, clip_length)
+    if total == 0:
+        raise ValueError("the audio has no samples: nothing to encode")
+    need = model.config.receptive_field
+    if x.shape[-1] < need:
+        notes.append(f"audio shorter than the encoder's {need}-sample receptive field: zero-padded to {need} samples")
+        x = F.pad(x, (0, need - x.shape[-1]))
+    if device is None:
+        device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    cnn = model.cnn_features(x[None].to(device, dtype))
+    cnn_t = feat.resample_frames(cnn, total)
+    hidden = model.layer_outputs(cnn_t)[0].float().cpu()
+    return Wav2VecFeatures(
+        input_values=x,
+        cnn_features=cnn[0].float().cpu(),
+        cnn_features_resampled=cnn_t[0].float().cpu(),
+        hidden_states=hidden,
+        audio_emb=feat.context_windows(hidden),
+        num_frames=total,
+        frames_before_padding=frames,
+        notes=notes,
+    )
+
+
+__all__ = [
+    "EMBEDDED_CONFIG", "Wav2Vec2Config", "Wav2Vec2Encoder", "Wav2VecFeatures", "load_wav2vec2",
+    "wav2vec2_model_keys", "wav2vec_frame_features",
+]

@@ -1,0 +1,274 @@
+"""MEMO memory-guided temporal module: linear attention over the frames of a clip plus a decaying memory of past
+frames, one memory state per attention layer, carried from clip to clip.
+
+Layout (released key names, relative to ``...motion_modules.<k>.``)::
+
+    temporal_transformer.norm                    GroupNorm(32, C, eps 1e-6), per frame
+    temporal_transformer.proj_in                 Linear(C, inner)
+    temporal_transformer.transformer_blocks.0
+        .attention_blocks.{0,1}                  MemoryLinearAttention: to_q/to_k/to_v (no bias), to_out.0 (+bias),
+                                                 optional pos_encoder.pe (1, max_len, inner)
+        .norms.{0,1}                             LayerNorm(inner)
+        .ff, .ff_norm                            GEGLU feed-forward, LayerNorm
+    temporal_transformer.proj_out                Linear(inner, C)
+
+Math of one layer (heads h, head width d; rows are (sequence, head) pairs):
+
+* ``q = softmax_d(x Wq) * d^-0.5``, ``k = softmax_F(x Wk)``, ``v = x Wv`` for the current clip (``x`` plus the
+  positional table when enabled); past frames ``m``: ``km = softmax_N(m Wk)``, ``vm = m Wv``.
+* Update (``is_new_audio`` clears the state first; an update happens when ``is_new_audio`` or
+  ``update_past_memory``): with ``w_j = 0.9^(N-1-j)``, ``KVnew = sum_j (w_j km_j)^T (w_j vm_j)``,
+  ``Znew = sum_j w_j km_j``; empty state -> ``(KVnew, Znew)``, else ``KV = 0.9^N KV + KVnew``, ``Z = 0.9^N Z + Znew``.
+* Read: ``KVt = 0.9 KV + sum_f k_f^T v_f``, ``Zt = 0.9 Z + sum_f k_f``, ``out_f = q_f KVt / max(q_f . Zt, 1e-10)``
+  for every frame (not causal), heads merged, ``to_out.0``.
+
+The memory is explicit (:class:`MemoryState`), resettable (:meth:`MemoryTemporalModule.reset_memory`) and movable
+between devices (:meth:`MemoryState.to`), e.g. to the CPU between clips. It is never part of the state dict.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..memo.reference_net import FeedForward
+
+MEMORY_DECAY = 0.9
+
+
+@dataclass
+class MemoryState:
+    """Memory of one linear-attention layer: ``kv (rows, d, d)`` and ``z (rows, 1, d)``; rows = sequences x heads."""
+
+    kv: torch.Tensor | None = None
+    z: torch.Tensor | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.kv is None
+
+    def reset(self) -> None:
+        self.kv = None
+        self.z = None
+
+    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> "MemoryState":
+        """Move the state in place (e.g. to the CPU between clips, back to the GPU before the next one)."""
+        if self.kv is not None:
+            self.kv = self.kv.to(device=device, dtype=dtype, non_blocking=non_blocking)
+            self.z = self.z.to(device=device, dtype=dtype, non_blocking=non_blocking)
+        return self
+
+    def clone(self) -> "MemoryState":
+        if self.kv is None:
+            return MemoryState()
+        return MemoryState(self.kv.clone(), self.z.clone())
+
+    def nbytes(self) -> int:
+        if self.kv is None:
+            return 0
+        return self.kv.numel() * self.kv.element_size() + self.z.numel() * self.z.element_size()
+
+
+def sinusoid_table(max_len: int, dim: int) -> torch.Tensor:
+    """``(1, max_len, dim)``: sin on even channels, cos on odd channels (the stored ``pos_encoder.pe``)."""
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, max_len, dim)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term)[:, : dim // 2]
+    return pe
+
+
+class PositionalEncoding(nn.Module):
+    """Adds ``pe[0, f]`` to frame ``f`` of a temporal sequence ``(R, F, C)``."""
+
+    def __init__(self, dim: int, max_len: int):
+        super().__init__()
+        self.register_buffer("pe", sinusoid_table(max_len, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.pe.shape[1]:
+            raise ValueError(f"{x.shape[1]} frames exceed the temporal positional table ({self.pe.shape[1]} rows)")
+        return x + self.pe[:, : x.shape[1]].to(x.dtype)
+
+
+class MemoryLinearAttention(nn.Module):
+    """One memory linear-attention layer (``attention_blocks.j``) with its own :class:`MemoryState`."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, positional_encoding: bool = False, max_len: int = 24):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.dim_head = heads, dim_head
+        self.scale = dim_head ** -0.5
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(dim, inner, bias=False)
+        self.to_v = nn.Linear(dim, inner, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
+        self.pos_encoder = PositionalEncoding(dim, max_len) if positional_encoding else None
+        self.memory = MemoryState()
+
+    def reset_memory(self) -> None:
+        self.memory.reset()
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        # (R, L, h*d) -> (R*h, L, d), row r*h + head
+        r, n, _ = t.shape
+        return t.view(r, n, self.heads, self.dim_head).transpose(1, 2).reshape(r * self.heads, n, self.dim_head)
+
+    def _update_memory(self, motion: torch.Tensor) -> None:
+        # motion: (R, N, C) normalised past-frame tokens, oldest first
+        km = torch.softmax(self._heads(self.to_k(motion)), dim=-2)  # softmax over the N past frames
+        vm = self._heads(self.to_v(motion))
+        n = km.shape[1]
+        w = MEMORY_DECAY ** torch.arange(n - 1, -1, -1, device=km.device, dtype=km.dtype)  # newest frame weight 1
+        km = km * w.view(1, n, 1)
+        vm = vm * w.view(1, n, 1)
+        kv_new = torch.einsum("bij,bik->bjk", km, vm)  # (R*h, d, d): w^2 on each outer product
+        z_new = km.sum(dim=1, keepdim=True)  # (R*h, 1, d)
+        if self.memory.empty:
+            self.memory.kv, self.memory.z = kv_new, z_new
+        else:
+            keep = MEMORY_DECAY ** n
+            self.memory.kv = self.memory.kv.to(kv_new) * keep + kv_new
+            self.memory.z = self.memory.z.to(z_new) * keep + z_new
+
+    def forward(self, x: torch.Tensor, motion: torch.Tensor, is_new_audio: bool = True,
+                update_past_memory: bool = False) -> torch.Tensor:
+        """``x (R, F, C)`` current-clip sequences, ``motion (R, N, C)`` past frames (same rows) -> ``(R, F, C)``.
+
+        A state that is empty when neither flag asks for an update (the original would fail) is built from ``motion``.
+        """
+        if self.pos_encoder is not None:
+            x = self.pos_encoder(x)
+        r = x.shape[0]
+        q = torch.softmax(self._heads(self.to_q(x)), dim=-1) * self.scale  # softmax over each head's d features
+        k = torch.softmax(self._heads(self.to_k(x)), dim=-2)  # softmax over the F frames
+        v = self._heads(self.to_v(x))
+
+        if is_new_audio:
+            self.memory.reset()
+        if is_new_audio or update_past_memory or self.memory.empty:
+            self._update_memory(motion)
+
+        kv = torch.baddbmm(self.memory.kv.to(k), k.transpose(1, 2), v, beta=MEMORY_DECAY)  # (R*h, d, d)
+        z = MEMORY_DECAY * self.memory.z.to(k) + k.sum(dim=-2, keepdim=True)  # (R*h, 1, d)
+        out = torch.bmm(q, kv) / torch.bmm(q, z.transpose(1, 2)).clamp(min=1e-10)  # (R*h, F, d)
+        out = out.view(r, self.heads, -1, self.dim_head).transpose(1, 2).reshape(r, -1, self.heads * self.dim_head)
+        return self.to_out[0](out)
+
+
+class TemporalLinearAttnBlock(nn.Module):
+    """Two memory attention layers (pre-LayerNorm, residual; keys/values of the past frames always from the ORIGINAL
+    projected motion tokens re-normalised by each layer's own norm) and a GEGLU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, num_attention_blocks: int = 2,
+                 positional_encoding: bool = False, max_len: int = 24):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList([
+            MemoryLinearAttention(dim, heads, dim_head, positional_encoding, max_len)
+            for _ in range(num_attention_blocks)])
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(num_attention_blocks)])
+        self.ff = FeedForward(dim)
+        self.ff_norm = nn.LayerNorm(dim)
+
+    def forward(self, x, motion, is_new_audio=True, update_past_memory=False):
+        # x: (R, F, C), motion: (R, N, C)
+        for attn, norm in zip(self.attention_blocks, self.norms):
+            x = attn(norm(x), norm(motion), is_new_audio, update_past_memory) + x
+        return self.ff(self.ff_norm(x)) + x
+
+
+class TemporalLinearAttnTransformer(nn.Module):
+    def __init__(self, channels: int, heads: int, dim_head: int, num_layers: int, num_attention_blocks: int,
+                 positional_encoding: bool, max_len: int, groups: int = 32):
+        super().__init__()
+        inner = heads * dim_head
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+        self.proj_in = nn.Linear(channels, inner)
+        self.transformer_blocks = nn.ModuleList([
+            TemporalLinearAttnBlock(inner, heads, dim_head, num_attention_blocks, positional_encoding, max_len)
+            for _ in range(num_layers)])
+        self.proj_out = nn.Linear(inner, channels)
+
+    def tokens(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """Per-frame rows ``(B*F, C, H, W)`` -> normalised, projected temporal sequences ``(B*H*W, F, inner)``."""
+        bf, c, h, w = x.shape
+        y = self.norm(x).permute(0, 2, 3, 1).reshape(bf, h * w, c)
+        y = self.proj_in(y)  # (B*F, H*W, inner)
+        frames = bf // batch
+        return y.view(batch, frames, h * w, -1).transpose(1, 2).reshape(batch * h * w, frames, -1)
+
+
+@dataclass
+class MotionModuleConfig:
+    """``motion_module_kwargs`` of ``diffusion_net/config.json``."""
+
+    num_attention_heads: int = 8
+    num_transformer_block: int = 1
+    attention_block_types: tuple = ("Temporal_Self", "Temporal_Self")
+    temporal_position_encoding: bool = False
+    temporal_position_encoding_max_len: int = 24
+    temporal_attention_dim_div: int = 1
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> "MotionModuleConfig":
+        config = dict(config or {})
+        config.pop("zero_initialize", None)
+        unknown = set(config) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"motion_module_kwargs: unsupported keys {sorted(unknown)}")
+        if "attention_block_types" in config:
+            config["attention_block_types"] = tuple(config["attention_block_types"])
+            for name in config["attention_block_types"]:
+                if name != "Temporal_Self":
+                    raise ValueError(f"motion_module_kwargs: unsupported attention block type {name!r} "
+                                     "(MEMO uses Temporal_Self memory attention only)")
+        return cls(**config)
+
+
+class MemoryTemporalModule(nn.Module):
+    """The whole temporal module (``motion_modules.<k>``): GroupNorm -> proj_in -> memory transformer -> proj_out +
+    residual. ``hidden (B, C, F, H, W)``, ``motion (B, C, N, H, W)`` (the N past frames' features, oldest first)."""
+
+    def __init__(self, channels: int, config: MotionModuleConfig | None = None, groups: int = 32):
+        super().__init__()
+        cfg = config or MotionModuleConfig()
+        heads = cfg.num_attention_heads
+        dim_head = channels // heads // cfg.temporal_attention_dim_div
+        self.temporal_transformer = TemporalLinearAttnTransformer(
+            channels, heads, dim_head, cfg.num_transformer_block, len(cfg.attention_block_types),
+            cfg.temporal_position_encoding, cfg.temporal_position_encoding_max_len, groups)
+
+    def memory_layers(self) -> Iterator[MemoryLinearAttention]:
+        for block in self.temporal_transformer.transformer_blocks:
+            yield from block.attention_blocks
+
+    def reset_memory(self) -> None:
+        for layer in self.memory_layers():
+            layer.reset_memory()
+
+    def forward_rows(self, x: torch.Tensor, motion: torch.Tensor, batch: int, is_new_audio: bool = True,
+                     update_past_memory: bool = False) -> torch.Tensor:
+        """Per-frame rows: ``x (B*F, C, H, W)``, ``motion (B*N, C, H, W)`` -> ``(B*F, C, H, W)``."""
+        tt = self.temporal_transformer
+        bf, c, h, w = x.shape
+        frames = bf // batch
+        seq = tt.tokens(x, batch)  # (B*H*W, F, inner)
+        past = tt.tokens(motion.to(x.dtype), batch)  # (B*H*W, N, inner)
+        for block in tt.transformer_blocks:
+            seq = block(seq, past, is_new_audio, update_past_memory)
+        out = tt.proj_out(seq)  # (B*H*W, F, C)
+        out = out.view(batch, h, w, frames, c).permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)
+        return out + x
+
+    def forward(self, hidden: torch.Tensor, motion: torch.Tensor, is_new_audio: bool = True,
+                update_past_memory: bool = False) -> torch.Tensor:
+        b, c, f, h, w = hidden.shape
+        n = motion.shape[2]
+        x = hidden.transpose(1, 2).reshape(b * f, c, h, w)
+        m = motion.transpose(1, 2).reshape(b * n, c, h, w)
+        out = self.forward_rows(x, m, b, is_new_audio, update_past_memory)
+        return out.view(b, f, c, h, w).transpose(1, 2)

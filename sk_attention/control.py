@@ -1,0 +1,294 @@
+"""HelloMeme v5 control networks: pose image + expression coefficients -> per-level control residuals.
+
+* :class:`ControlEncoder` (released ``HM5ControlNetBase``, ``songkey/hm5_control_base``): the pose image resized to
+  1/8, expression coefficients encoded into 16 context tokens, and a small knitted U-Net
+  (:class:`KnittedControlUNet`, ``ctrl_attn``) giving ``feat_0..3`` (B, C, F, h, w) at 1/64 .. 1/8 of the image.
+* :class:`ControlProjector` (released ``HM5SD15ControlProj``, ``songkey/hm5_control_proj`` / ``hm5c_control_proj``):
+  eight :class:`FeatureProjector` maps (3x3 conv + knitted self-attention) from ``feat_i`` to the SD1.5 UNet
+  insertion points ``down3_0..3`` (after each down block) and ``up3_0..3`` (before each up block).
+
+Building blocks: :class:`ResidualDownBlock` (a ResNet BasicBlock with InstanceNorm, torchvision keys) and
+:class:`KnittedCrossAttention` (``STKCrossAttentionV5``: row then column cross-attention to the context tokens).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .embeddings import ARKIT_SCALE, PDFGC_SCALE, MLPEmbedding, SinCosHalves, SinusoidalTable, coefficient_tokens
+from .knitting import Attention, FeedForward, KnittedAttention
+
+ARKIT_COEFFICIENTS = 51  # ARKit blendshapes per frame
+FACE_PARTS = 3  # CLIP image embeddings of the two eye regions and the mouth
+PDFGC_COEFFICIENTS = 548  # PD-FGC motion code: eye 6 | emotion 30 | mouth 512
+
+
+class ResidualDownBlock(nn.Module):
+    """ResNet basic block (torchvision ``BasicBlock`` keys) with parameter-free InstanceNorm, stride 2 by default.
+
+    ``relu(IN(conv2(relu(IN(conv1(x))))) + downsample(x))`` with ``downsample = [1x1 conv stride s, IN, SiLU]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.norm1 = nn.InstanceNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm2 = nn.InstanceNorm2d(out_channels)
+        self.downsample = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+            nn.InstanceNorm2d(out_channels),
+            nn.SiLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + self.downsample(x))
+
+
+class KnittedCrossAttention(nn.Module):
+    """Row then column cross-attention of a feature map to context tokens (``STKCrossAttentionV5``).
+
+    ``conv_in`` (3x3, in -> mid), then ``attn1`` (each row's tokens, positions along the width) and ``attn2`` (each
+    column's tokens, positions along the height) attend to the context (plus its own position table), each with
+    the shared ``norm`` before it and no residual; then ``norm(ff(x))`` (the same LayerNorm AFTER the GEGLU
+    feed-forward, inner 16*mid) and ``proj`` (3x3, mid -> in).
+
+    Args:
+        channel_in, channel_mid: channels outside / inside.
+        heads: attention heads (dim_head = mid // heads).
+        cross_attention_dim: width of the context tokens.
+        position_table_lengths: None (v5): computed ``[sin | cos]`` positions. ``(features, context)`` lengths (v4:
+            512, 1024): stored tables ``pos_embed.pe`` / ``pos_embed_hidden.pe``.
+    """
+
+    def __init__(self, channel_in: int, channel_mid: int, heads: int = 8, cross_attention_dim: int = 320,
+                 position_table_lengths: tuple[int, int] | None = None, norm_eps: float = 1e-5):
+        super().__init__()
+        self.conv_in = nn.Conv2d(channel_in, channel_mid, kernel_size=3, padding=1)
+        if position_table_lengths:
+            self.pos_embed = SinusoidalTable(channel_mid, position_table_lengths[0])
+            self.pos_embed_hidden = SinusoidalTable(cross_attention_dim, position_table_lengths[1])
+        else:
+            self._positions = SinCosHalves()
+        self.norm = nn.LayerNorm(channel_mid, eps=norm_eps)
+        self.attn1 = Attention(channel_mid, heads, channel_mid // heads, context_dim=cross_attention_dim)
+        self.attn2 = Attention(channel_mid, heads, channel_mid // heads, context_dim=cross_attention_dim)
+        self.ff = FeedForward(channel_mid, inner_dim=channel_mid * 16)
+        self.proj = nn.Conv2d(channel_mid, channel_in, kernel_size=3, padding=1)
+
+    def _tables(self):
+        if hasattr(self, "pos_embed"):
+            return self.pos_embed, self.pos_embed_hidden
+        return self._positions, self._positions
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # x: (b, f, C_in, h, w); context: (b, f, T, cross_attention_dim) -> (b, f, C_in, h, w)
+        b, f, c_in, h, w = x.shape
+        x = self.conv_in(x.reshape(b * f, c_in, h, w))
+        c = x.shape[1]
+        positions, context_positions = self._tables()
+        context = context.reshape(b * f, *context.shape[2:])
+        context = context + context_positions.table(context.shape[1], context)[None]  # (b*f, T, D)
+
+        # Every query token attends to its frame's context only, so the row / column grouping matters only through
+        # the positions: rows get the position along the width, columns the position along the height.
+        tokens = x.permute(0, 2, 3, 1)  # (b*f, h, w, c)
+        tokens = tokens + positions.table(w, tokens)[None, None]
+        tokens = self.attn1(self.norm(tokens.reshape(b * f, h * w, c)), context).reshape(b * f, h, w, c)
+        tokens = tokens + positions.table(h, tokens)[None, :, None]
+        tokens = self.attn2(self.norm(tokens.reshape(b * f, h * w, c)), context)  # (b*f, h*w, c)
+
+        tokens = self.norm(self.ff(tokens))
+        out = self.proj(tokens.reshape(b * f, h, w, c).permute(0, 3, 1, 2).contiguous())
+        return out.reshape(b, f, c_in, h, w)
+
+
+class KnittedControlUNet(nn.Module):
+    """Small U-Net on the resized pose image conditioned on context tokens (``SmallUnetV5``, ``ctrl_attn``).
+
+    Down: ``down_blocks[i]`` (:class:`ResidualDownBlock`, stride 2) whose output is REPLACED by
+    ``attn_blocks[i]`` (:class:`KnittedCrossAttention`). Up: ``up_blocks[i]`` = [3x3 conv + bias, InstanceNorm,
+    SiLU, bilinear x2] plus the skip of the same size; the last up block has no skip.
+    Outputs ``feat_0`` (bottom, mid[-1] channels, 1/2^n) ... ``feat_n`` (out_channels, full input size).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 320, cross_attention_dim: int = 2048,
+                 mid_channels: tuple[int, ...] = (320, 640, 1280),
+                 position_table_lengths: tuple[int, int] | None = None):
+        super().__init__()
+        mid_channels = list(mid_channels)
+        down = [in_channels] + mid_channels
+        up = mid_channels[::-1] + [out_channels]
+        self.down_blocks = nn.ModuleList([ResidualDownBlock(down[i - 1], down[i]) for i in range(1, len(down))])
+        self.up_blocks = nn.ModuleList([
+            nn.Sequential(
+                nn.Conv2d(up[i - 1], up[i], kernel_size=3, padding=1),
+                nn.InstanceNorm2d(up[i]),
+                nn.SiLU(),
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            ) for i in range(1, len(up))
+        ])
+        self.attn_blocks = nn.ModuleList([
+            KnittedCrossAttention(c, c, cross_attention_dim=cross_attention_dim,
+                                  position_table_lengths=position_table_lengths) for c in mid_channels
+        ])
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        # x: (b, C_in, f, H, W); context: (b, f, T, D) -> {feat_i: (b, C_i, f, H_i, W_i)}
+        b, c, f, h, w = x.shape
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        skips = []
+        for down_block, attn_block in zip(self.down_blocks, self.attn_blocks):
+            x = down_block(x)
+            x = attn_block(x.reshape(b, f, *x.shape[1:]), context)
+            x = x.reshape(b * f, *x.shape[2:])
+            skips.append(x)
+
+        def clip_major(t):  # (b*f, C, h, w) -> (b, C, f, h, w)
+            return t.reshape(b, f, *t.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+
+        feats = {"feat_0": clip_major(x)}
+        skips = skips[::-1][1:]
+        for i, block in enumerate(self.up_blocks[:-1]):
+            x = block(x) + skips[i]
+            feats[f"feat_{i + 1}"] = clip_major(x)
+        feats[f"feat_{len(self.up_blocks)}"] = clip_major(self.up_blocks[-1](x))
+        return feats
+
+
+@dataclass
+class ControlEncoderConfig:
+    """``config.json`` of ``HM5ControlNetBase`` holds ``in_channels`` and ``cross_attention_dim``; the other fields
+    are fixed in the released class (kept configurable for reduced test models)."""
+
+    in_channels: int = 3
+    cross_attention_dim: int = 2048
+    out_channels: int = 320
+    mid_channels: tuple[int, ...] = (320, 640, 1280)
+    token_dim: int = 1024  # width of one coefficient token
+    num_tokens: int = 16  # context tokens after the pre-projection across the coefficient axis
+    downscale: int = 8  # the pose image is resized to 1/downscale (the latent size)
+
+
+class ControlEncoder(nn.Module):
+    """Pose image + expression -> multi-scale control features (``HM5ControlNetBase``).
+
+    Expression context (B, F, num_tokens, cross_attention_dim), one of:
+
+    * ARKit (used whenever ``drive_coeff`` is given): every coefficient x500 becomes a ``token_dim`` token, the 51
+      tokens are mixed into 16 by ``exp_pre_proj`` (acting across the coefficient axis) and widened by
+      ``exp_proj``; the 3 CLIP face-part embeddings go through ``face_pre_proj`` (3 -> 16 across parts) and
+      ``face_proj``; the two are summed.
+    * PD-FGC (``emo_embedding``): every one of the 548 values x20 becomes a token, ``emo_pre_proj`` (548 -> 16),
+      ``emo_proj``.
+    """
+
+    def __init__(self, config: ControlEncoderConfig | None = None, **overrides):
+        super().__init__()
+        config = config or ControlEncoderConfig(**overrides)
+        self.config = config
+        d, n, ctx = config.token_dim, config.num_tokens, config.cross_attention_dim
+        self.emo_pre_proj = MLPEmbedding(PDFGC_COEFFICIENTS, n)
+        self.emo_proj = MLPEmbedding(d, ctx)
+        self.exp_pre_proj = MLPEmbedding(ARKIT_COEFFICIENTS, n)
+        self.face_pre_proj = MLPEmbedding(FACE_PARTS, n)
+        self.exp_proj = MLPEmbedding(d, ctx)
+        self.face_proj = MLPEmbedding(d, ctx)
+        self.ctrl_attn = KnittedControlUNet(config.in_channels, config.out_channels, ctx, config.mid_channels)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.exp_proj.linear_1.weight.dtype
+
+    def _tokens_to_context(self, values: torch.Tensor, scale: float, pre_proj: nn.Module, proj: nn.Module):
+        # values: (b, f, N) -> tokens (b*f, token_dim, N) -> pre_proj across N -> (b*f, num_tokens, token_dim)
+        b, f, n = values.shape
+        tokens = coefficient_tokens(values, self.config.token_dim, scale).to(self.dtype)  # (b*f*N, token_dim)
+        tokens = tokens.reshape(b * f, n, -1).transpose(1, 2)
+        return proj(pre_proj(tokens).transpose(1, 2))  # (b*f, num_tokens, cross_attention_dim)
+
+    def encode_expression(self, emo_embedding: torch.Tensor | None = None, drive_coeff: torch.Tensor | None = None,
+                          face_parts: torch.Tensor | None = None) -> torch.Tensor:
+        """Context tokens (B, F, num_tokens, cross_attention_dim) from ARKit + face parts or from PD-FGC.
+
+        drive_coeff: (B, F, 51); face_parts: (B, F, 3, token_dim); emo_embedding: (B, F, 548).
+        """
+        if drive_coeff is not None:
+            if face_parts is None:
+                raise ValueError("the ARKit expression branch needs face_parts (B, F, 3, 1024) with drive_coeff")
+            b, f = drive_coeff.shape[:2]
+            context = self._tokens_to_context(drive_coeff, ARKIT_SCALE, self.exp_pre_proj, self.exp_proj)
+            parts = face_parts.to(self.dtype).reshape(b * f, *face_parts.shape[2:]).transpose(1, 2)  # (bf, D, 3)
+            context = context + self.face_proj(self.face_pre_proj(parts).transpose(1, 2))
+        elif emo_embedding is not None:
+            b, f = emo_embedding.shape[:2]
+            context = self._tokens_to_context(emo_embedding, PDFGC_SCALE, self.emo_pre_proj, self.emo_proj)
+        else:
+            raise ValueError("give either drive_coeff + face_parts (ARKit) or emo_embedding (PD-FGC)")
+        return context.reshape(b, f, *context.shape[1:])
+
+    def resize_condition(self, condition: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, H, W) pose image -> (B, C, F, H/8, W/8), bilinear without corner alignment."""
+        b, c, f, h, w = condition.shape
+        x = condition.to(self.dtype).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        size = (h // self.config.downscale, w // self.config.downscale)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x.reshape(b, f, c, *size).permute(0, 2, 1, 3, 4)
+
+    def forward(self, condition: torch.Tensor, emo_embedding: torch.Tensor | None = None,
+                drive_coeff: torch.Tensor | None = None,
+                face_parts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # condition: (B, 3, F, H, W) in [-1, 1]
+        # -> {feat_0: (B, 1280, F, H/64, W/64), ..., feat_3: (B, 320, F, H/8, W/8)}
+        context = self.encode_expression(emo_embedding=emo_embedding, drive_coeff=drive_coeff, face_parts=face_parts)
+        return self.ctrl_attn(self.resize_condition(condition), context)
+
+
+class FeatureProjector(nn.Module):
+    """One control map (``HMProjector``): ``proj`` (3x3, in -> out, no bias), then ``attn``, a knitted
+    self-attention (out -> out/4 -> out, 8 heads) with residual. (B, in, F, h, w) -> (B, out, F, h, w)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_attention_heads: int = 8):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.attn = KnittedAttention(out_channels, out_channels // 4, num_attention_heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        x = self.proj(x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))  # (b*f, out, h, w)
+        x = x.permute(0, 2, 3, 1).reshape(b, f, h, w, -1)  # (b, f, h, w, out)
+        x = self.attn(x, residual=True)
+        return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+# insertion point -> (control feature, module name, in channels, out channels); released SD1.5 sizes
+CONTROL_PROJECTIONS: dict[str, tuple[str, str, int, int]] = {
+    "up3_0": ("feat_0", "map1280_to_1280", 1280, 1280),
+    "up3_1": ("feat_1", "map640_to_1280", 640, 1280),
+    "up3_2": ("feat_2", "map320_to_1280", 320, 1280),
+    "up3_3": ("feat_3", "map320_to_640", 320, 640),
+    "down3_0": ("feat_2", "map320_to_320", 320, 320),
+    "down3_1": ("feat_1", "map640_to_640", 640, 640),
+    "down3_2": ("feat_0", "map1280_to_1280_2", 1280, 1280),
+    "down3_3": ("feat_0", "map1280_to_1280_3", 1280, 1280),
+}
+
+
+class ControlProjector(nn.Module):
+    """Control features -> SD1.5 insertion points (``HM5SD15ControlProj``): one :class:`FeatureProjector` per
+    point, named ``map{in}_to_{out}[_2|_3]`` (see :data:`CONTROL_PROJECTIONS`)."""
+
+    def __init__(self, projections: dict[str, tuple[str, str, int, int]] | None = None):
+        super().__init__()
+        self.projections = dict(projections or CONTROL_PROJECTIONS)
+        for _, name, c_in, c_out in self.projections.values():
+            self.add_module(name, FeatureProjector(c_in, c_out))
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # feats: {feat_i: (B, C_i, F, h_i, w_i)} -> {down3_0..3, up3_0..3: (B, C, F, h, w)}
+        return {point: getattr(self, name)(feats[feat]) for point, (feat, name, _, _) in self.projections.items()}

@@ -1,0 +1,405 @@
+"""HelloMeme v5 / v5b / v5c image pipeline, and the pieces the video pipeline shares with it.
+
+One generated image = the reference image re-posed and re-expressed by one driving frame:
+
+1. reference latent = a SAMPLE of the encoding VAE's posterior (its noise drawn from the run's noise source) x the
+   VAE scaling factor (0.18215);
+2. reference cache: the reference UNet (plain SD1.5 weights) at t = 0 on that latent (F = 1) with the reference text;
+   v5c also feeds it control features of the reference image's own pose / expression;
+3. control features of the driving frame (``down3_i`` / ``up3_i``) from the control encoder + projector, or given;
+4. ``steps`` DPM++ SDE steps (a fresh scheduler) of the SK denoiser, CFG with the official single negative branch:
+   negative text, the cache of an all-zero reference latent, control of an all -1 pose image with zero expression
+   (v5c: the reference-side control negative by the same rule); batches ``[uncond, cond]``,
+   ``eps = eps_u + s (eps_c - eps_u)``, only when ``s > 1``;
+5. decode with the decoding VAE: image (B, H, W, 3) in [0, 1] and latents (B, 4, h, w) / scaling factor.
+
+Text embeddings are inputs (``prompt_embeds`` (B, T, D)); in the released "stylize x1" mode the reference pass uses
+the official SD1.5 text encoder (``reference_prompt_embeds``), which defaults to the denoising embeddings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..runtime.base import ModelHandle, Runtime
+from .denoiser import SKDenoiser
+from .schedulers import NoiseSource, as_noise_source, make_scheduler, scheduler_step, set_steps
+
+VERSIONS = ("v5", "v5b", "v5c")
+VIDEO_VERSIONS = ("v5", "v5b")
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 1.5
+FeatureDict = dict[str, torch.Tensor]
+Observer = Callable[[str, dict], None]
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class HelloMemeModels:
+    """The modules of a v5-family pipeline.
+
+    denoiser: SD1.5 UNet of the user's checkpoint + reference adapter (+ motion adapter for video).
+    reference_unet: SD1.5 UNet without adapters (official SD1.5 weights in the released "stylize x1" mode).
+    encode_vae / decode_vae: the reference-encoding VAE (official SD1.5 in x1) and the decoding VAE (checkpoint's).
+    control_encoder / control_projector: ``HM5ControlNetBase`` / ``HM5SD15ControlProj`` (v5c: ``hm5c_control_proj``);
+    optional when control features are given.
+    """
+
+    version: str
+    denoiser: SKDenoiser
+    reference_unet: SKDenoiser
+    encode_vae: nn.Module
+    decode_vae: nn.Module
+    control_encoder: Optional[nn.Module] = None
+    control_projector: Optional[nn.Module] = None
+    dtype: Optional[torch.dtype] = None  # None: the runtime's choice per role
+    _handles: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.version not in VERSIONS:
+            raise ValueError(f"unknown HelloMeme version {self.version!r}: use one of {', '.join(VERSIONS)}")
+
+    def handles(self, runtime: Runtime) -> dict[str, ModelHandle]:
+        """Runtime handles of every module (registered once per runtime kind and device)."""
+        key = (runtime.name, str(runtime.device))
+        if key not in self._handles:
+            roles = {"denoiser": "diffusion", "reference_unet": "diffusion", "encode_vae": "vae", "decode_vae": "vae",
+                     "control_encoder": "diffusion", "control_projector": "diffusion"}
+            out = {}
+            for name, role in roles.items():
+                module = getattr(self, name)
+                if module is not None:
+                    out[name] = runtime.manage(f"hellomeme.{self.version}.{name}", module,
+                                               runtime.dtype(self.dtype, role))
+            self._handles[key] = out
+        return self._handles[key]
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.encode_vae.config, "scaling_factor", 0.18215) or 0.18215)
+
+
+# ---- control features ---------------------------------------------------------------------------------------------
+class ControlSource:
+    """Control features ``{down3_i, up3_i: (B, C, f, h_i, w_i)}`` of the frames of a driving clip.
+
+    ``features(frames)`` gives the conditional features of those frames; ``negative()`` the CFG negative (an all -1
+    pose image with zero expression), (B, C, 1, h_i, w_i), reused for every frame. ``modules`` are the networks the
+    source runs (the pipeline makes them resident while it asks for features).
+    """
+
+    num_frames: int = 1
+    modules: tuple[str, ...] = ()
+
+    def features(self, frames: Sequence[int], device: torch.device, dtype: torch.dtype) -> FeatureDict:
+        raise NotImplementedError
+
+    def negative(self, device: torch.device, dtype: torch.dtype) -> FeatureDict:
+        raise NotImplementedError
+
+    def cfg_features(self, frames: Sequence[int], device, dtype, guided: bool) -> FeatureDict:
+        """``[negative (repeated over frames), conditional]`` on the batch axis when ``guided``, else conditional."""
+        cond = self.features(frames, device, dtype)
+        if not guided:
+            return cond
+        neg = self.negative(device, dtype)
+        return {k: torch.cat([neg[k].expand(-1, -1, v.shape[2], -1, -1), v], dim=0) for k, v in cond.items()}
+
+
+class PrecomputedControls(ControlSource):
+    """Given features: ``features`` {key: (B, C, F, h, w)} and ``negative`` {key: (B, C, 1, h, w)} (needed for CFG).
+    Tensors stay where they are (keep them on the CPU for long clips); windows are moved to the device on demand."""
+
+    def __init__(self, features: Mapping[str, torch.Tensor], negative: Optional[Mapping[str, torch.Tensor]] = None):
+        self._features = dict(features)
+        self._negative = None if negative is None else dict(negative)
+        self.num_frames = next(iter(self._features.values())).shape[2]
+
+    @classmethod
+    def from_cfg_batch(cls, features: Mapping[str, torch.Tensor]) -> "PrecomputedControls":
+        """From features already batched ``[uncond, cond]`` (2B, C, 1, h, w), as the original computes them."""
+        half = {k: v.shape[0] // 2 for k, v in features.items()}
+        return cls({k: v[half[k]:] for k, v in features.items()}, {k: v[:half[k]] for k, v in features.items()})
+
+    def features(self, frames, device, dtype):
+        idx = torch.as_tensor(list(frames), dtype=torch.long)
+        return {k: v.index_select(2, idx.to(v.device)).to(device=device, dtype=dtype) for k, v in self._features.items()}
+
+    def negative(self, device, dtype):
+        if self._negative is None:
+            raise ValueError("classifier-free guidance needs the negative control features (all -1 pose, zero "
+                             "expression); pass `negative` or use guidance_scale <= 1")
+        return {k: v.to(device=device, dtype=dtype) for k, v in self._negative.items()}
+
+
+class _BoundedStore:
+    """Per-key tensor dicts kept while they fit in ``max_bytes`` (fill-until-full: no eviction, so a sequential sweep
+    over more frames than fit still hits on the cached ones). Tracks current and peak bytes."""
+
+    def __init__(self, max_bytes: int, device: torch.device | str = "cpu"):
+        self.max_bytes = int(max_bytes)
+        self.device = torch.device(device)
+        self.items: dict = {}
+        self.bytes = 0
+        self.peak_bytes = 0
+
+    @staticmethod
+    def size(d: Mapping[str, torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in d.values())
+
+    def get(self, key):
+        return self.items.get(key)
+
+    def put(self, key, value: Mapping[str, torch.Tensor]) -> bool:
+        self.discard(key)
+        n = self.size(value)
+        if self.bytes + n > self.max_bytes:
+            return False
+        self.items[key] = {k: v.to(self.device) for k, v in value.items()}
+        self.bytes += n
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        return True
+
+    def discard(self, key) -> None:
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.bytes -= self.size(old)
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.bytes = 0
+
+
+class ComputedControls(ControlSource):
+    """Control features computed by the control encoder + projector from the driving parameters.
+
+    condition: pose images (B, 3, F, H, W) in [-1, 1], or a callable ``frames -> (B, 3, f, H, W)`` (so a long clip's
+    pose images need not be held at once). Expression, one of: ``emo_embedding`` (B, F, 548) (PD-FGC), or
+    ``drive_coeff`` (B, F, 51) + ``face_parts`` (B, F, 3, 1024) (ARKit + CLIP face parts).
+
+    Features are computed per window; up to ``cache_bytes`` of per-frame features are kept on ``cache_device`` for
+    reuse by later steps (0: always recompute, so memory does not grow with the clip length).
+    """
+
+    modules = ("control_encoder", "control_projector")
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module,
+                 condition: torch.Tensor | Callable[[Sequence[int]], torch.Tensor],
+                 emo_embedding: Optional[torch.Tensor] = None, drive_coeff: Optional[torch.Tensor] = None,
+                 face_parts: Optional[torch.Tensor] = None, num_frames: Optional[int] = None,
+                 cache_bytes: int = 0, cache_device: torch.device | str = "cpu"):
+        if emo_embedding is None and drive_coeff is None:
+            raise ValueError("give the expression: emo_embedding (B, F, 548) or drive_coeff (B, F, 51) + face_parts")
+        if drive_coeff is not None and face_parts is None:
+            raise ValueError("drive_coeff (ARKit) needs face_parts (B, F, 3, 1024)")
+        self.encoder, self.projector = encoder, projector
+        self.condition = condition
+        self.expression = {"emo_embedding": emo_embedding} if drive_coeff is None else \
+            {"drive_coeff": drive_coeff, "face_parts": face_parts}
+        exp = next(iter(self.expression.values()))
+        self.num_frames = int(num_frames if num_frames is not None else
+                              (condition.shape[2] if torch.is_tensor(condition) else exp.shape[1]))
+        if exp.shape[1] != self.num_frames:
+            raise ValueError(f"expression has {exp.shape[1]} frames, the clip {self.num_frames}")
+        self.cache = _BoundedStore(cache_bytes, cache_device)
+        self._negative: Optional[FeatureDict] = None
+
+    def _condition(self, frames: Sequence[int]) -> torch.Tensor:
+        if torch.is_tensor(self.condition):
+            return self.condition[:, :, list(frames)]
+        return self.condition(list(frames))
+
+    def _run(self, condition: torch.Tensor, expression: dict, device, dtype) -> FeatureDict:
+        exp = {k: v.to(device=device, dtype=dtype) for k, v in expression.items()}
+        feats = self.encoder(condition.to(device=device, dtype=dtype), **exp)
+        return self.projector(feats)
+
+    def features(self, frames, device, dtype):
+        frames = list(frames)
+        missing = [f for f in frames if self.cache.get(f) is None]
+        fresh: dict[int, FeatureDict] = {}
+        if missing:
+            exp = {k: v[:, missing] for k, v in self.expression.items()}
+            out = self._run(self._condition(missing), exp, device, dtype)
+            for j, f in enumerate(missing):
+                fresh[f] = {k: v[:, :, j:j + 1] for k, v in out.items()}
+                self.cache.put(f, fresh[f])
+        parts = [fresh[f] if f in fresh else self.cache.get(f) for f in frames]
+        return {k: torch.cat([p[k].to(device=device, dtype=dtype) for p in parts], dim=2) for k in parts[0]}
+
+    def negative(self, device, dtype):
+        if self._negative is None:
+            cond = self._condition([0])
+            exp = {k: torch.zeros_like(v[:, :1]) for k, v in self.expression.items()}
+            out = self._run(torch.full_like(cond, -1.0), exp, device, dtype)
+            self._negative = {k: v.to(self.cache.device) for k, v in out.items()}
+        return {k: v.to(device=device, dtype=dtype) for k, v in self._negative.items()}
+
+
+# ---- shared steps -------------------------------------------------------------------------------------------------
+def image_to_vae_input(image: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) / (B, H, W, 3) RGB, uint8 or float in [0, 1] -> (B, 3, H, W) float32 in [-1, 1]."""
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise ValueError(f"reference image must be (H, W, 3) or (B, H, W, 3) RGB, got {tuple(image.shape)}")
+    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    return x.permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+def vae_output_to_image(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) decoder output in [-1, 1] -> (B, H, W, 3) float32 in [0, 1] on the CPU."""
+    return (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
+def vae_factor(vae: nn.Module) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def encode_reference(vae: nn.Module, image: torch.Tensor, noise: NoiseSource, device, dtype) -> torch.Tensor:
+    """Reference latent (B, 4, h, w) = (posterior mean + std · noise) × scaling factor (a posterior SAMPLE)."""
+    x = image_to_vae_input(image)
+    f = vae_factor(vae)
+    if x.shape[-1] % f or x.shape[-2] % f:
+        raise ValueError(f"reference image size {tuple(x.shape[-2:])} must be a multiple of {f}")
+    dist = vae.encode(x.to(device=device, dtype=dtype)).latent_dist
+    eps = noise.draw(dist.mean.shape, "vae_posterior").to(device=device, dtype=dist.mean.dtype)
+    latent = dist.mean + dist.std * eps
+    sf = float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)
+    return (latent * sf).float()
+
+
+def decode_latents(vae: nn.Module, latents: torch.Tensor, scaling_factor: float, device, dtype) -> torch.Tensor:
+    """(B, 4, h, w) latents (model scale) -> (B, H, W, 3) in [0, 1] on the CPU."""
+    out = vae.decode((latents / scaling_factor).to(device=device, dtype=dtype), return_dict=False)[0]
+    return vae_output_to_image(out)
+
+
+def guided_text(prompt_embeds: torch.Tensor, negative: Optional[torch.Tensor], guided: bool,
+                what: str = "prompt") -> torch.Tensor:
+    """``[negative, prompt]`` on the batch axis when guided."""
+    if not guided:
+        return prompt_embeds
+    if negative is None:
+        raise ValueError(f"classifier-free guidance (guidance_scale > 1) needs negative {what} embeddings")
+    return torch.cat([negative.to(prompt_embeds), prompt_embeds], dim=0)
+
+
+def reference_cache(reference_unet: SKDenoiser, latent: torch.Tensor, text: torch.Tensor, guided: bool,
+                    control: Optional[FeatureDict] = None) -> FeatureDict:
+    """Reference-UNet cache of ``latent`` (B, 4, h, w) at t = 0; with CFG the batch is ``[zero latent, latent]``."""
+    x = torch.cat([torch.zeros_like(latent), latent], dim=0) if guided else latent
+    return reference_unet.reference_features(x, text, control=control)
+
+
+def check_reference_geometry(models: HelloMemeModels, latent_hw: tuple[int, int], size_correct: bool) -> None:
+    """The released v5 reference block only works on square latents (its column stage uses the row-length position
+    table); ``size_correct`` lifts that by using the column length (identical on square maps)."""
+    adapter = models.denoiser.reference
+    if adapter is None or not hasattr(adapter, "use_row_length_column_positions"):
+        return
+    adapter.use_row_length_column_positions(not size_correct)
+    h, w = latent_hw
+    if h != w and not size_correct and getattr(getattr(adapter, "config", None), "variant", "v5") == "v5":
+        raise ValueError(f"the released HelloMeme v5 reference block only works on square latents (got {h}x{w}); "
+                         "enable the size-correct option (size_correct=True) for non-square images")
+
+
+@dataclass
+class ImageResult:
+    image: torch.Tensor  # (B, H, W, 3) float in [0, 1], CPU
+    latents: torch.Tensor  # (B, 4, h, w) final latents / VAE scaling factor (ComfyUI LATENT convention), CPU
+
+
+# ---- the image pipeline ---------------------------------------------------------------------------------------------
+def generate_image(
+    models: HelloMemeModels,
+    runtime: Runtime,
+    reference_image: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    controls: ControlSource,
+    negative_prompt_embeds: Optional[torch.Tensor] = None,
+    reference_prompt_embeds: Optional[torch.Tensor] = None,
+    reference_negative_prompt_embeds: Optional[torch.Tensor] = None,
+    reference_controls: Optional[ControlSource] = None,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    noise: NoiseSource | int | None = None,
+    scheduler: str = "dpmpp_sde",
+    scheduler_config: Optional[dict] = None,
+    frame: int = 0,
+    size_correct: bool = False,
+    observer: Optional[Observer] = None,
+) -> ImageResult:
+    """Generate one image: the reference re-posed by driving frame ``frame`` of ``controls``.
+
+    reference_image: (H, W, 3) or (B, H, W, 3) RGB (uint8, or float in [0, 1]). prompt_embeds: (B, T, D) for the
+    denoising UNet; ``reference_prompt_embeds`` for the reference pass (default: the same). controls: the driving
+    control source; ``reference_controls`` (v5c, required there): the reference image's own pose/expression.
+    noise: a :class:`NoiseSource` or a seed. observer(event, data) receives ``reference_cache`` and ``step`` events.
+    """
+    if models.version == "v5c" and reference_controls is None:
+        raise ValueError("v5c needs reference_controls (the reference image's own pose and expression)")
+    noise = as_noise_source(noise)
+    guided = guidance_scale > 1.0
+    handles = models.handles(runtime)
+    device = runtime.device
+    emit = observer or (lambda event, data: None)
+
+    # 1. reference latent (B, 4, h, w)
+    enc = handles["encode_vae"]
+    runtime.load([enc])
+    latent = encode_reference(enc.module, reference_image, noise, device, enc.dtype)
+    runtime.offload([enc])
+    b, _, h, w = latent.shape
+    check_reference_geometry(models, (h, w), size_correct)
+    base_noise = noise.draw((b, latent.shape[1], h, w), "latents")
+
+    # 2. controls and reference cache
+    den = handles["denoiser"]
+    ref = handles["reference_unet"]
+    ctrl_handles = [handles[m] for m in set(controls.modules) |
+                    set(reference_controls.modules if reference_controls is not None else ()) if m in handles]
+    runtime.load([ref, *ctrl_handles])
+    control = controls.cfg_features([frame], device, den.dtype, guided)
+    ref_control = None
+    if reference_controls is not None and models.version == "v5c":
+        ref_control = reference_controls.cfg_features([0], device, ref.dtype, guided)
+    text = guided_text(prompt_embeds, negative_prompt_embeds, guided)
+    ref_text = guided_text(reference_prompt_embeds if reference_prompt_embeds is not None else prompt_embeds,
+                           reference_negative_prompt_embeds if reference_prompt_embeds is not None
+                           else negative_prompt_embeds, guided, "reference prompt")
+    cache = reference_cache(ref.module, latent.to(device), ref_text.to(device), guided, ref_control)
+    emit("reference_cache", {"cache": cache})
+    cache = {k: v for k, v in cache.items() if k.startswith("up_")}  # the denoiser reads the up-path entries
+    runtime.offload([ref, *ctrl_handles])
+
+    # 3. denoising
+    sched = make_scheduler(scheduler, scheduler_config)
+    timesteps = set_steps(sched, steps, device)
+    latents = (base_noise * sched.init_noise_sigma).to(device)
+    runtime.load([den])
+    with runtime.progress(len(timesteps), desc="HelloMeme image") as progress:
+        for i, t in enumerate(timesteps):
+            x = torch.cat([latents] * 2) if guided else latents
+            x = sched.scale_model_input(x, t)
+            eps = den.module(x[:, :, None], t, text, reference_cache=cache, control=control,
+                             collect_cache=False)[0][:, :, 0].float()
+            if guided:
+                eps_u, eps_c = eps.chunk(2)
+                eps = eps_u + guidance_scale * (eps_c - eps_u)
+            latents = scheduler_step(sched, eps, t, latents, noise)
+            emit("step", {"step": i, "timestep": t, "noise_pred": eps, "latents": latents})
+            progress.update()
+    runtime.offload([den])
+
+    # 4. decode
+    dec = handles["decode_vae"]
+    runtime.load([dec])
+    sf = models.scaling_factor
+    image = decode_latents(dec.module, latents, sf, device, dec.dtype)
+    runtime.offload([dec])
+    return ImageResult(image=image, latents=(latents / sf).cpu())
