@@ -40,6 +40,7 @@ from __future__ import annotations
 import ast
 import math
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -49,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..loaders.checkpoint import CheckpointKeyError, UnsafeCheckpoint, build_and_load, read_state_dict
+from ..loaders.store import CorruptModelFile, check_file_format
 
 IGNORED_KEY_PREFIXES = ("modality_encoders.AUDIO.decoder.", "proj.", "_ema", "ema.")
 UNWRAP_KEYS = ("state_dict", "model_state_dict", "model")   # the order funasr's loader unwraps nested checkpoints
@@ -137,7 +139,8 @@ class Emotion2VecConfig:
 
     def validate(self) -> None:
         if self.extractor_mode not in ("layer_norm", "default"):
-            raise ValueError(f"emotion2vec config: extractor_mode {self.extractor_mode!r} (expected layer_norm/default)")
+            raise ValueError(f"emotion2vec config: extractor_mode {self.extractor_mode!r} "
+                             "(expected layer_norm or default)")
         if self.embed_dim % self.num_heads:
             raise ValueError("emotion2vec config: embed_dim must be divisible by num_heads")
         if self.use_alibi_encoder and self.learned_alibi:
@@ -424,12 +427,17 @@ def read_emotion2vec_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         sd = read_state_dict(path)
     else:
         try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except pickle.UnpicklingError as e:
+            problem = check_file_format(path)
+            if problem:
+                raise CorruptModelFile(None, path, problem) from e
             raise UnsafeCheckpoint(
                 f"{path} holds Python objects beyond tensors, which this pack refuses to unpickle "
-                f"(torch.load weights_only=True): {e}. Convert it once to safetensors (load it with funasr in a trusted "
-                f"environment and save the model's state_dict) and point the loader at that file.") from e
+                f"(torch.load weights_only=True): {e}. Convert it once to safetensors (load it with funasr in a "
+                f"trusted environment and save the model's state_dict) and point the loader at that file.") from e
+        except (RuntimeError, OSError, EOFError) as e:
+            raise CorruptModelFile(None, path, check_file_format(path) or f"{type(e).__name__}: {e}") from e
         for key in UNWRAP_KEYS:
             if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
                 sd = sd[key]

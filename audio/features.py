@@ -35,13 +35,6 @@ def audio_to_16k_mono(audio: Audio, batch_index: int = 0) -> torch.Tensor:
     return prepare_audio(item, sample_rate=SAMPLE_RATE, mono=True)["waveform"][0, 0]
 
 
-def audio_to_16k_first_channel(audio: Audio, batch_index: int = 0) -> torch.Tensor:
-    """The first channel of one AUDIO item at 16 kHz ``(samples,)`` -- what the original emotion path reads."""
-    wave = audio["waveform"][batch_index:batch_index + 1, :1]
-    return prepare_audio({"waveform": wave, "sample_rate": audio["sample_rate"]}, sample_rate=SAMPLE_RATE,
-                         mono=False)["waveform"][0, 0]
-
-
 def normalize_utterance(waveform: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """Zero mean / unit variance over the whole utterance: ``(x - mean) / sqrt(var + eps)``.
 
@@ -111,7 +104,7 @@ def clip_slices(num_frames: int, clip_length: int) -> list[slice]:
 
 
 __all__ = [
-    "CONTEXT_RADIUS", "NORM_EPS", "SAMPLE_RATE", "audio_to_16k_first_channel", "audio_to_16k_mono", "clip_slices",
+    "CONTEXT_RADIUS", "NORM_EPS", "SAMPLE_RATE", "audio_to_16k_mono", "clip_slices",
     "context_windows", "frames_for_samples", "normalize_utterance", "pad_to_whole_clips", "padded_frame_count",
     "resample_frames", "samples_per_padding_frame",
 ]

@@ -85,10 +85,11 @@ class Wav2Vec2Config:
         if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
             raise ValueError("wav2vec2 config: conv_dim, conv_kernel and conv_stride must have the same length")
         if self.do_stable_layer_norm:
-            raise NotImplementedError("wav2vec2 checkpoints with do_stable_layer_norm=true (the 'large' layout) are not "
-                                      "supported here; MEMO uses facebook/wav2vec2-base-960h")
+            raise NotImplementedError("wav2vec2 checkpoints with do_stable_layer_norm=true (the 'large' layout) are "
+                                      "not supported here; MEMO uses facebook/wav2vec2-base-960h")
         if self.feat_extract_norm not in ("group", "layer"):
-            raise ValueError(f"wav2vec2 config: feat_extract_norm must be 'group' or 'layer', got {self.feat_extract_norm!r}")
+            raise ValueError("wav2vec2 config: feat_extract_norm must be 'group' or 'layer', "
+                             f"got {self.feat_extract_norm!r}")
         for name in ("hidden_act", "feat_extract_activation"):
             if getattr(self, name) != "gelu":
                 raise NotImplementedError(f"wav2vec2 config: {name}={getattr(self, name)!r} (only 'gelu' is supported)")

@@ -227,8 +227,9 @@ class _Layers(nn.Module):
         return x, audio
 
 
-def _motion_list(channels: int, count: int, enabled: bool, mcfg: MotionModuleConfig, groups: int) -> nn.ModuleList:
-    return nn.ModuleList([MemoryTemporalModule(channels, mcfg, groups) if enabled else None for _ in range(count)])
+def _motion_list(channels: int, count: int, enabled: bool, mcfg: MotionModuleConfig) -> nn.ModuleList:
+    # the temporal modules' GroupNorm always has 32 groups (not the config's norm_num_groups), as released
+    return nn.ModuleList([MemoryTemporalModule(channels, mcfg) if enabled else None for _ in range(count)])
 
 
 class DownBlock3D(_Layers):
@@ -248,7 +249,7 @@ class DownBlock3D(_Layers):
                 self.attentions.append(SpatialTransformer(out_channels, heads, cfg.cross_attention_dim, g))
                 self.audio_modules.append(AudioModule(out_channels, heads, res_in // heads, cfg.audio_attention_dim,
                                                       g, emotion_null_class=cfg.emotion_null_class))
-        self.motion_modules = _motion_list(out_channels, layers, use_motion, cfg.motion, g)
+        self.motion_modules = _motion_list(out_channels, layers, use_motion, cfg.motion)
         self.downsamplers = nn.ModuleList([Downsample(out_channels, cfg.downsample_padding)]) if add_downsample \
             else None
 
@@ -274,7 +275,7 @@ class MidBlock3D(_Layers):
         self.attentions = nn.ModuleList([SpatialTransformer(channels, heads, cfg.cross_attention_dim, g)])
         self.audio_modules = nn.ModuleList([AudioModule(channels, heads, channels // heads, cfg.audio_attention_dim,
                                                         g, emotion_null_class=cfg.emotion_null_class)])
-        self.motion_modules = _motion_list(channels, 1, True, cfg.motion, g)
+        self.motion_modules = _motion_list(channels, 1, True, cfg.motion)
 
     def forward(self, x, features, audio, cond: ClipConditioning):
         x = self.resnets[0](x, cond.temb, cond.pooled_frames)
@@ -305,7 +306,7 @@ class UpBlock3D(_Layers):
                 self.audio_modules.append(AudioModule(out_channels, heads, in_channels // heads,
                                                       cfg.audio_attention_dim, g, is_final=is_final and i == layers - 1,
                                                       emotion_null_class=cfg.emotion_null_class))
-        self.motion_modules = _motion_list(out_channels, layers, use_motion, cfg.motion, g)
+        self.motion_modules = _motion_list(out_channels, layers, use_motion, cfg.motion)
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if add_upsample else None
 
     def forward(self, x, skips, features, audio, cond: ClipConditioning, upsample_size=None):

@@ -132,8 +132,8 @@ class MemoryLinearAttention(nn.Module):
             self.memory.kv, self.memory.z = kv_new, z_new
         else:
             keep = MEMORY_DECAY ** n
-            self.memory.kv = self.memory.kv.to(kv_new) * keep + kv_new
-            self.memory.z = self.memory.z.to(z_new) * keep + z_new
+            self.memory.kv = self.memory.kv * keep + kv_new
+            self.memory.z = self.memory.z * keep + z_new
 
     def forward(self, x: torch.Tensor, motion: torch.Tensor, is_new_audio: bool = True,
                 update_past_memory: bool = False) -> torch.Tensor:
@@ -150,11 +150,13 @@ class MemoryLinearAttention(nn.Module):
 
         if is_new_audio:
             self.memory.reset()
+        elif not self.memory.empty and (self.memory.kv.device != k.device or self.memory.kv.dtype != k.dtype):
+            self.memory.to(k.device, k.dtype)  # e.g. offloaded to the CPU between clips
         if is_new_audio or update_past_memory or self.memory.empty:
             self._update_memory(motion)
 
-        kv = torch.baddbmm(self.memory.kv.to(k), k.transpose(1, 2), v, beta=MEMORY_DECAY)  # (R*h, d, d)
-        z = MEMORY_DECAY * self.memory.z.to(k) + k.sum(dim=-2, keepdim=True)  # (R*h, 1, d)
+        kv = torch.baddbmm(self.memory.kv, k.transpose(1, 2), v, beta=MEMORY_DECAY)  # (R*h, d, d)
+        z = MEMORY_DECAY * self.memory.z + k.sum(dim=-2, keepdim=True)  # (R*h, 1, d)
         out = torch.bmm(q, kv) / torch.bmm(q, z.transpose(1, 2)).clamp(min=1e-10)  # (R*h, F, d)
         out = out.view(r, self.heads, -1, self.dim_head).transpose(1, 2).reshape(r, -1, self.heads * self.dim_head)
         return self.to_out[0](out)

@@ -67,7 +67,13 @@ class SKDenoiser(nn.Module):
 
     # ---- helpers ------------------------------------------------------------------------------------------------
     def _time_embedding(self, batch: int, timestep, like: torch.Tensor) -> torch.Tensor:
-        """(B, time_embed_dim) embedding of the timestep (scalar or (B,))."""
+        """(B, time_embed_dim) embedding of the timestep (scalar or (B,)).
+
+        A scalar timestep is embedded once and broadcast, so every sample of the batch gets bit-identical time
+        features whatever the batch size (the batched matmul may round differently per batch size, and the tiny
+        differences are amplified where a GroupNorm normalises an almost constant map, e.g. the zero latent of the
+        CFG reference pass).
+        """
         unet = self.unet
         if not torch.is_tensor(timestep):
             if isinstance(timestep, float):
@@ -79,11 +85,12 @@ class SKDenoiser(nn.Module):
             timestep = timestep[None].to(like.device)
         else:
             timestep = timestep.to(like.device)
-        t = unet.time_proj(timestep.expand(batch)).to(like.dtype)
+        uniform = timestep.numel() == 1
+        t = unet.time_proj(timestep.reshape(-1)[:1] if uniform else timestep.expand(batch)).to(like.dtype)
         emb = unet.time_embedding(t, None)
         if getattr(unet, "time_embed_act", None) is not None:
             emb = unet.time_embed_act(emb)
-        return emb
+        return emb.expand(batch, -1) if uniform else emb
 
     def _frames(self, x: torch.Tensor) -> torch.Tensor:
         return frames_to_batch(x.to(device=self.device, dtype=self.dtype))

@@ -289,10 +289,25 @@ def guided_text(prompt_embeds: torch.Tensor, negative: Optional[torch.Tensor], g
 
 
 def reference_cache(reference_unet: SKDenoiser, latent: torch.Tensor, text: torch.Tensor, guided: bool,
-                    control: Optional[FeatureDict] = None) -> FeatureDict:
-    """Reference-UNet cache of ``latent`` (B, 4, h, w) at t = 0; with CFG the batch is ``[zero latent, latent]``."""
-    x = torch.cat([torch.zeros_like(latent), latent], dim=0) if guided else latent
-    return reference_unet.reference_features(x, text, control=control)
+                    control: Optional[FeatureDict] = None,
+                    negative: Optional[FeatureDict] = None) -> FeatureDict:
+    """Reference-UNet cache of ``latent`` (B, 4, h, w) at t = 0: {down_i, up_i: (B', C, h_i, w_i)}.
+
+    With CFG (``text`` = [negative, prompt], ``control`` = [negative, conditional] on the batch axis) the cache is
+    ``[cache of an all-zero latent, cache of latent]``. The two halves run as separate batches, so each is
+    independent of the other's batching (the zero latent makes the first GroupNorms normalise almost constant
+    maps, where batch-size dependent rounding would be amplified); ``negative`` reuses an already computed
+    zero-latent half (it depends only on the negative text and control).
+    """
+    if not guided:
+        return reference_unet.reference_features(latent, text, control=control)
+    b = latent.shape[0]
+    half = (lambda d, s: None if d is None else {k: v[s] for k, v in d.items()})
+    if negative is None:
+        negative = reference_unet.reference_features(torch.zeros_like(latent), text[:b],
+                                                     control=half(control, slice(0, b)))
+    positive = reference_unet.reference_features(latent, text[b:], control=half(control, slice(b, None)))
+    return {k: torch.cat([negative[k].to(v), v], dim=0) for k, v in positive.items()}
 
 
 def check_reference_geometry(models: HelloMemeModels, latent_hw: tuple[int, int], size_correct: bool) -> None:

@@ -208,25 +208,42 @@ class VideoGeneration:
         self.emit("reference_cache", {"cache": cache})
         cache = {k: v for k, v in cache.items() if k.startswith("up_")}
 
+        negative_pad: dict = {}
+
         def pad_features(frame_latent: torch.Tensor) -> FeatureDict:
-            # reference-UNet cache of a keyframe with the DENOISING text: {key: (B', C, h, w)}
-            return reference_cache(ref.module, frame_latent.to(device), text, guided)
+            # conditional half of a keyframe's reference-UNet cache with the DENOISING text: {key: (B, C, h, w)}
+            return ref.module.reference_features(frame_latent.to(device), text[b:] if guided else text)
+
+        def motion_pads(first: int, last: int) -> FeatureDict:
+            # {key: (B', C, 2, h, w)}: [first, last] keyframe caches; with CFG the negative half is the cache of a
+            # zero latent with the negative text (the same for every keyframe, computed once)
+            f0, f1 = pads.features(first, pad_features), pads.features(last, pad_features)
+            out = {k: torch.stack([f0[k].to(device), f1[k].to(device)], dim=2) for k in f0}
+            if not guided:
+                return out
+            if not negative_pad:
+                zero = torch.zeros((b, c, h, w), device=device)
+                negative_pad.update(ref.module.reference_features(zero, text[:b]))
+            return {k: torch.cat([negative_pad[k][:, :, None].expand(-1, -1, 2, -1, -1), v], dim=0)
+                    for k, v in out.items()}
 
         # 3. passes, deepest first
         pads = PadStore(self.pad_cache_bytes, offload)
         total = sum(self.steps * len(p.windows) for p in self.plan)
         final = None
         runtime.load([den, ref, *ctrl_handles])
-        with runtime.progress(total, desc="HelloMeme video") as progress:
-            for k, plan in enumerate(self.plan):
-                lat = self._run_pass(k, plan, base_noise, den.module, text, cache, pads, pad_features, guided,
-                                     progress, device, offload)
-                if plan.depth > 0:
-                    for pos, frame in enumerate(plan.frames):
-                        pads.set_latent(frame, lat[:, :, pos].clone())
-                else:
-                    final = lat
-        runtime.offload([den, ref, *ctrl_handles])
+        try:
+            with runtime.progress(total, desc="HelloMeme video") as progress:
+                for k, plan in enumerate(self.plan):
+                    lat = self._run_pass(k, plan, base_noise, den.module, text, cache, pads, motion_pads, guided,
+                                         progress, device, offload)
+                    if plan.depth > 0:
+                        for pos, frame in enumerate(plan.frames):
+                            pads.set_latent(frame, lat[:, :, pos].clone())
+                    else:
+                        final = lat
+        finally:
+            runtime.offload([den, ref, *ctrl_handles])
         self.stats.pad_computations = pads.computed
         self.stats.pad_cache_peak_bytes = pads.cache.peak_bytes
         cache_store = getattr(self.controls, "cache", None)
@@ -249,7 +266,7 @@ class VideoGeneration:
         finally:
             runtime.offload([dec])
 
-    def _run_pass(self, k, plan: PassPlan, base_noise, denoiser, text, cache, pads: PadStore, pad_features, guided,
+    def _run_pass(self, k, plan: PassPlan, base_noise, denoiser, text, cache, pads: PadStore, motion_pads, guided,
                   progress, device, offload) -> torch.Tensor:
         n = len(plan.frames)
         sched = make_scheduler(self.scheduler, self.scheduler_config)
@@ -276,15 +293,12 @@ class VideoGeneration:
                 frames = [plan.frames[p] for p in wnd]
                 idx = torch.as_tensor(wnd, dtype=torch.long, device=x_all.device)
                 control = self.controls.cfg_features(frames, device, denoiser.dtype, guided)
-                motion_pads = None
-                if pad_ends is not None:
-                    f0 = pads.features(pad_ends[0], pad_features)
-                    f1 = pads.features(pad_ends[1], pad_features)
-                    motion_pads = {key: torch.stack([f0[key].to(device), f1[key].to(device)], dim=2) for key in f0}
+                window_motion_pads = motion_pads(*pad_ends) if pad_ends is not None else None
                 eps = denoiser(x_all.index_select(2, idx).to(device), t.to(device), text, reference_cache=cache,
-                               control=control, motion_pads=motion_pads, use_motion=True, collect_cache=False)[0]
+                               control=control, motion_pads=window_motion_pads, use_motion=True,
+                               collect_cache=False)[0]
                 eps_sum.index_add_(2, idx, eps.float().to(eps_sum.device))
-                del eps, control, motion_pads
+                del eps, control, window_motion_pads
                 self.stats.unet_calls += 1
                 progress.update()
             eps = eps_sum / count

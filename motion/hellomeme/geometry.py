@@ -189,6 +189,113 @@ def umeyama_similarity(src: np.ndarray, dst: np.ndarray, with_scale: bool = True
     return t
 
 
+# ---- affine warps (reference arithmetic) -------------------------------------------------------------------------------
+# The HelloMeme reference outputs were recorded with OpenCV 5, whose warpAffine interpolates in float32 from
+# unquantised source coordinates; OpenCV 4.x quantises coordinates to 1/32 pixel and uses fixed-point weights, which
+# moves many pixels of a warped crop by 1-8 grey levels. So the warps are computed here, in numpy, with the float32
+# arithmetic of the reference (fused multiply-adds emulated exactly in float64): the network inputs are then the same
+# whichever OpenCV is installed. Border: constant 0 (what every HelloMeme warp uses).
+_SIMD_BLOCK = 16  # bilinear: columns are processed in blocks of 16; the last partial block uses scalar arithmetic
+_CUBIC_A = np.float32(-0.75)
+
+
+def _fma32(a, b, c) -> np.ndarray:
+    """float32 ``a * b + c`` with a single rounding (the product of two float32 is exact in float64)."""
+    return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)).astype(np.float32)
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a (2, 3) affine (float64), as OpenCV computes it (a zero determinant gives a zero matrix)."""
+    m = np.asarray(matrix, np.float64).reshape(2, 3)
+    det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+    det = 1.0 / det if det != 0 else 0.0
+    a11, a22 = m[1, 1] * det, m[0, 0] * det
+    a12, a21 = m[0, 1] * -det, m[1, 0] * -det
+    b1 = -a11 * m[0, 2] - a12 * m[1, 2]
+    b2 = -a21 * m[0, 2] - a22 * m[1, 2]
+    return np.array([[a11, a12, b1], [a21, a22, b2]])
+
+
+def _source_coords(inv: np.ndarray, width: int, height: int, interpolation: str):
+    """float32 source coordinates ``(sx, sy)`` (height, width) of every output pixel."""
+    m = inv.astype(np.float32)
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    row_x = (ys * m[0, 1]) + m[0, 2]  # float32
+    row_y = (ys * m[1, 1]) + m[1, 2]
+    if interpolation == "cubic":
+        return (m[0, 0] * xs) + row_x, (m[1, 0] * xs) + row_y
+    sx, sy = _fma32(m[0, 0], xs, row_x), _fma32(m[1, 0], xs, row_y)
+    tail = (width // _SIMD_BLOCK) * _SIMD_BLOCK
+    if tail < width:
+        xt = xs[:, tail:]
+        sx[:, tail:] = _fma32(xt, m[0, 0], ys * m[0, 1]) + m[0, 2]
+        sy[:, tail:] = _fma32(xt, m[1, 0], ys * m[1, 1]) + m[1, 2]
+    return sx, sy
+
+
+def _cubic_weights(t: np.ndarray) -> list[np.ndarray]:
+    """Keys cubic weights (A = -0.75) of the 4 taps at offsets -1, 0, 1, 2 for fractions ``t`` (float32)."""
+    one = np.float32(1)
+    u = one - t
+    w0 = _CUBIC_A * (t * (u * u))
+    w3 = _CUBIC_A * ((t * t) * u)
+    w1 = _fma32(_fma32(_CUBIC_A + np.float32(2), t, -(_CUBIC_A + np.float32(3))), t * t, one)
+    w2 = ((one - w0) - w1) - w3
+    return [w0, w1, w2, w3]
+
+
+def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int],
+                interpolation: str = "linear") -> np.ndarray:
+    """``cv2.warpAffine(image, matrix, size, flags=INTER_LINEAR | INTER_CUBIC)`` with a constant 0 border, computed
+    with the reference's float32 arithmetic (see above). ``image`` ``(H, W)`` or ``(H, W, C)`` uint8 or float32;
+    ``matrix`` (2, 3) maps source to output; ``size`` is ``(width, height)``. uint8 results are rounded half to even
+    and saturated."""
+    if interpolation not in ("linear", "cubic"):
+        raise ValueError(f"interpolation must be 'linear' or 'cubic', got {interpolation!r}")
+    img = np.asarray(image)
+    squeeze = img.ndim == 2
+    if squeeze:
+        img = img[..., None]
+    width, height = int(size[0]), int(size[1])
+    h, w = img.shape[:2]
+    sx, sy = _source_coords(invert_affine(matrix), width, height, interpolation)
+    ix, iy = np.floor(sx), np.floor(sy)
+    fx, fy = sx - ix, sy - iy  # exact in float32
+    pad = 2
+    src = np.zeros((h + 2 * pad, w + 2 * pad, img.shape[2]), np.float32)
+    src[pad:pad + h, pad:pad + w] = img
+    # Indices far outside land on the zero padding (clipped), which is the constant border.
+    big = np.float32(1 << 30)
+    ixp = np.clip(np.clip(ix, -big, big).astype(np.int64) + pad, 0, w + 2 * pad - 1)
+    iyp = np.clip(np.clip(iy, -big, big).astype(np.int64) + pad, 0, h + 2 * pad - 1)
+
+    def tap(dy: int, dx: int) -> np.ndarray:
+        yy = np.clip(iyp + dy, 0, h + 2 * pad - 1)
+        xx = np.clip(ixp + dx, 0, w + 2 * pad - 1)
+        inside = (iy + dy >= 0) & (iy + dy < h) & (ix + dx >= 0) & (ix + dx < w)
+        return np.where(inside[..., None], src[yy, xx], np.float32(0))
+
+    if interpolation == "linear":
+        ax, ay = fx[..., None], fy[..., None]
+        p00, p01, p10, p11 = tap(0, 0), tap(0, 1), tap(1, 0), tap(1, 1)
+        top = _fma32(ax, p01 - p00, p00)
+        bottom = _fma32(ax, p11 - p10, p10)
+        out = _fma32(ay, bottom - top, top)
+    else:
+        wx = [v[..., None] for v in _cubic_weights(fx)]
+        wy = [v[..., None] for v in _cubic_weights(fy)]
+        out = None
+        for j in range(4):
+            row = wx[0] * tap(j - 1, -1)
+            for i in range(1, 4):
+                row = _fma32(wx[i], tap(j - 1, i - 1), row)
+            out = wy[0] * row if out is None else _fma32(wy[j], row, out)
+    if np.asarray(image).dtype == np.uint8:
+        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return out[..., 0] if squeeze else out
+
+
 # ---- crop of the reference / driving frames --------------------------------------------------------------------------
 def clip_crop_box(landmarks: np.ndarray, height: int, width: int, face_scale: float = CROP_FACE_SCALE,
                   shift_up: float = CROP_SHIFT_UP) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +361,7 @@ def threedmm_input(image_bgr: np.ndarray, landmarks: np.ndarray) -> tuple[np.nda
     """The 3DMM network's face crop: ``(224, 224, 3)`` uint8 **RGB** (no rotation, expand 0.35, bilinear) and its
     warp. The network input is this crop ``/ 255`` as ``(1, 3, 224, 224)`` float32."""
     warp = landmark_warp(landmarks, 0, THREEDMM_INPUT_SIZE, THREEDMM_EXPAND)
-    crop = cv2.warpAffine(image_bgr, warp.matrix, (THREEDMM_INPUT_SIZE, THREEDMM_INPUT_SIZE))
+    crop = warp_affine(image_bgr, warp.matrix, (THREEDMM_INPUT_SIZE, THREEDMM_INPUT_SIZE))
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), warp
 
 
@@ -295,7 +402,7 @@ def arkit_input(image_bgr: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarra
     """The ARKit blendshape network's crop: ``(224, 224, 3)`` uint8 **BGR**, rotated upright by the eye-corner angle,
     expand 0.15, bilinear; and its (2, 3) warp. Network input = crop ``/ 255`` as (1, 3, 224, 224), no mean/std."""
     m = landmark_warp(landmarks, eye_corner_angle(np.asarray(landmarks)), ARKIT_INPUT_SIZE, ARKIT_EXPAND).matrix
-    return cv2.warpAffine(image_bgr, m, (ARKIT_INPUT_SIZE, ARKIT_INPUT_SIZE)), m
+    return warp_affine(image_bgr, m, (ARKIT_INPUT_SIZE, ARKIT_INPUT_SIZE)), m
 
 
 # ---- face parts for CLIP (ARKit variant) ---------------------------------------------------------------------------------
@@ -341,13 +448,13 @@ def face_part_crops(images_bgr, landmarks: np.ndarray, size: int = FACE_PART_SIZ
     for img, lm in zip(images, landmarks):
         m = face_align_matrix(lm, w, h)
         align.append(m)
-        aligned_imgs.append(cv2.warpAffine(img, m, (w, h)))
+        aligned_imgs.append(warp_affine(img, m, (w, h)))
         aligned_lms.append(transform_points(np.asarray(lm).astype(np.float32), m))
     parts = face_part_matrices(np.stack(aligned_lms, axis=0), size)
     crops = np.empty((len(images), len(parts), CLIP_SIZE, CLIP_SIZE, 3), np.uint8)
     for p, m in enumerate(parts):
         for f, img in enumerate(aligned_imgs):
-            part = cv2.GaussianBlur(cv2.warpAffine(img, m, (size, size)), (5, 5), 0)
+            part = cv2.GaussianBlur(warp_affine(img, m, (size, size)), (5, 5), 0)
             part = cv2.resize(part, (CLIP_SIZE, CLIP_SIZE), interpolation=cv2.INTER_CUBIC)
             crops[f, p] = cv2.cvtColor(part, cv2.COLOR_BGR2RGB)
     return crops, np.stack(align, axis=0), parts
@@ -368,7 +475,7 @@ def pdfgc_warp(image_bgr: np.ndarray, landmarks: np.ndarray, size: int = PDFGC_S
     template x ``size``, bicubic, black border. Returns ``(crop (size, size, 3) uint8 BGR, matrix (2, 3))``."""
     src = np.asarray(landmarks)[list(PDFGC_POINTS)]
     m = umeyama_similarity(src, PDFGC_TEMPLATE * size, True)[0:2]
-    return cv2.warpAffine(image_bgr, m, (size, size), flags=cv2.INTER_CUBIC), m
+    return warp_affine(image_bgr, m, (size, size), "cubic"), m
 
 
 def bgr_to_signed_rgb(image_bgr: np.ndarray):

@@ -43,7 +43,8 @@ def motion_attn_memory(case: Case, ckpt_dir: Path) -> dict:
     c, heads = s["channels"], s["heads"]
     pe = "pos_encoder.pe" in sd
     max_len = sd["pos_encoder.pe"].shape[1] if pe else s.get("temporal_position_encoding_max_len", 24)
-    layer = _loaded(MemoryLinearAttention(c, heads, c // heads, positional_encoding=pe, max_len=max_len), sd, source)
+    layer = _loaded(MemoryLinearAttention(c, heads, s.get("head_dim", c // heads), positional_encoding=pe,
+                                          max_len=max_len), sd, source)
     b, f, n = s["batch"], s["frames_per_clip"], s["motion_frames"]
     inputs, out = case.inputs(), {}
     for call in case.spec["calls"]:
@@ -69,6 +70,7 @@ def motion_module(case: Case, ckpt_dir: Path) -> dict:
     cfg = MotionModuleConfig(
         num_attention_heads=s["heads"], num_transformer_block=s.get("num_transformer_block", 1),
         attention_block_types=tuple(s.get("attention_block_types", ("Temporal_Self", "Temporal_Self"))),
+        temporal_attention_dim_div=s.get("temporal_attention_dim_div", 1),
         temporal_position_encoding=pe_key in sd,
         temporal_position_encoding_max_len=sd[pe_key].shape[1] if pe_key in sd
         else s.get("temporal_position_encoding_max_len", 24))
@@ -114,7 +116,8 @@ def audio_transformer(case: Case, ckpt_dir: Path) -> dict:
     s = case.settings
     sd, source = _submodule_state(case, ckpt_dir)
     heads, inner = s["heads"], s["inner_dim"]
-    module = _loaded(AudioModule(s["channels"], heads, inner // heads, s["audio_dim"], s.get("groups", 32),
+    groups = s.get("groupnorm_groups", s.get("groups", 32))
+    module = _loaded(AudioModule(s["channels"], heads, inner // heads, s["audio_dim"], groups,
                                  is_final=s.get("is_final_block", False)), sd, source)
     inputs, expected = case.inputs(), case.expected()
     emotion = inputs.get("emotion", torch.tensor(s["emotion"]))
