@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..memo.reference_net import Attention, FeedForward, multihead_attention
+from ..memo.layers import Attention, FeedForward, multihead_attention
 
 NUM_EMOTIONS = 9
 NULL_EMOTION = 9

@@ -37,9 +37,8 @@ from torch import nn
 
 from ..audio.emotion_modules import AudioModule
 from ..motion.memory_attention import MemoryLinearAttention, MemoryState, MemoryTemporalModule, MotionModuleConfig
-from .reference_net import (Attention, Downsample, FeedForward, ResnetBlock, TimestepEmbedding, Upsample,
-                            check_config_values, clip_group_norm, dataclass_from_config, heads_per_block,
-                            timestep_embedding, timesteps_for_batch)
+from .layers import (Attention, Downsample, FeedForward, ResnetBlock, TimestepEmbedding, Upsample, check_config_values,
+                     clip_group_norm, dataclass_from_config, heads_per_block, timestep_embedding, timesteps_for_batch)
 
 _UNSUPPORTED_3D = {
     "class_embed_type": None, "num_class_embeds": None, "dual_cross_attention": False,

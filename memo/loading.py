@@ -101,18 +101,30 @@ def load_diffusion_net(folder: str | Path, dtype: torch.dtype | None = None):
 
 
 def load_image_proj(folder: str | Path, dtype: torch.dtype | None = None):
-    from .projections import ImageProj
+    """Sizes come from the weights (the released config.json names only the class)."""
+    from .projections import ImageProj, ImageProjConfig
 
     _, sd, source = _read(folder)
-    return _build(Path(folder), ImageProj, sd, source, dtype)
+    token_dim = sd["norm.weight"].shape[0]
+    cfg = ImageProjConfig(embedding_dim=sd["proj.weight"].shape[1], tokens=sd["proj.weight"].shape[0] // token_dim,
+                          token_dim=token_dim)
+    return _build(Path(folder), lambda: ImageProj(cfg), sd, source, dtype)
 
 
 def load_audio_proj(folder: str | Path, dtype: torch.dtype | None = torch.float32):
-    """The official pipeline runs audio_proj in float32 (and casts its output afterwards)."""
-    from .projections import AudioProj
+    """The official pipeline runs audio_proj in float32 (and casts its output afterwards). Sizes come from the
+    weights: the input is the flattened (window, layer, channel) block, whatever its factors."""
+    from .projections import AudioProj, AudioProjConfig
 
     _, sd, source = _read(folder)
-    return _build(Path(folder), AudioProj, sd, source, dtype)
+    cfg = AudioProjConfig()
+    inter, flat = sd["proj1.weight"].shape
+    token_dim = sd["norm.weight"].shape[0]
+    if flat != cfg.input_dim:
+        cfg = AudioProjConfig(window=1, layers=1, channels=flat)
+    cfg.intermediate_dim, cfg.token_dim = inter, token_dim
+    cfg.tokens = sd["proj3.weight"].shape[0] // token_dim
+    return _build(Path(folder), lambda: AudioProj(cfg), sd, source, dtype)
 
 
 def load_emotion_classifier(folder: str | Path, dtype: torch.dtype | None = None):

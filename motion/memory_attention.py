@@ -34,7 +34,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..memo.reference_net import FeedForward
+from ..memo.layers import FeedForward
 
 MEMORY_DECAY = 0.9
 

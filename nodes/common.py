@@ -10,6 +10,7 @@ CAT_MODELS = f"{CATEGORY}/Models"
 CAT_FACE = f"{CATEGORY}/Face"
 CAT_MEDIA = f"{CATEGORY}/Media"
 PREFIX = "PortraitAnim"  # node ids are PortraitAnim_<Name>
+DTYPES = ("auto", "bf16", "fp16", "fp32")  # model precision choices; auto follows ComfyUI's policy
 
 # Custom wire types. Values are core Python objects passed by reference.
 FaceLandmarks = io.Custom("PA_FACE_LANDMARKS")   # face.FaceTrack: per-frame detections and landmarks

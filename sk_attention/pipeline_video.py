@@ -261,8 +261,8 @@ class VideoGeneration:
         try:
             for i in range(self.num_frames):
                 runtime.check_interrupted()
-                image = decode_latents(dec.module, final[:, :, i], sf, device, dec.dtype)
-                yield i, image
+                # not bound to a local: the consumer holds the only reference to a handed-out frame
+                yield i, decode_latents(dec.module, final[:, :, i], sf, device, dec.dtype)
         finally:
             runtime.offload([dec])
 
@@ -273,7 +273,7 @@ class VideoGeneration:
         timesteps = set_steps(sched, self.steps, offload)
         latents = (base_noise[:, :, :n] * sched.init_noise_sigma).float()  # (B, 4, n, h, w), offload device
         state = latents.numel() * latents.element_size()
-        self.stats.state_bytes = max(self.stats.state_bytes, state * (6 if guided else 5))
+        self.stats.state_bytes = max(self.stats.state_bytes, state * (8 if guided else 6))
         self.emit("pass", {"index": k, "depth": plan.depth, "frames": list(plan.frames),
                            "windows": [list(w) for w in plan.windows]})
         count = torch.zeros(n, dtype=torch.float32)
@@ -286,19 +286,21 @@ class VideoGeneration:
             window_pads.append((first, last) if pads.has(first) and pads.has(last) else None)
 
         for i, t in enumerate(timesteps):
-            x_all = torch.cat([latents] * 2) if guided else latents
-            x_all = sched.scale_model_input(x_all, t)
-            eps_sum = torch.zeros_like(x_all, dtype=torch.float32)
+            # prediction sums over windows, [uncond, cond] on the batch axis: (B', 4, n, h, w), offload device
+            eps_sum = torch.zeros(((2 if guided else 1) * latents.shape[0], *latents.shape[1:]), dtype=torch.float32,
+                                  device=latents.device)
             for wnd, pad_ends in zip(plan.windows, window_pads):
                 frames = [plan.frames[p] for p in wnd]
-                idx = torch.as_tensor(wnd, dtype=torch.long, device=x_all.device)
+                idx = torch.as_tensor(wnd, dtype=torch.long, device=latents.device)
+                x = latents.index_select(2, idx).to(device)  # (B, 4, f, h, w)
+                x = sched.scale_model_input(torch.cat([x, x]) if guided else x, t)
                 control = self.controls.cfg_features(frames, device, denoiser.dtype, guided)
                 window_motion_pads = motion_pads(*pad_ends) if pad_ends is not None else None
-                eps = denoiser(x_all.index_select(2, idx).to(device), t.to(device), text, reference_cache=cache,
+                eps = denoiser(x, t.to(device), text, reference_cache=cache,
                                control=control, motion_pads=window_motion_pads, use_motion=True,
                                collect_cache=False)[0]
                 eps_sum.index_add_(2, idx, eps.float().to(eps_sum.device))
-                del eps, control, window_motion_pads
+                del x, eps, control, window_motion_pads
                 self.stats.unet_calls += 1
                 progress.update()
             eps = eps_sum / count

@@ -97,12 +97,17 @@ def landmark_extent(points: np.ndarray):
     return points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()
 
 
-def eye_corner_angle(points: np.ndarray):
-    """Roll of the face in degrees: the angle of the line from landmark 74 to landmark 96 (outer eye corners),
+def eye_corner_radians(points: np.ndarray):
+    """Roll of the face in radians: the angle of the line from landmark 74 to landmark 96 (outer eye corners),
     ``atan2(dy, dx + 1e-8)``, in the points' dtype (float32 for float32 landmarks)."""
     t = _ftype(points)
     left, right = points[LEFT_EYE_CORNER], points[RIGHT_EYE_CORNER]
-    return np.rad2deg(np.arctan2(t(right[1] - left[1]), t(right[0] - left[0]) + t(0.00000001)))
+    return np.arctan2(t(right[1] - left[1]), t(right[0] - left[0]) + t(0.00000001))
+
+
+def eye_corner_angle(points: np.ndarray):
+    """:func:`eye_corner_radians` in degrees (what the alignment warps take)."""
+    return np.rad2deg(eye_corner_radians(points))
 
 
 @dataclass
@@ -332,11 +337,13 @@ def clip_crop_box(landmarks: np.ndarray, height: int, width: int, face_scale: fl
     return (mid - square * t(0.5)).astype(int), (mid + square * t(0.5)).astype(int)
 
 
-def crop_and_resize(frames, landmarks: np.ndarray, size: int = CROP_SIZE, crop: bool = True):
+def crop_and_resize(frames, landmarks: np.ndarray, size: int = CROP_SIZE, crop: bool = True,
+                    extent_points: Sequence[int] | None = None):
     """Crop a clip to one square face box (see :func:`clip_crop_box`) and resize to ``size`` (bicubic).
 
     ``frames``: ``(F, H, W, 3)`` uint8 (any channel order) or a list of such frames; ``landmarks``: ``(F, N, 2)``.
     With ``crop=False`` the whole frame is resized to ``size`` x ``size`` (aspect ratio NOT kept).
+    ``extent_points`` restricts the points that size and place the box (default: all).
     Returns ``(frames (F, size, size, 3) uint8, landmarks (F, N, 2) float64 in the output frame, box)`` where
     ``box`` is ``(x0, y0, x1, y1)`` ints of the source region (the whole frame when ``crop=False``).
     """
@@ -344,7 +351,7 @@ def crop_and_resize(frames, landmarks: np.ndarray, size: int = CROP_SIZE, crop: 
     lm = np.asarray(landmarks)
     h, w = frames.shape[1:3]
     if crop:
-        tl, br = clip_crop_box(lm, h, w)
+        tl, br = clip_crop_box(lm if extent_points is None else lm[:, list(extent_points)], h, w)
         regions = [np.ascontiguousarray(f[tl[1]:br[1], tl[0]:br[0]]) for f in frames]
         out_lm = (lm - tl) * (size / (br - tl))
         box = (int(tl[0]), int(tl[1]), int(br[0]), int(br[1]))
@@ -473,8 +480,13 @@ def clip_normalize(rgb_u8: np.ndarray):
 def pdfgc_warp(image_bgr: np.ndarray, landmarks: np.ndarray, size: int = PDFGC_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """PD-FGC's face crop: similarity of landmarks [182, 202, 36, 149, 133] (pupils, nose, mouth corners) onto the
     template x ``size``, bicubic, black border. Returns ``(crop (size, size, 3) uint8 BGR, matrix (2, 3))``."""
-    src = np.asarray(landmarks)[list(PDFGC_POINTS)]
-    m = umeyama_similarity(src, PDFGC_TEMPLATE * size, True)[0:2]
+    return pdfgc_warp_points(image_bgr, np.asarray(landmarks)[list(PDFGC_POINTS)], size)
+
+
+def pdfgc_warp_points(image_bgr: np.ndarray, points5: np.ndarray, size: int = PDFGC_SIZE):
+    """:func:`pdfgc_warp` from the five points themselves ``(5, 2)``: left pupil, right pupil, nose tip, mouth
+    corners (image left, then right)."""
+    m = umeyama_similarity(np.asarray(points5), PDFGC_TEMPLATE * size, True)[0:2]
     return warp_affine(image_bgr, m, (size, size), "cubic"), m
 
 

@@ -1,0 +1,475 @@
+"""HelloMeme v5 denoiser and pipelines beyond parity: window plan, skip-connection control, bounded video memory,
+frame streaming, non-square sizes, cancellation, seeded noise, single-file SD1.5 checkpoints and LoRA merging.
+
+Everything runs on tiny random models (SD1.5 topology, reduced widths) on the CPU.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from portrait_animation.runtime import Interrupted, StandaloneRuntime
+from portrait_animation.sk_attention.adapters import MotionAdapter, ReferenceAdapter
+from portrait_animation.sk_attention.base_models import (diffusers_to_ldm_unet_name, load_sd15, merge_lora)
+from portrait_animation.sk_attention.denoiser import SKDenoiser
+from portrait_animation.sk_attention.pipeline_image import (ComputedControls, HelloMemeModels, PrecomputedControls,
+                                                            generate_image)
+from portrait_animation.sk_attention.pipeline_video import VideoGeneration, plan_passes, split_windows
+from portrait_animation.sk_attention.schedulers import RecordedNoise, SeededNoise, make_scheduler
+
+UNET = dict(
+    block_out_channels=(32, 32, 64, 64), layers_per_block=1, cross_attention_dim=16, attention_head_dim=8,
+    norm_num_groups=32, sample_size=16,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=32,
+           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64)
+UP_CHANNELS = (64, 64, 64, 32)  # input channels of the tiny UNet's up blocks
+TEXT = 16
+
+
+def tiny_unet(seed=0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**UNET).eval()
+
+
+def tiny_vae(seed=0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(**VAE).eval()
+
+
+class PoolControlEncoder(nn.Module):
+    """Stand-in control encoder: pools the pose image to each insertion point's size (cheap, per frame)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int, int]]):
+        super().__init__()
+        self.shapes = shapes
+        self.maps = nn.ModuleDict({k: nn.Conv2d(4, c, 1) for k, (c, _, _) in shapes.items()})
+        self.calls: list[int] = []
+
+    def forward(self, condition, emo_embedding=None, **_):
+        b, _, f, hh, ww = condition.shape
+        self.calls.append(f)
+        x = condition.permute(0, 2, 1, 3, 4).reshape(b * f, 3, hh, ww)
+        e = emo_embedding.reshape(b * f, -1).mean(1).view(b * f, 1, 1, 1).expand(-1, 1, hh, ww)
+        x = torch.cat([x, e.to(x)], dim=1)
+        out = {}
+        for k, (c, h, w) in self.shapes.items():
+            y = self.maps[k](F.adaptive_avg_pool2d(x, (h, w)))
+            out[k] = y.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+        return out
+
+
+class PassThrough(nn.Module):
+    def forward(self, feats):
+        return feats
+
+
+def control_shapes(unet, latent_hw):
+    """{down3_i / up3_i: (C, h, w)} of the tiny UNet at this latent size (from a reference pass)."""
+    ref = SKDenoiser(unet)
+    with torch.no_grad():
+        cache = ref.reference_features(torch.zeros(1, 4, *latent_hw), torch.zeros(1, 3, TEXT))
+    return {k.replace("down_", "down3_").replace("up_", "up3_"): tuple(v.shape[1:]) for k, v in cache.items()}
+
+
+def tiny_models(version="v5", video=True, latent_hw=(16, 16)):
+    unet = tiny_unet(0)
+    reference = ReferenceAdapter(block_up_channels=UP_CHANNELS, variant="v5" if version == "v5" else "v5b")
+    motion = MotionAdapter(block_down_channels=UNET["block_out_channels"], block_up_channels=UP_CHANNELS) \
+        if video else None
+    shapes = control_shapes(unet, latent_hw)
+    return HelloMemeModels(version=version, denoiser=SKDenoiser(unet, reference, motion).eval(),
+                           reference_unet=SKDenoiser(tiny_unet(1)).eval(), encode_vae=tiny_vae(2),
+                           decode_vae=tiny_vae(3), control_encoder=PoolControlEncoder(shapes),
+                           control_projector=PassThrough(), dtype=torch.float32), shapes
+
+
+def computed_controls(models, num_frames, image_hw, requested=None):
+    def condition(frames):
+        if requested is not None:
+            requested.append(list(frames))
+        g = torch.Generator().manual_seed(sum(frames))
+        return torch.rand(1, 3, len(frames), *image_hw, generator=g) * 2 - 1
+
+    emo = torch.randn(1, num_frames, 548, generator=torch.Generator().manual_seed(5))
+    return ComputedControls(models.control_encoder, models.control_projector, condition, emo_embedding=emo,
+                            num_frames=num_frames, cache_bytes=0)
+
+
+def reference_image(hw, seed=0):
+    return torch.randint(0, 256, (*hw, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def text(seed):
+    return torch.randn(1, 5, TEXT, generator=torch.Generator().manual_seed(seed))
+
+
+def runtime():
+    return StandaloneRuntime("cpu", show_progress=False)
+
+
+# ---- window plan --------------------------------------------------------------------------------------------------
+def test_window_plan_matches_the_recorded_keyframe_order():
+    passes = plan_passes(14)
+    assert [(p.depth, p.frames) for p in passes] == [(1, [0, 11, 13]), (0, list(range(14)))]
+    assert passes[1].windows == [list(range(12)), [11, 12, 13]]
+    assert split_windows(23) == [list(range(12)), list(range(11, 23))]  # 23 = 11*2 + 1: 1-frame tail dropped
+    assert plan_passes(12)[0].windows == [list(range(12))] and len(plan_passes(12)) == 1
+
+
+@pytest.mark.parametrize("n", [13, 24, 100, 300, 1000])
+def test_window_plan_covers_every_frame_with_shared_boundaries(n):
+    passes = plan_passes(n)
+    assert passes[-1].depth == 0 and passes[-1].frames == list(range(n))
+    for deeper, shallower in zip(passes, passes[1:]):
+        ends = {shallower.frames[w[0]] for w in shallower.windows} | {shallower.frames[w[-1]] for w in shallower.windows}
+        assert ends == set(deeper.frames)  # every window of a pass is anchored by keyframes of the deeper pass
+    for p in passes:
+        covered = sorted({i for w in p.windows for i in w})
+        assert covered == list(range(len(p.frames)))
+        assert all(len(w) <= 12 for w in p.windows)
+        assert all(a[-1] == b[0] for a, b in zip(p.windows, p.windows[1:]))  # neighbours share one frame
+
+
+# ---- denoiser -----------------------------------------------------------------------------------------------------
+def test_control_enters_the_down_block_skip_but_motion_does_not():
+    unet = tiny_unet(0)
+    motion = MotionAdapter(block_down_channels=UNET["block_out_channels"], block_up_channels=UP_CHANNELS)
+    den = SKDenoiser(unet, motion=motion).eval()
+    shapes = control_shapes(unet, (16, 16))
+    g = torch.Generator().manual_seed(0)
+    control = {k: torch.randn(1, c, 2, h, w, generator=g) for k, (c, h, w) in shapes.items()}
+    seen = {}
+    block = unet.up_blocks[0]  # takes the skips of down block 3 (no downsampler: its last skip is its output)
+    original = block.forward
+
+    def spy(hidden_states, res_hidden_states_tuple, *a, **kw):
+        seen["skip"] = res_hidden_states_tuple[-1].clone()
+        return original(hidden_states, res_hidden_states_tuple, *a, **kw)
+
+    block.forward = spy
+    with torch.no_grad():
+        _, cache = den(torch.randn(1, 4, 2, 16, 16, generator=g), 500, text(1), control=control, use_motion=True)
+    skip_with_control = cache["down_3"] + control["down3_3"].permute(0, 2, 1, 3, 4).reshape(2, 64, 2, 2)
+    torch.testing.assert_close(seen["skip"], skip_with_control)
+
+
+def test_adapters_stay_beside_the_unet():
+    unet = tiny_unet(0)
+    keys = set(unet.state_dict())
+    den = SKDenoiser(unet, ReferenceAdapter(block_up_channels=UP_CHANNELS))
+    assert set(den.unet.state_dict()) == keys  # the UNet is still loadable from any SD1.5 checkpoint
+    assert {k.split(".")[0] for k in den.state_dict()} == {"unet", "reference"}
+
+
+# ---- video memory and streaming -------------------------------------------------------------------------------------
+class LiveCPUBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of CPU tensor storages created inside the mode and still alive (views share their storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs: dict[int, list] = {}  # storage ptr -> [tensor refcount, nbytes]
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, key):
+        entry = self.refs.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self.refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu" and not t.is_meta:
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if not key:
+                    continue
+                entry = self.refs.get(key)
+                if entry is None:
+                    entry = self.refs[key] = [0, st.nbytes()]
+                    self.live += st.nbytes()
+                    self.peak = max(self.peak, self.live)
+                entry[0] += 1
+                weakref.finalize(t, self._release, key)
+        return out
+
+
+def _video_peak(models, num_frames, hw=(128, 128)):
+    rt = runtime()
+    controls = computed_controls(models, num_frames, hw)
+    job = VideoGeneration(models, rt, reference_image(hw), text(1), controls, negative_prompt_embeds=text(2),
+                          steps=2, guidance_scale=1.5, noise=SeededNoise(0), pad_cache_bytes=2 << 20)
+    seen = []
+    with torch.no_grad(), LiveCPUBytes() as meter:
+        for index, image in job:
+            seen.append(index)
+            del image
+    assert seen == list(range(num_frames))  # frames stream out in order
+    return meter.peak, job
+
+
+def test_video_memory_does_not_grow_with_frame_count():
+    models, shapes = tiny_models("v5")
+    peak24, job24 = _video_peak(models, 24)
+    peak96, job96 = _video_peak(models, 96)
+    latent_frame = 4 * 16 * 16 * 4  # bytes of one latent frame (B=1, fp32)
+    control_frame = sum(c * h * w * 4 for c, h, w in shapes.values())
+    decoded_frame = 128 * 128 * 3 * 4
+    growth = peak96 - peak24
+    # Only latent-sized per-frame state may grow (latents, scheduler history, prediction sums for [uncond, cond],
+    # base noise, keyframe latents): well under 12 latent frames per extra frame. Holding the controls of every frame
+    # or the decoded frames would exceed this bound several times over.
+    assert growth <= 72 * 12 * latent_frame, (peak24, peak96)
+    assert 72 * control_frame > 2 * 72 * 12 * latent_frame and 72 * decoded_frame > 10 * 72 * 12 * latent_frame
+    assert job96.stats.pad_cache_peak_bytes <= 2 << 20
+    assert job96.stats.unet_calls == 2 * (9 + 1) and job24.stats.unet_calls == 2 * (3 + 1)
+    assert job96.latents.shape == (1, 4, 96, 16, 16)
+
+
+def test_video_frames_are_decoded_lazily_and_not_held():
+    models, _ = tiny_models("v5")
+    decodes = []
+    dec = models.decode_vae
+    original = dec.decode
+    dec.decode = lambda z, *a, **kw: (decodes.append(z.shape[0]), original(z, *a, **kw))[1]
+    requested = []
+    controls = computed_controls(models, 14, (128, 128), requested)
+    job = VideoGeneration(models, runtime(), reference_image((128, 128)), text(1), controls,
+                          negative_prompt_embeds=text(2), steps=2, guidance_scale=1.5, noise=3)
+    refs = []
+    with torch.no_grad():
+        for index, image in job:
+            assert len(decodes) == index + 1  # decoded one by one, handed out at once
+            refs.append(weakref.ref(image))
+            del image
+            gc.collect()
+            assert all(r() is None for r in refs)  # the pipeline keeps no decoded frame
+    assert all(len(r) <= 12 for r in requested)  # controls computed per window
+    dec.decode = original
+
+
+def test_video_run_is_reproducible_from_a_seed_and_recorded_draws():
+    models, _ = tiny_models("v5b")
+    draws = []
+
+    class Recording(SeededNoise):
+        def draw(self, shape, kind):
+            t = super().draw(shape, kind)
+            draws.append(t)
+            return t
+
+    def run(noise):
+        controls = computed_controls(models, 14, (128, 128))
+        return VideoGeneration(models, runtime(), reference_image((128, 128)), text(1), controls,
+                               negative_prompt_embeds=text(2), steps=2, guidance_scale=2.0, noise=noise,
+                               decode=False)
+
+    with torch.no_grad():
+        a = run(Recording(7)).run()
+        b = run(RecordedNoise(list(draws))).run()
+        c = run(SeededNoise(8)).run()
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+    assert len(draws) == 2 + 2 * 2  # posterior, base noise, one SDE draw per step of each of the 2 passes
+
+
+# ---- image pipeline: sizes, cancellation ------------------------------------------------------------------------
+def _image(models, hw, **kw):
+    controls = computed_controls(models, 1, hw)
+    return generate_image(models, runtime(), reference_image(hw), text(1), controls,
+                          negative_prompt_embeds=text(2), steps=2, guidance_scale=1.5, noise=0, **kw)
+
+
+def test_non_square_latent_runs_with_the_size_correct_option():
+    hw = (136, 200)  # latent 17 x 25: non-square and not a multiple of the UNet's down factor
+    models, _ = tiny_models("v5", video=False, latent_hw=(17, 25))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="square"):
+            _image(models, hw)
+        out = _image(models, hw, size_correct=True)
+    assert out.image.shape == (1, 136, 200, 3) and out.latents.shape == (1, 4, 17, 25)
+    assert torch.isfinite(out.image).all() and 0 <= out.image.min() and out.image.max() <= 1
+
+
+def test_non_square_video_runs_with_the_size_correct_option():
+    models, _ = tiny_models("v5", latent_hw=(16, 24))
+    controls = computed_controls(models, 13, (128, 192))
+    job = VideoGeneration(models, runtime(), reference_image((128, 192)), text(1), controls,
+                          negative_prompt_embeds=text(2), steps=1, guidance_scale=1.5, noise=0, size_correct=True)
+    with torch.no_grad():
+        frames = [img.shape for _, img in job]
+    assert frames == [(1, 128, 192, 3)] * 13
+
+
+def test_v5c_reference_control_changes_the_reference_cache():
+    models, shapes = tiny_models("v5c", video=False)
+    caches = []
+    with torch.no_grad():
+        for seed in (0, 1):
+            ref = computed_controls(models, 1, (128, 128))
+            ref.expression["emo_embedding"] = torch.randn(1, 1, 548, generator=torch.Generator().manual_seed(seed))
+            _image(models, (128, 128), reference_controls=ref,
+                   observer=lambda e, d: caches.append(d["cache"]) if e == "reference_cache" else None)
+    assert not torch.allclose(caches[0]["up_3"][1], caches[1]["up_3"][1])
+    torch.testing.assert_close(caches[0]["down_0"], caches[1]["down_0"])  # taken before the first control
+    with pytest.raises(ValueError, match="reference_controls"):
+        _image(models, (128, 128))
+
+
+def test_cancellation_stops_between_unet_calls():
+    models, _ = tiny_models("v5")
+    rt = runtime()
+    calls = []
+    rt.callbacks.append(lambda value, total, preview: (calls.append(value), rt.interrupt() if value == 3 else None))
+    controls = computed_controls(models, 30, (128, 128))
+    job = VideoGeneration(models, rt, reference_image((128, 128)), text(1), controls,
+                          negative_prompt_embeds=text(2), steps=3, guidance_scale=1.5, noise=0)
+    with torch.no_grad(), pytest.raises(Interrupted):
+        next(iter(job))
+    assert calls == [1, 2, 3] and job.stats.unet_calls == 3
+    assert next(models.denoiser.parameters()).device.type == "cpu"
+
+
+def test_image_pipeline_reports_progress_per_step_and_cancels():
+    models, _ = tiny_models("v5b", video=False)
+    rt = runtime()
+    rt.callbacks.append(lambda value, total, preview: rt.interrupt() if value == 2 else None)
+    with torch.no_grad(), pytest.raises(Interrupted):
+        generate_image(models, rt, reference_image((128, 128)), text(1), computed_controls(models, 1, (128, 128)),
+                       negative_prompt_embeds=text(2), steps=5, guidance_scale=1.5, noise=0)
+
+
+def test_precomputed_controls_need_a_negative_for_guidance():
+    models, shapes = tiny_models("v5b", video=False)
+    feats = {k: torch.zeros(1, c, 1, h, w) for k, (c, h, w) in shapes.items()}
+    with torch.no_grad(), pytest.raises(ValueError, match="negative control"):
+        generate_image(models, runtime(), reference_image((128, 128)), text(1), PrecomputedControls(feats),
+                       negative_prompt_embeds=text(2), steps=1, guidance_scale=1.5, noise=0)
+    with torch.no_grad():  # without guidance only the conditional branch runs
+        out = generate_image(models, runtime(), reference_image((128, 128)), text(1), PrecomputedControls(feats),
+                             steps=1, guidance_scale=1.0, noise=0)
+    assert out.image.shape == (1, 128, 128, 3)
+
+
+# ---- schedulers and noise -----------------------------------------------------------------------------------------
+def test_scheduler_matches_the_recorded_configuration():
+    case = Path(__file__).resolve().parents[2] / "shared/parity/hellomeme/pipeline_v5c_image/case.json"
+    if not case.is_file():
+        pytest.skip("parity cases not available")
+    recorded = json.loads(case.read_text())["settings"]["scheduler_config"]
+    cfg = dict(make_scheduler("dpmpp_sde").config)
+    assert {k: cfg[k] for k in recorded if k in cfg} == {k: v for k, v in recorded.items() if k in cfg}
+    euler = make_scheduler("euler")
+    euler.set_timesteps(25)
+    assert float(euler.timesteps[0]) == 999.0 and abs(float(euler.init_noise_sigma) - 14.6146) < 1e-3
+
+
+def test_recorded_noise_checks_the_call_order():
+    noise = RecordedNoise([torch.zeros(1, 4, 8, 8)])
+    with pytest.raises(RuntimeError, match="call order"):
+        noise.draw((1, 4, 2, 8, 8), "sde")
+
+
+# ---- single-file checkpoints and LoRA -----------------------------------------------------------------------------
+def _ldm_vae_name(name: str, n_blocks: int = 4) -> str:
+    """diffusers AutoencoderKL key -> ldm key (test-side inverse of diffusers' converter)."""
+    import re
+
+    name = name.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    name = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)", r"encoder.down.\1.block.\2", name)
+    name = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", r"encoder.down.\1.downsample", name)
+    name = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)",
+                  lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.block.{m[2]}", name)
+    name = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0",
+                  lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.upsample", name)
+    name = re.sub(r"mid_block\.resnets\.(\d+)", lambda m: f"mid.block_{int(m[1]) + 1}", name)
+    name = name.replace("mid_block.attentions.0", "mid.attn_1")
+    for a, b in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+        name = name.replace(f"attn_1.{a}.", f"attn_1.{b}.")
+    return name
+
+
+def test_single_file_sd15_checkpoint_loads_strictly(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from portrait_animation.sk_attention import base_models
+
+    unet, vae = tiny_unet(4), tiny_vae(5)
+    ldm = {"model.diffusion_model." + diffusers_to_ldm_unet_name(k, UNET): v.clone()
+           for k, v in unet.state_dict().items()}
+    for k, v in vae.state_dict().items():
+        k2 = _ldm_vae_name(k)
+        if ".attn_1." in k2 and k2.endswith(("q.weight", "k.weight", "v.weight", "proj_out.weight")):
+            v = v[:, :, None, None]  # ldm stores the VAE attention as 1x1 convs
+        ldm["first_stage_model." + k2] = v.clone()
+    path = tmp_path / "tiny_sd15.safetensors"
+    save_file(ldm, str(path))
+    cfgs = {"sd15_unet": dict(UNET), "sd15_vae": dict(VAE)}
+    monkeypatch.setattr(base_models, "embedded_config", lambda name: dict(cfgs[name]))
+    parts = load_sd15(path, parts=("unet", "vae"))
+    for ours, theirs in ((parts.unet, unet), (parts.vae, vae)):
+        mine = ours.state_dict()
+        assert set(mine) == set(theirs.state_dict())
+        for k, v in theirs.state_dict().items():
+            assert torch.equal(mine[k], v), k
+
+    # a file with a missing tensor fails strictly, naming the key
+    del ldm["model.diffusion_model.out.2.weight"]
+    save_file(ldm, str(path))
+    with pytest.raises(Exception, match="conv_out.weight"):
+        load_sd15(path, parts=("unet",))
+
+
+def test_lora_merges_kohya_ldm_and_peft_layouts():
+    unet = tiny_unet(6)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    conv = "down_blocks.1.resnets.0.conv1"
+    proj = "up_blocks.1.attentions.0.proj_in"
+    r = 4
+    down_q, up_q = torch.randn(r, 32, generator=g), torch.randn(32, r, generator=g)
+    down_c, up_c = torch.randn(r, 32, 3, 3, generator=g), torch.randn(32, r, 1, 1, generator=g)
+    down_p, up_p = torch.randn(r, 64, 1, 1, generator=g), torch.randn(64, r, 1, 1, generator=g)
+    lora = {
+        "lora_unet_" + q.replace(".", "_") + ".lora_down.weight": down_q,  # kohya, diffusers names
+        "lora_unet_" + q.replace(".", "_") + ".lora_up.weight": up_q,
+        "lora_unet_" + q.replace(".", "_") + ".alpha": torch.tensor(2.0),
+        "lora_unet_" + diffusers_to_ldm_unet_name(conv, UNET).replace(".", "_") + ".lora_down.weight": down_c,
+        "lora_unet_" + diffusers_to_ldm_unet_name(conv, UNET).replace(".", "_") + ".lora_up.weight": up_c,
+        f"unet.{proj}.lora_A.weight": down_p,  # diffusers / PEFT
+        f"unet.{proj}.lora_B.weight": up_p,
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(r, 8),  # no text encoder given
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(8, r),
+    }
+    report = merge_lora(unet, lora, scale=0.5)
+    assert sorted(report.applied) == sorted([q, conv, proj])
+    assert report.skipped == ["lora_te_text_model_encoder_layers_0_mlp_fc1"]
+    after = unet.state_dict()
+    torch.testing.assert_close(after[q + ".weight"], before[q + ".weight"] + 0.5 * (2.0 / r) * up_q @ down_q)
+    torch.testing.assert_close(after[conv + ".weight"],
+                               before[conv + ".weight"] + 0.5 * (up_c.flatten(1) @ down_c.flatten(1)).view(32, 32, 3, 3))
+    torch.testing.assert_close(after[proj + ".weight"],
+                               before[proj + ".weight"] + 0.5 * (up_p.flatten(1) @ down_p.flatten(1)).view(64, 64, 1, 1))
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {q + ".weight", conv + ".weight", proj + ".weight"}
+    with pytest.raises(ValueError, match="no LoRA entry matched"):
+        merge_lora(unet, {"lora_unet_nothing_here.lora_down.weight": down_q, "lora_unet_nothing_here.lora_up.weight": up_q})
