@@ -153,15 +153,9 @@ def face_embedding(bundle: MemoBundle, image: torch.Tensor, on_missing_face: str
             return torch.zeros(512)
         raise ValueError("the MEMO loader was run without the identity models ('identity' off): turn it on, or set "
                          "'on_missing_face' to 'uncond' to animate without an identity embedding")
-    frame = image[0] if image.ndim == 4 else image
-    rgb = (frame.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    try:
-        return torch.as_tensor(bundle.face.embed(rgb, input_name=input_name)).float().reshape(512)
-    except ValueError:
-        if on_missing_face == "uncond":
-            log.warning("Portrait Animation: no face in '%s'; MEMO continues without identity", input_name)
-            return torch.zeros(512)
-        raise
+    emb = bundle.face.embed(image[:1] if image.ndim == 4 else image, input_name=input_name,
+                            on_missing_face=on_missing_face)
+    return torch.as_tensor(emb).float().reshape(512)
 
 
 def reference_tensor(image: torch.Tensor, width: int, height: int) -> torch.Tensor:

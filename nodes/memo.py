@@ -117,7 +117,7 @@ class MemoSampler(io.ComfyNode):
                 io.Int.Input("past_frames", default=16, min=1, max=64,
                              tooltip="Frames of the previous clip (or the reference, for the first clip) that "
                                      "condition the next clip."),
-                io.Int.Input("resolution", default=512, min=256, max=1024, step=64,
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=8,
                              tooltip="Side of the generated square frames (MEMO was trained at 512)."),
                 io.Combo.Input("on_missing_face", options=["error", "uncond"], default="error",
                                tooltip="No face found in the reference: stop with an error, or continue without "

@@ -32,6 +32,14 @@ class _ComfyProgress(Progress):
             self.bar.update_absolute(self.bar.current + n, self.total, preview)
 
 
+class _Holder(torch.nn.Module):
+    """A plain module holding the managed one (its weights move with it)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
 class ComfyRuntime(Runtime):
     name = "comfyui"
 
@@ -63,7 +71,10 @@ class ComfyRuntime(Runtime):
         import comfy.model_patcher
 
         module.to(device=self.offload_device, dtype=dtype).eval()
-        patcher = comfy.model_patcher.ModelPatcher(module, load_device=self.device, offload_device=self.offload_device)
+        # ModelPatcher writes bookkeeping attributes (``device``, ``model_loaded_weight_memory``...) on the module it
+        # manages; diffusers/transformers models have a read-only ``device``, so it manages a plain holder instead.
+        holder = _Holder(module)
+        patcher = comfy.model_patcher.ModelPatcher(holder, load_device=self.device, offload_device=self.offload_device)
         return ModelHandle(name=name, module=module, dtype=dtype, extra={"patcher": patcher})
 
     def load(self, handles: Iterable[ModelHandle]) -> None:

@@ -20,10 +20,8 @@ the PD-FGC expression only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -47,7 +45,8 @@ class HelloMemeConditions:
     * ``reference_image`` ``(1, 512, 512, 3)`` and ``driving_images`` ``(F, 512, 512, 3)``: the RGB crops in [0, 1]
       (IMAGE layout) the generation works on; ``reference_landmarks`` / ``driving_landmarks`` in those crops;
     * ``angles`` / ``translations`` ``(F, 3)`` and ``ref_angles`` / ``ref_translation`` ``(3,)``: the head poses;
-    * ``filled_frames``: ``{driving frame: frame whose face it reuses}`` for frames without a face;
+    * ``filled_frames``: ``{driving frame: frame it repeats}`` for frames without a face (with
+      ``on_missing="fill_nearest"`` such a frame is replaced by its source frame: same pose, same expression);
     * ``crop_box`` / ``reference_box``: ``(x0, y0, x1, y1)`` source regions of the crops.
     """
 
@@ -174,18 +173,16 @@ _OFFICIAL = _Scheme(extent=None, pdfgc=geo.PDFGC_POINTS)
 _APPROX = _Scheme(extent=tk.APPROX_EXTENT_POINTS, pdfgc=tk.APPROX_PDFGC_POINTS)
 
 
-def _mediapipe_landmarks(frames_rgb: list[np.ndarray], name: str, on_missing: str, detector=None):
+def _mediapipe_landmarks(frames_rgb: list[np.ndarray], name: str, on_missing: str, detector):
     """``(landmarks (F, 478, 2), filled)`` from the pack's MediaPipe face detector."""
-    from ...face.detect import FaceDetector
-
-    own = detector is None
-    detector = detector or FaceDetector()
-    try:
-        track = detector.track(np.stack(frames_rgb), on_missing=on_missing, input_name=name)
-    finally:
-        if own:
-            detector.close()
+    track = detector.track(np.stack(frames_rgb), on_missing=on_missing, input_name=name)
     return track.stacked()[..., :2], dict(track.filled)
+
+
+def _torch_device(device: Optional[str]) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 # ---- main entry ----------------------------------------------------------------------------------------------------------
@@ -217,8 +214,7 @@ def hellomeme_conditions(reference, driving, expression: str = "pdfgc", trans_ra
         raise ValueError(f"input 'reference' must be one image, got a batch of {len(ref_rgb)}")
     drive_rgb = _uint8_rgb_frames(driving, "driving")
     report = progress or (lambda stage, done, total: None)
-    torch_device = torch.device("cpu") if device in (None, "auto", "cpu") and not torch.cuda.is_available() \
-        else torch.device(device if device not in (None, "auto") else "cuda")
+    torch_device = _torch_device(device)
 
     # 1. landmarks
     if head_pose == "3dmm":
@@ -228,10 +224,19 @@ def hellomeme_conditions(reference, driving, expression: str = "pdfgc", trans_ra
         ref_lm, _ = toolkit.landmarks_222(_to_bgr(ref_rgb), input_name="reference", on_missing="error")
         drive_lm, filled = toolkit.landmarks_222(_to_bgr(drive_rgb), input_name="driving", on_missing=on_missing)
     else:
+        from ...face.detect import FaceDetector
+
         scheme = _APPROX
-        ref_lm, _ = _mediapipe_landmarks(ref_rgb, "reference", "error", face_detector)
-        drive_lm, filled = _mediapipe_landmarks(drive_rgb, "driving", on_missing, face_detector)
+        detector = face_detector or FaceDetector()
+        try:
+            ref_lm, _ = _mediapipe_landmarks(ref_rgb, "reference", "error", detector)
+            drive_lm, filled = _mediapipe_landmarks(drive_rgb, "driving", on_missing, detector)
+        finally:
+            if face_detector is None:
+                detector.close()
     report("landmarks", len(drive_rgb) + 1, len(drive_rgb) + 1)
+    # a filled frame takes its source frame whole (image and landmarks): pose and expression are repeated
+    drive_rgb = [drive_rgb[filled.get(i, i)] for i in range(len(drive_rgb))]
 
     # 2. crops
     ref512, ref_lm512, ref_box = geo.crop_and_resize(_to_bgr(ref_rgb), ref_lm, CROP_SIZE, crop=crop_reference,

@@ -265,6 +265,9 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int],
     width, height = int(size[0]), int(size[1])
     h, w = img.shape[:2]
     sx, sy = _source_coords(invert_affine(matrix), width, height, interpolation)
+    if not (np.isfinite(sx).all() and np.isfinite(sy).all()):  # a degenerate matrix: nothing maps inside
+        bad = ~(np.isfinite(sx) & np.isfinite(sy))
+        sx, sy = np.where(bad, np.float32(-1e6), sx), np.where(bad, np.float32(-1e6), sy)
     ix, iy = np.floor(sx), np.floor(sy)
     fx, fy = sx - ix, sy - iy  # exact in float32
     pad = 2

@@ -270,6 +270,11 @@ class LandmarkModel(_OnnxModel):
         return decode_landmark_outputs(landmark, euler, prob, size)
 
 
+def _usable(points: np.ndarray) -> bool:
+    """Finite landmarks with a non-empty extent (a crop can be fitted to them)."""
+    return bool(np.isfinite(points).all()) and float(np.ptp(points, axis=0).max()) > 0
+
+
 @dataclass
 class Alignment:
     """Result of :func:`align_face`: ``points`` (222, 2) float32 frame pixels, ``euler`` (3,) radians
@@ -287,6 +292,8 @@ def align_face(model: LandmarkModel, image_bgr: np.ndarray, box=None, prev_point
     ``iterations`` times: each pass crops 128 x 128 around the last landmarks, rotated by the last pass's
     in-crop roll (as the official code does), and maps the new landmarks back to the frame."""
     size, expand = geo.LANDMARK_INPUT_SIZE, geo.LANDMARK_EXPAND
+    if prev_points is not None and not _usable(prev_points):
+        raise ValueError("align_face: the previous landmarks are degenerate")
     if prev_points is not None:
         m = geo.landmark_warp(prev_points, geo.eye_corner_angle(prev_points), size, expand).matrix
     elif box is not None:
@@ -296,6 +303,8 @@ def align_face(model: LandmarkModel, image_bgr: np.ndarray, box=None, prev_point
     pts, eul, prob = model.predict(geo.warp_affine(image_bgr, m, (size, size)))
     pts = geo.transform_points(pts, m, invert=True)
     for _ in range(iterations - 1):
+        if not _usable(pts):  # collapsed landmarks (no face in the crop): stop, reported as improbable
+            return Alignment(points=pts, euler=eul, prob=0.0, matrix=m)
         m = geo.landmark_warp(pts, np.rad2deg(eul[2]), size, expand).matrix
         pts, eul, prob = model.predict(geo.warp_affine(image_bgr, m, (size, size)))
         pts = geo.transform_points(pts, m, invert=True)
@@ -526,9 +535,10 @@ def resolve_missing(points: Sequence[Optional[np.ndarray]], input_name: str = "i
     missing = [i for i, p in enumerate(points) if p is None]
     have = np.array([i for i, p in enumerate(points) if p is not None])
     if missing and (on_missing == "error" or have.size == 0):
-        raise NoFaceError(missing, len(points), input_name,
-                          hint="" if have.size else "the HelloMeme face toolkit found no face; use images where a "
-                                                    "face is clearly visible and at least 96 px wide")
+        hint = ("set 'on_missing' to 'fill_nearest' to repeat the nearest frame with a face, or trim those frames "
+                "(the HelloMeme face toolkit needs a clearly visible face at least 96 px wide)") if have.size else \
+            "use images where a face is clearly visible and at least 96 px wide"
+        raise NoFaceError(missing, len(points), input_name, hint=hint)
     filled: dict[int, int] = {}
     out = list(points)
     for i in missing:

@@ -186,3 +186,34 @@ def load_api_workflow(path: Path) -> dict:
 def stage_inputs(server: ComfyServer, files) -> None:
     for f in files:
         shutil.copy(f, server.input_dir / Path(f).name)
+
+
+def write_wav(path: Path, waveform, sample_rate: int) -> None:
+    """16-bit PCM WAV from a (channels, samples) float tensor in [-1, 1] (stdlib only)."""
+    import wave
+
+    import numpy as np
+
+    pcm = (np.clip(waveform.numpy().T, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(pcm.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+
+
+# Settings that make model workflows quick on the CPU with the small stand-in models (the example files keep the
+# real defaults). Applied by class_type to every node of that type.
+FAST_OVERRIDES = {
+    "PortraitAnim_MemoLoader": {"emotion_model": False, "identity": False, "dtype": "fp32"},
+    "PortraitAnim_MemoAudio": {"clip_length": 4},
+    "PortraitAnim_MemoSampler": {"steps": 1, "resolution": 64, "past_frames": 4, "on_missing_face": "uncond"},
+    "PortraitAnim_LoadAudio": {"audio_file": "speech_short.wav"},
+}
+
+
+def fast(graph: dict) -> dict:
+    out = json.loads(json.dumps(graph))
+    for node in out.values():
+        node["inputs"].update(FAST_OVERRIDES.get(node["class_type"], {}))
+    return out

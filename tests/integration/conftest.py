@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 
 from helpers.loopback_hub import LoopbackHub
+from helpers.tiny_models import write_memo_models
+from parity.runner import DEFAULT_PARITY_ROOT
+from portrait_animation.media.audio import load_audio
+
+from .comfy import write_wav
 
 from .comfy import ComfyServer, stage_inputs
 
@@ -37,7 +42,11 @@ def loopback_hub():
 def comfy_server(tmp_path_factory, data_dir, loopback_hub):
     base = f"http://127.0.0.1:{loopback_hub.server.server_address[1]}"
     server = ComfyServer(Path(COMFYUI_PATH), tmp_path_factory.mktemp("comfy"), env={"HF_ENDPOINT": base})
+    write_memo_models(server.models_dir, DEFAULT_PARITY_ROOT)  # small stand-ins, laid out like the real files
     server.start()
     stage_inputs(server, sorted(data_dir.iterdir()))
+    short = load_audio(data_dir / "speech.wav")
+    write_wav(server.input_dir / "speech_short.wav", short["waveform"][0, :, : short["sample_rate"]],
+              short["sample_rate"])
     yield server
     server.stop()

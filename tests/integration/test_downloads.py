@@ -42,8 +42,8 @@ def serve_group(hub, family: str, groups: list[str]):
 
 
 def test_download_lands_in_the_configured_folders(comfy_server, loopback_hub):
-    files = serve_group(loopback_hub, "memo", ["audio", "emotion"])
-    entry = comfy_server.run(model_files_prompt("memo", "audio,emotion", True))
+    files = serve_group(loopback_hub, "hunyuan_portrait", ["motion", "core"])
+    entry = comfy_server.run(model_files_prompt("hunyuan_portrait", "motion,core", True))
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
     for f in files:
         if f.folder == "portrait_animation":
@@ -52,7 +52,7 @@ def test_download_lands_in_the_configured_folders(comfy_server, loopback_hub):
             path = comfy_server.models_dir / f.folder / f.dest  # a standard ComfyUI folder
         assert path.is_file(), f"{f.id} not at {path}"
         assert path.read_bytes() == loopback_hub.files[(f.repo_id, f.path)].data
-    assert (comfy_server.models_dir / "audio_encoders" / "wav2vec2-base-960h.safetensors").is_file()
+    assert any(f.folder == "vae" for f in files) and any(f.folder == "portrait_animation" for f in files)
     report = entry["outputs"]["1"]["text"][0]
     assert report.count("ok ") == len(files) and "MISSING" not in report
     leftovers = [p for p in comfy_server.workdir.rglob("*") if p.name.startswith(".download-")]
@@ -60,14 +60,14 @@ def test_download_lands_in_the_configured_folders(comfy_server, loopback_hub):
 
 
 def test_corrupt_download_is_reported_and_not_installed(comfy_server, loopback_hub):
-    f = load_manifest("memo").file("insightface_glintr100")
+    f = load_manifest("hunyuan_portrait").file("arcface")
     good = b"onnx model bytes" * 64
     loopback_hub.add(f.repo_id, f.path, b"tampered" + good[8:], advertised_sha256=hashlib.sha256(good).hexdigest())
-    for other in load_manifest("memo").select(groups=["face"]):
+    for other in load_manifest("hunyuan_portrait").select(groups=["arcface"]):
         if other.id != f.id:
             loopback_hub.add(other.repo_id, other.path, b"onnx" * 100)
-    entry = comfy_server.run(model_files_prompt("memo", "face", True))
+    entry = comfy_server.run(model_files_prompt("hunyuan_portrait", "arcface", True))
     assert entry["status"]["status_str"] == "error"
     msg = status_messages(entry)["execution_error"]["exception_message"]
-    assert "memo/insightface_glintr100" in msg and "corrupt" in msg and "sha256" in msg, msg
+    assert "hunyuan_portrait/arcface" in msg and "corrupt" in msg and "sha256" in msg, msg
     assert not (comfy_server.extra_models_dir / f.dest).exists()

@@ -25,7 +25,12 @@ SCRIPT = textwrap.dedent('''
     rt = get_runtime(node_id="7")
     assert isinstance(rt, ComfyRuntime), type(rt)
     assert rt.device.type == "cpu" and rt.dtype("auto") == torch.float32 and rt.dtype("bf16") == torch.bfloat16
-    h = rt.manage("toy", torch.nn.Linear(64, 64), torch.float32)
+    class ReadOnlyDevice(torch.nn.Linear):  # like diffusers/transformers models
+        @property
+        def device(self):
+            return self.weight.device
+
+    h = rt.manage("toy", ReadOnlyDevice(64, 64), torch.float32)
     rt.load([h])
     assert any(m is h.extra["patcher"] for m in mm.loaded_models()), "not loaded through model management"
     rt.offload([h])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .comfy import ROOT, load_api_workflow, status_messages
+from .comfy import ROOT, fast, load_api_workflow, status_messages
 
 PACK_CATEGORY = "Portrait Animation"
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
@@ -53,17 +53,18 @@ def test_every_node_is_listed_with_tooltips(comfy_server):
 
 def test_missing_weights_error_lists_file_source_destination(comfy_server):
     prompt = {"1": {"class_type": "PortraitAnim_ModelFiles",
-                    "inputs": {"family": "memo", "groups": "all", "download": False, "verify_checksums": False}}}
+                    "inputs": {"family": "hellomeme", "groups": "v1,expression_arkit", "download": False,
+                               "verify_checksums": False}}}
     entry = comfy_server.run(prompt)
     assert entry["status"]["status_str"] == "error"
     err = status_messages(entry)["execution_error"]
     msg = err["exception_message"]
     assert err["node_type"] == "PortraitAnim_ModelFiles"
     assert "missing" in msg and "downloading is off" in msg
-    assert "source:" in msg and "huggingface.co/memoavatar/memo" in msg
+    assert "source:" in msg and "huggingface.co/songkey/hm_reference" in msg
     # the folder configured in extra_model_paths.yaml comes first and receives downloads
-    assert "destination:" in msg and str(comfy_server.extra_models_dir / "memo" / "diffusion_net") in msg
-    assert str(comfy_server.models_dir / "vae" / "sd-vae-ft-mse.safetensors") in msg
+    assert "destination:" in msg and str(comfy_server.extra_models_dir / "hellomeme" / "hm_reference") in msg
+    assert str(comfy_server.models_dir / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors") in msg
 
 
 def test_bad_input_is_rejected_with_its_name(comfy_server):
@@ -94,7 +95,7 @@ def test_no_face_is_a_clear_runtime_error_naming_the_frame(comfy_server):
 
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
 def test_example_workflow_runs(comfy_server, path):
-    entry = comfy_server.run(load_api_workflow(path), timeout=600)
+    entry = comfy_server.run(fast(load_api_workflow(path)), timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
     files = [f for out in entry["outputs"].values() for key in ("images", "videos", "gifs", "audio")
              for f in out.get(key, [])]
