@@ -155,6 +155,18 @@ def test_pose_image_square_colours_and_translation():
     assert pose_image.negative_pose_image(512, 3).shape == (1, 3, 3, 512, 512)
 
 
+def test_thick_lines_are_clipped_like_current_opencv():
+    assert pose_image.clip_segment((-10, 5), (20, 5), 10, 10) == (True, (0, 5), (9, 5))
+    assert pose_image.clip_segment((-10, -10), (-1, 30), 10, 10)[0] is False
+    inside = np.zeros((64, 64, 3), np.uint8)
+    pose_image.draw_thick_line(inside, (10, 12), (50, 40), (0, 255, 0), 15)
+    ref = cv2.line(np.zeros((64, 64, 3), np.uint8), (10, 12), (50, 40), (0, 255, 0), 15)
+    np.testing.assert_array_equal(inside, ref)  # nothing changes for segments inside the image
+    far = np.zeros((64, 64, 3), np.uint8)
+    pose_image.draw_thick_line(far, (-5000, 30), (5000, 34), (255, 255, 255), 15)
+    assert far[30:34, :, 0].all() and not far[:15, :, 0].any()
+
+
 def test_pose_image_yaw_turns_the_square():
     rot = [np.array([[0.0, 0.5, 0.0]], np.float32)]
     ref = np.array([[0.0, 0.0, -4.0]], np.float32)

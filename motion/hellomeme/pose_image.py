@@ -1,11 +1,13 @@
 """HelloMeme's head-pose control image ("condition"): a small square in front of the camera, rotated and moved like
 the head, projected and drawn as four coloured 15-px edges on black.
 
-The drawing is pixel-exact with the original ``gen_control_heatmaps``: the computation keeps its dtypes (sines of
-float32 angles, float64 geometry) and the corners are truncated to int32 before ``cv2.line``.
+The drawing is pixel-exact with the original ``gen_control_heatmaps`` (as recorded with a current OpenCV): the
+computation keeps its dtypes (sines of float32 angles, float64 geometry), the corners are truncated to int32, and
+edges leaving the image are clipped the way OpenCV >= 4.13 clips thick lines (:func:`draw_thick_line`).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import cv2
@@ -64,6 +66,53 @@ def pose_square_corners(angles: np.ndarray, translation: np.ndarray, width: int,
     return np.stack([uv[:, :, 0], height - uv[:, :, 1]], axis=2)[0]
 
 
+def _trunc_div(num: float, den: float) -> int:
+    return int(math.trunc(num / den))
+
+
+def clip_segment(p0, p1, width: int, height: int):
+    """Cohen-Sutherland clipping of the integer segment ``p0``-``p1`` to ``[0, width) x [0, height)``, with OpenCV's
+    arithmetic (``clipLine``: double division, truncation). Returns ``(inside, p0, p1)``."""
+    (x1, y1), (x2, y2) = (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1]))
+    right, bottom = width - 1, height - 1
+    c1 = (x1 < 0) + (x1 > right) * 2 + (y1 < 0) * 4 + (y1 > bottom) * 8
+    c2 = (x2 < 0) + (x2 > right) * 2 + (y2 < 0) * 4 + (y2 > bottom) * 8
+    if (c1 & c2) == 0 and (c1 | c2) != 0:
+        if c1 & 12:
+            a = 0 if c1 < 8 else bottom
+            x1 += _trunc_div(float(a - y1) * (x2 - x1), y2 - y1)
+            y1 = a
+            c1 = (x1 < 0) + (x1 > right) * 2
+        if c2 & 12:
+            a = 0 if c2 < 8 else bottom
+            x2 += _trunc_div(float(a - y2) * (x2 - x1), y2 - y1)
+            y2 = a
+            c2 = (x2 < 0) + (x2 > right) * 2
+        if (c1 & c2) == 0 and (c1 | c2) != 0:
+            if c1:
+                a = 0 if c1 == 1 else right
+                y1 += _trunc_div(float(a - x1) * (y2 - y1), x2 - x1)
+                x1 = a
+                c1 = 0
+            if c2:
+                a = 0 if c2 == 1 else right
+                y2 += _trunc_div(float(a - x2) * (y2 - y1), x2 - x1)
+                x2 = a
+                c2 = 0
+    return (c1 | c2) == 0, (x1, y1), (x2, y2)
+
+
+def draw_thick_line(img: np.ndarray, p0, p1, colour, thickness: int) -> None:
+    """``cv2.line`` (8-connected) as OpenCV >= 4.13 draws it: the segment is first clipped to the image grown by
+    ``thickness`` on every side (older OpenCV skips that step, which moves a few edge pixels of lines that leave
+    the image). Clipping here makes every OpenCV version draw the same pixels."""
+    h, w = img.shape[:2]
+    m = int(thickness)
+    inside, a, b = clip_segment((p0[0] + m, p0[1] + m), (p1[0] + m, p1[1] + m), w + 2 * m, h + 2 * m)
+    if inside:
+        cv2.line(img, (a[0] - m, a[1] - m), (b[0] - m, b[1] - m), colour, thickness)
+
+
 def draw_pose_square(size: int, corners: np.ndarray) -> np.ndarray:
     """Black ``(size, size, 3)`` uint8 BGR image with the square's 4 edges (corners truncated to int32, 8-connected
     lines, 15 px, colours :data:`EDGE_COLOURS_BGR`)."""
@@ -71,7 +120,7 @@ def draw_pose_square(size: int, corners: np.ndarray) -> np.ndarray:
     img = np.zeros((size, size, 3), dtype=np.uint8)
     for i, colour in enumerate(EDGE_COLOURS_BGR):
         a, b = pts[i], pts[(i + 1) % 4]
-        cv2.line(img, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), colour, EDGE_THICKNESS)
+        draw_thick_line(img, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), colour, EDGE_THICKNESS)
     return img
 
 

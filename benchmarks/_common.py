@@ -1,0 +1,48 @@
+"""Shared benchmark plumbing: import the pack from the repository, measure peak memory per run in a fresh process."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "portrait_animation"
+
+
+def import_pack():
+    """Register the repository root as the package ``portrait_animation`` (as tests/conftest.py does)."""
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = module
+        spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "tests"))  # test helpers: small stand-in models
+    return sys.modules[PACKAGE]
+
+
+def peak_host_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_gpu_mb() -> float | None:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
+def run_isolated(script: Path, args: list[str]) -> dict:
+    """Run ``script --child ARGS`` in a fresh interpreter (so peak memory is per configuration); parse its JSON."""
+    out = subprocess.run([sys.executable, str(script), "--child", *args], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1])
