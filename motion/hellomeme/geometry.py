@@ -503,17 +503,14 @@ def bgr_to_signed_rgb(image_bgr: np.ndarray):
 
 # ---- coefficient tokens ------------------------------------------------------------------------------------------------------
 def coefficient_tokens(coeffs, dim: int, multiplier: float):
-    """Each scalar coefficient -> its own sinusoidal "timestep" token.
+    """Each scalar coefficient -> its own sinusoidal "timestep" token: ``(..., C)`` -> float32 ``(..., C, dim)``.
 
-    ``coeffs`` ``(..., C)`` -> float32 ``(..., C, dim)``: ``a = coeff * multiplier`` (float32; 500 for ARKit, 20 for
-    PD-FGC), ``f_k = exp(-ln(10000) k / (dim/2))``, token = ``[cos(a f_k) | sin(a f_k)]`` (diffusers ``Timesteps``
-    with ``flip_sin_to_cos=True``, ``downscale_freq_shift=0``). The HelloMeme control networks compute the same
-    inside (``sk_attention``); this copy serves the geometry parity case and inspection.
+    The formula lives in :func:`...sk_attention.embeddings.coefficient_tokens` (what the control networks compute);
+    this keeps the coefficient axes (ARKit x500, PD-FGC x20).
     """
     import torch
 
-    a = torch.as_tensor(coeffs).to(torch.float32) * multiplier
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(0, half, dtype=torch.float32) / half)
-    args = a[..., None] * freqs
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    from ...sk_attention.embeddings import coefficient_tokens as tokens
+
+    c = torch.as_tensor(coeffs).to(torch.float32)
+    return tokens(c, dim, multiplier).reshape(*c.shape, dim)
