@@ -25,7 +25,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from ..loaders.checkpoint import (CheckpointKeyError, build_and_load, embedded_config, load_strict,
+from ..loaders.checkpoint import (CheckpointKeyError, build_and_load, embedded_config,
                                   read_diffusers_folder, read_state_dict, strip_config)
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -186,7 +186,8 @@ def load_vae_file(path: str | Path, dtype: torch.dtype | None = None, config: di
     return build_vae(sd, config, source=str(path), dtype=dtype)
 
 
-def load_sd15(path: str | Path, parts: tuple[str, ...] = ("unet", "vae"), dtype: torch.dtype | None = None) -> SD15Parts:
+def load_sd15(path: str | Path, parts: tuple[str, ...] = ("unet", "vae"),
+              dtype: torch.dtype | None = None) -> SD15Parts:
     """The requested SD1.5 parts from a single file or a diffusers folder (pipeline root or component folder)."""
     path = Path(path)
     if path.is_file():
@@ -335,7 +336,7 @@ def _merge_pair(module: nn.Module, down: torch.Tensor, up: torch.Tensor, alpha: 
 
 def merge_lora(unet: nn.Module, lora: Mapping[str, torch.Tensor] | str | Path, scale: float = 1.0,
                text_encoder: Optional[nn.Module] = None, unet_config: dict | None = None) -> LoraReport:
-    """Merge an SD1.5 LoRA into ``unet`` (and ``text_encoder`` if given) in place: ``W += scale·(alpha/rank)·up@down``.
+    """Merge an SD1.5 LoRA into ``unet`` (and ``text_encoder`` if given), in place: W += scale·(alpha/rank)·up@down.
 
     Accepts kohya files (``lora_unet_<module>`` / ``lora_te_<module>`` with ``lora_down``/``lora_up``/``alpha``, module
     names in diffusers or ldm spelling) and diffusers/PEFT files (``unet.<module>.lora_A/lora_B`` or

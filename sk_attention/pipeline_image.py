@@ -19,6 +19,7 @@ the official SD1.5 text encoder (``reference_prompt_embeds``), which defaults to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
@@ -82,6 +83,50 @@ class HelloMemeModels:
         return float(getattr(self.encode_vae.config, "scaling_factor", 0.18215) or 0.18215)
 
 
+def load_models(version: str, checkpoint: str | Path, sd15: str | Path | None, reference: str | Path,
+                motion: str | Path | None = None, control_encoder: str | Path | None = None,
+                control_projector: str | Path | None = None, vae: str | Path | None = None,
+                lora: str | Path | None = None, lora_scale: float = 1.0, stylize: str = "x1",
+                dtype: Optional[torch.dtype] = None) -> HelloMemeModels:
+    """Load a v5-family pipeline's modules from files (strict loads, no ``from_pretrained``).
+
+    checkpoint: the user's SD1.5 checkpoint (single file or diffusers folder): denoising UNet and decoding VAE.
+    sd15: the official SD1.5 (diffusers folder with ``unet/`` and ``vae/``, or a single file): the reference UNet
+    and the encoding VAE in ``stylize="x1"`` (as released); ``"x2"`` takes both from ``checkpoint`` instead (and the
+    LoRA is merged into the reference UNet too). reference / motion / control_*: released HelloMeme folders
+    (``songkey/hm5*_reference``, ``hm5_motion``, ``hm5_control_base``, ``hm5_control_proj`` / ``hm5c_control_proj``).
+    vae: optional VAE file or folder replacing the decoding VAE. lora: an SD1.5 LoRA merged at ``lora_scale`` into the
+    denoising UNet (the released code applies its scale to the text encoder only and the UNet LoRA at 1.0).
+    """
+    import copy
+
+    from .adapters import load_hellomeme_module
+    from .base_models import load_sd15, load_vae_file, merge_lora
+
+    if stylize not in ("x1", "x2"):
+        raise ValueError(f"stylize must be 'x1' or 'x2', got {stylize!r}")
+    user = load_sd15(checkpoint, parts=("unet", "vae"), dtype=dtype)
+    if stylize == "x1":
+        if sd15 is None:
+            raise ValueError("stylize 'x1' needs the official SD1.5 weights (sd15) for the reference UNet and encoder")
+        official = load_sd15(sd15, parts=("unet", "vae"), dtype=dtype)
+        ref_unet, enc_vae = official.unet, official.vae
+    else:
+        ref_unet, enc_vae = copy.deepcopy(user.unet), copy.deepcopy(user.vae)
+    if lora is not None:
+        merge_lora(user.unet, lora, scale=lora_scale)
+        if stylize == "x2":
+            merge_lora(ref_unet, lora, scale=lora_scale)
+    dec_vae = load_vae_file(vae, dtype=dtype) if vae is not None else user.vae
+    load = (lambda folder: None if folder is None else load_hellomeme_module(folder, dtype=dtype))
+    return HelloMemeModels(
+        version=version,
+        denoiser=SKDenoiser(user.unet, load(reference), load(motion)).eval(),
+        reference_unet=SKDenoiser(ref_unet).eval(),
+        encode_vae=enc_vae, decode_vae=dec_vae,
+        control_encoder=load(control_encoder), control_projector=load(control_projector), dtype=dtype)
+
+
 # ---- control features ---------------------------------------------------------------------------------------------
 class ControlSource:
     """Control features ``{down3_i, up3_i: (B, C, f, h_i, w_i)}`` of the frames of a driving clip.
@@ -126,7 +171,8 @@ class PrecomputedControls(ControlSource):
 
     def features(self, frames, device, dtype):
         idx = torch.as_tensor(list(frames), dtype=torch.long)
-        return {k: v.index_select(2, idx.to(v.device)).to(device=device, dtype=dtype) for k, v in self._features.items()}
+        return {k: v.index_select(2, idx.to(v.device)).to(device=device, dtype=dtype)
+                for k, v in self._features.items()}
 
     def negative(self, device, dtype):
         if self._negative is None:
@@ -213,9 +259,12 @@ class ComputedControls(ControlSource):
         return self.condition(list(frames))
 
     def _run(self, condition: torch.Tensor, expression: dict, device, dtype) -> FeatureDict:
-        exp = {k: v.to(device=device, dtype=dtype) for k, v in expression.items()}
-        feats = self.encoder(condition.to(device=device, dtype=dtype), **exp)
-        return self.projector(feats)
+        # computed where the control networks are (the pipeline makes them resident), returned on ``device``
+        param = next(self.encoder.parameters(), None)
+        where, wdtype = (param.device, param.dtype) if param is not None else (device, dtype)
+        exp = {k: v.to(device=where, dtype=wdtype) for k, v in expression.items()}
+        feats = self.encoder(condition.to(device=where, dtype=wdtype), **exp)
+        return {k: v.to(device=device, dtype=dtype) for k, v in self.projector(feats).items()}
 
     def features(self, frames, device, dtype):
         frames = list(frames)
@@ -237,6 +286,21 @@ class ComputedControls(ControlSource):
             out = self._run(torch.full_like(cond, -1.0), exp, device, dtype)
             self._negative = {k: v.to(self.cache.device) for k, v in out.items()}
         return {k: v.to(device=device, dtype=dtype) for k, v in self._negative.items()}
+
+
+def controls_from_drive_params(models: HelloMemeModels, params: Mapping[str, torch.Tensor],
+                               cache_bytes: int = 0) -> ComputedControls:
+    """Controls from the released drive-parameter dict: ``condition`` (B, 3, F, H, W) in [-1, 1] plus ``pd_fpg``
+    (B, F, 548), or ``drive_coeff`` (B, F, 51) + ``face_parts`` (B, F, 3, 1024)."""
+    if models.control_encoder is None or models.control_projector is None:
+        raise ValueError("computing control features needs the control encoder and projector "
+                         "(songkey/hm5_control_base + hm5_control_proj / hm5c_control_proj)")
+    if "condition" not in params:
+        raise ValueError("drive parameters need the pose images 'condition' (B, 3, F, H, W)")
+    return ComputedControls(models.control_encoder, models.control_projector, params["condition"],
+                            emo_embedding=params.get("pd_fpg", params.get("emo_embedding")),
+                            drive_coeff=params.get("drive_coeff"), face_parts=params.get("face_parts"),
+                            cache_bytes=cache_bytes)
 
 
 # ---- shared steps -------------------------------------------------------------------------------------------------
@@ -397,19 +461,21 @@ def generate_image(
     timesteps = set_steps(sched, steps, device)
     latents = (base_noise * sched.init_noise_sigma).to(device)
     runtime.load([den])
-    with runtime.progress(len(timesteps), desc="HelloMeme image") as progress:
-        for i, t in enumerate(timesteps):
-            x = torch.cat([latents] * 2) if guided else latents
-            x = sched.scale_model_input(x, t)
-            eps = den.module(x[:, :, None], t, text, reference_cache=cache, control=control,
-                             collect_cache=False)[0][:, :, 0].float()
-            if guided:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
-            latents = scheduler_step(sched, eps, t, latents, noise)
-            emit("step", {"step": i, "timestep": t, "noise_pred": eps, "latents": latents})
-            progress.update()
-    runtime.offload([den])
+    try:
+        with runtime.progress(len(timesteps), desc="HelloMeme image") as progress:
+            for i, t in enumerate(timesteps):
+                x = torch.cat([latents] * 2) if guided else latents
+                x = sched.scale_model_input(x, t)
+                eps = den.module(x[:, :, None], t, text, reference_cache=cache, control=control,
+                                 collect_cache=False)[0][:, :, 0].float()
+                if guided:
+                    eps_u, eps_c = eps.chunk(2)
+                    eps = eps_u + guidance_scale * (eps_c - eps_u)
+                latents = scheduler_step(sched, eps, t, latents, noise)
+                emit("step", {"step": i, "timestep": t, "noise_pred": eps, "latents": latents})
+                progress.update()
+    finally:
+        runtime.offload([den])
 
     # 4. decode
     dec = handles["decode_vae"]

@@ -16,7 +16,8 @@ first: ``plan_passes`` lists them in execution order.
 
 Memory (what does not grow with the clip length): the GPU holds the models and one window's tensors. Latent-sized
 state of the running pass (latents, scheduler history, prediction sums, the base noise, keyframe latents) lives on the
-offload device (CPU), about 6 latent frames per video frame (~0.4 MB per frame at 512x512). Control features are
+offload device (CPU): at most ~10 latent-sized frames per video frame including transients (~0.6 MB per frame at
+512x512). Control features are
 computed per window (a :class:`ComputedControls` keeps at most ``cache_bytes``); pads are computed on demand from the
 stored keyframe latents and kept within ``pad_cache_bytes``. Frames are decoded one by one after the final pass and
 handed out through a generator / callback: the pipeline holds no decoded frames.
@@ -26,7 +27,7 @@ Progress: one ``progress.update()`` per denoising-UNet call (the cancellation po
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -111,7 +112,7 @@ class PadStore:
         return self.cache.get(frame)
 
 
-# ---- the video pipeline -----------------------------------------------------------------------------------------------
+# ---- the video pipeline ---------------------------------------------------------------------------------------------
 @dataclass
 class VideoStats:
     """What a run held (for checks and logs)."""
@@ -137,7 +138,8 @@ class VideoGeneration:
                  guidance_scale: float = DEFAULT_GUIDANCE, noise: NoiseSource | int | None = None,
                  window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE, scheduler: str = "dpmpp_sde",
                  scheduler_config: Optional[dict] = None, size_correct: bool = False,
-                 pad_cache_bytes: int = 1 << 30, decode: bool = True, observer: Optional[Observer] = None):
+                 pad_cache_bytes: int = 1 << 30, decode: bool = True, decode_batch: int = 1,
+                 observer: Optional[Observer] = None):
         if models.version not in VIDEO_VERSIONS:
             raise ValueError(f"the video pipeline runs {', '.join(VIDEO_VERSIONS)} (got {models.version})")
         if models.denoiser.motion is None:
@@ -152,15 +154,16 @@ class VideoGeneration:
         self.reference_negative_prompt_embeds = reference_negative_prompt_embeds
         self.controls = controls
         self.num_frames = int(num_frames if num_frames is not None else controls.num_frames)
-        if self.num_frames < 1:
-            raise ValueError("the driving clip has no frames")
+        if not 1 <= self.num_frames <= controls.num_frames:
+            raise ValueError(f"num_frames {self.num_frames} must be between 1 and the driving clip's "
+                             f"{controls.num_frames} frames")
         self.steps, self.guidance_scale = steps, guidance_scale
         self.noise = as_noise_source(noise)
         self.window, self.stride = window, stride
         self.scheduler, self.scheduler_config = scheduler, scheduler_config
         self.size_correct = size_correct
         self.pad_cache_bytes = pad_cache_bytes
-        self.decode = decode
+        self.decode, self.decode_batch = decode, decode_batch
         self.emit = observer or (lambda event, data: None)
         self.plan = plan_passes(self.num_frames, window, stride)
         self.stats = VideoStats(passes=[(p.depth, len(p.frames), len(p.windows)) for p in self.plan])
@@ -259,10 +262,21 @@ class VideoGeneration:
         dec = handles["decode_vae"]
         runtime.load([dec])
         try:
-            for i in range(self.num_frames):
+            k = max(1, int(self.decode_batch))
+            for start in range(0, self.num_frames, k):
                 runtime.check_interrupted()
-                # not bound to a local: the consumer holds the only reference to a handed-out frame
-                yield i, decode_latents(dec.module, final[:, :, i], sf, device, dec.dtype)
+                if k == 1:
+                    # not bound to a local: the consumer holds the only reference to a handed-out frame
+                    yield start, decode_latents(dec.module, final[:, :, start], sf, device, dec.dtype)
+                    continue
+                chunk = final[:, :, start:start + k]  # (B, 4, n, h, w) -> (B·n, 4, h, w), frames contiguous
+                n = chunk.shape[2]
+                flat = chunk.permute(0, 2, 1, 3, 4).reshape(b * n, c, h, w)
+                images = decode_latents(dec.module, flat, sf, device, dec.dtype)  # (B·n, H, W, 3)
+                images = images.reshape(b, n, *images.shape[1:])
+                for j in range(n):
+                    yield start + j, images[:, j].clone()
+                del images
         finally:
             runtime.offload([dec])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import weakref
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from portrait_animation.sk_attention.adapters import MotionAdapter, ReferenceAda
 from portrait_animation.sk_attention.base_models import (diffusers_to_ldm_unet_name, load_sd15, merge_lora)
 from portrait_animation.sk_attention.denoiser import SKDenoiser
 from portrait_animation.sk_attention.pipeline_image import (ComputedControls, HelloMemeModels, PrecomputedControls,
-                                                            generate_image)
+                                                            controls_from_drive_params, generate_image, load_models)
 from portrait_animation.sk_attention.pipeline_video import VideoGeneration, plan_passes, split_windows
 from portrait_animation.sk_attention.schedulers import RecordedNoise, SeededNoise, make_scheduler
 
@@ -135,7 +136,7 @@ def test_window_plan_covers_every_frame_with_shared_boundaries(n):
     passes = plan_passes(n)
     assert passes[-1].depth == 0 and passes[-1].frames == list(range(n))
     for deeper, shallower in zip(passes, passes[1:]):
-        ends = {shallower.frames[w[0]] for w in shallower.windows} | {shallower.frames[w[-1]] for w in shallower.windows}
+        ends = {shallower.frames[w[i]] for w in shallower.windows for i in (0, -1)}
         assert ends == set(deeper.frames)  # every window of a pass is anchored by keyframes of the deeper pass
     for p in passes:
         covered = sorted({i for w in p.windows for i in w})
@@ -260,6 +261,24 @@ def test_video_frames_are_decoded_lazily_and_not_held():
             assert all(r() is None for r in refs)  # the pipeline keeps no decoded frame
     assert len(refs) == 6 and all(len(r) <= 12 for r in requested)  # controls computed per window
     dec.decode = original
+    latents = job.latents
+    batched = VideoGeneration(models, runtime(), reference_image((128, 128)), text(1),
+                              computed_controls(models, 6, (128, 128)), negative_prompt_embeds=text(2), steps=1,
+                              guidance_scale=1.5, noise=3, decode_batch=4)
+    with torch.no_grad():
+        frames = list(batched)
+    assert [i for i, _ in frames] == list(range(6))
+    torch.testing.assert_close(batched.latents, latents)
+    with torch.no_grad():
+        single = decode_latents_for_test(models, latents[:, :, 5])
+    torch.testing.assert_close(frames[5][1], single, atol=1e-5, rtol=1e-4)
+
+
+def decode_latents_for_test(models, latents):
+    from portrait_animation.sk_attention.pipeline_image import decode_latents
+
+    return decode_latents(models.decode_vae, latents * models.scaling_factor, models.scaling_factor, "cpu",
+                          torch.float32)
 
 
 def test_video_run_is_reproducible_from_a_seed_and_recorded_draws():
@@ -367,9 +386,28 @@ def test_precomputed_controls_need_a_negative_for_guidance():
     assert out.image.shape == (1, 128, 128, 3)
 
 
+def test_drive_params_controls_and_their_cfg_negative():
+    models, shapes = tiny_models("v5", video=False)
+    g = torch.Generator().manual_seed(1)
+    params = {"condition": torch.rand(1, 3, 4, 128, 128, generator=g) * 2 - 1,
+              "pd_fpg": torch.randn(1, 4, 548, generator=g)}
+    controls = controls_from_drive_params(models, params)
+    with torch.no_grad():
+        feats = controls.cfg_features([1, 3], torch.device("cpu"), torch.float32, guided=True)
+        neg = models.control_encoder(torch.full((1, 3, 1, 128, 128), -1.0), emo_embedding=torch.zeros(1, 1, 548))
+        cond = models.control_encoder(params["condition"][:, :, [1, 3]], emo_embedding=params["pd_fpg"][:, [1, 3]])
+    for k, (c, h, w) in shapes.items():
+        assert feats[k].shape == (2, c, 2, h, w)
+        torch.testing.assert_close(feats[k][:1], neg[k].expand(-1, -1, 2, -1, -1))  # [uncond, cond]
+        torch.testing.assert_close(feats[k][1:], cond[k])
+    with pytest.raises(ValueError, match="expression"):
+        controls_from_drive_params(models, {"condition": params["condition"]})
+
+
 # ---- schedulers and noise -----------------------------------------------------------------------------------------
 def test_scheduler_matches_the_recorded_configuration():
-    case = Path(__file__).resolve().parents[2] / "shared/parity/hellomeme/pipeline_v5c_image/case.json"
+    shared = Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+    case = shared / "parity/hellomeme/pipeline_v5c_image/case.json"
     if not case.is_file():
         pytest.skip("parity cases not available")
     recorded = json.loads(case.read_text())["settings"]["scheduler_config"]
@@ -463,11 +501,47 @@ def test_lora_merges_kohya_ldm_and_peft_layouts():
     assert report.skipped == ["lora_te_text_model_encoder_layers_0_mlp_fc1"]
     after = unet.state_dict()
     torch.testing.assert_close(after[q + ".weight"], before[q + ".weight"] + 0.5 * (2.0 / r) * up_q @ down_q)
-    torch.testing.assert_close(after[conv + ".weight"],
-                               before[conv + ".weight"] + 0.5 * (up_c.flatten(1) @ down_c.flatten(1)).view(32, 32, 3, 3))
-    torch.testing.assert_close(after[proj + ".weight"],
-                               before[proj + ".weight"] + 0.5 * (up_p.flatten(1) @ down_p.flatten(1)).view(64, 64, 1, 1))
+    delta_c = (up_c.flatten(1) @ down_c.flatten(1)).view(32, 32, 3, 3)
+    delta_p = (up_p.flatten(1) @ down_p.flatten(1)).view(64, 64, 1, 1)
+    torch.testing.assert_close(after[conv + ".weight"], before[conv + ".weight"] + 0.5 * delta_c)
+    torch.testing.assert_close(after[proj + ".weight"], before[proj + ".weight"] + 0.5 * delta_p)
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed == {q + ".weight", conv + ".weight", proj + ".weight"}
     with pytest.raises(ValueError, match="no LoRA entry matched"):
-        merge_lora(unet, {"lora_unet_nothing_here.lora_down.weight": down_q, "lora_unet_nothing_here.lora_up.weight": up_q})
+        merge_lora(unet, {"lora_unet_nothing_here.lora_down.weight": down_q,
+                          "lora_unet_nothing_here.lora_up.weight": up_q})
+
+
+def _save_folder(folder: Path, module: nn.Module, config: dict) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = {k: v.contiguous() for k, v in module.state_dict().items()}
+    save_file(weights, str(folder / "diffusion_pytorch_model.safetensors"))
+    return folder
+
+
+def test_load_models_from_released_layout_folders(tmp_path):
+    from safetensors.torch import save_file
+
+    ckpt, official = tmp_path / "checkpoint", tmp_path / "songkey/stable-diffusion-v1-5"
+    for root, seed in ((ckpt, 10), (official, 20)):
+        _save_folder(root / "unet", tiny_unet(seed), {"_class_name": "UNet2DConditionModel", **UNET})
+        _save_folder(root / "vae", tiny_vae(seed + 1), {"_class_name": "AutoencoderKL", **VAE})
+    ref_cfg = {"_class_name": "HM5bReferenceAdapter", "block_down_channels": list(UNET["block_out_channels"]),
+               "block_up_channels": list(UP_CHANNELS), "num_attention_heads": 8, "use_3d": False}
+    ref = _save_folder(tmp_path / "songkey/hm5c_reference", ReferenceAdapter(block_up_channels=UP_CHANNELS,
+                                                                             variant="v5b"), ref_cfg)
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    lora = tmp_path / "style.safetensors"
+    save_file({f"lora_unet_{q.replace('.', '_')}.lora_down.weight": torch.ones(2, 32),
+               f"lora_unet_{q.replace('.', '_')}.lora_up.weight": torch.ones(32, 2)}, str(lora))
+    models = load_models("v5c", ckpt, official, ref, lora=lora, lora_scale=0.25)
+    plain = tiny_unet(10).state_dict()[q + ".weight"]
+    torch.testing.assert_close(models.denoiser.unet.state_dict()[q + ".weight"], plain + 0.25 * 2)
+    torch.testing.assert_close(models.reference_unet.unet.state_dict()[q + ".weight"],
+                               tiny_unet(20).state_dict()[q + ".weight"])  # x1: official SD1.5, no LoRA
+    assert models.denoiser.motion is None and models.denoiser.reference.config.variant == "v5b"
+    x2 = load_models("v5c", ckpt, None, ref, lora=lora, stylize="x2")
+    torch.testing.assert_close(x2.reference_unet.unet.state_dict()[q + ".weight"], plain + 2.0)
