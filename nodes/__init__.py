@@ -14,7 +14,7 @@ from ..loaders.paths import register_comfy_folders
 
 log = logging.getLogger("portrait_animation")
 
-NODE_MODULES = ("models", "face", "media", "memo")
+NODE_MODULES = ("models", "face", "media", "hellomeme", "memo")
 
 
 class PortraitAnimationExtension(ComfyExtension):

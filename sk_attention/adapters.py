@@ -14,7 +14,9 @@ HM5SD15ControlProj     songkey/hm5_control_proj, hm5c_control_proj     :class:`~
 =====================  ==============================================  =============================================
 
 :func:`load_hellomeme_module` reads such a folder, builds the module on the meta device and loads the weights
-strictly (every key, every shape). The adapters are containers: the denoiser calls their blocks,
+strictly (every key, every shape); the control networks, whose released ``config.json`` holds no widths, are sized
+from the checkpoint's tensor shapes where config.json is silent (released files: the class defaults; reduced stand-in
+models: their own widths, same key names). The adapters are containers: the denoiser calls their blocks,
 ``reference_modules_up[i](hidden, ref, num_frames)`` before up block i and ``motion_down[i]`` / ``motion_up[i]``
 ``(hidden, pad, temb, num_frames)`` after down block i / before up block i.
 """
@@ -25,12 +27,13 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .control import ControlEncoder, ControlEncoderConfig, ControlProjector
+from .control import (ControlEncoder, ControlEncoderConfig, ControlProjector, control_encoder_widths,
+                      control_projections)
 from .knitting import KnittedReferenceAttention, KnittedReferenceModule
 from .motion import AnchoredMotionModule
 
@@ -122,30 +125,36 @@ def _dataclass_from(cls, config: dict, what: str, **fixed):
     return cls(**values)
 
 
-def _reference(variant: str) -> Callable[[dict, dict], nn.Module]:
-    def build(config: dict, options: dict) -> nn.Module:
+Shapes = Optional[Mapping[str, Sequence[int]]]  # {state-dict key: tensor shape} of the file being loaded, if known
+
+
+def _reference(variant: str) -> Callable[[dict, dict, Shapes], nn.Module]:
+    def build(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
         return ReferenceAdapter(_dataclass_from(ReferenceAdapterConfig, config, "reference adapter", variant=variant,
                                                 **options))
     return build
 
 
-def _motion(config: dict, options: dict) -> nn.Module:
+def _motion(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
     return MotionAdapter(_dataclass_from(MotionAdapterConfig, config, "motion adapter"))
 
 
-def _control_encoder(config: dict, options: dict) -> nn.Module:
-    return ControlEncoder(_dataclass_from(ControlEncoderConfig, config, "control encoder"))
+def _control_encoder(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
+    # widths: config.json fields first, then the checkpoint's shapes, then the released class defaults
+    inferred = control_encoder_widths(shapes) if shapes else {}
+    return ControlEncoder(_dataclass_from(ControlEncoderConfig, {**inferred, **config}, "control encoder"))
 
 
-def _control_projector(config: dict, options: dict) -> nn.Module:
-    return ControlProjector()
+def _control_projector(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
+    # the released config.json has no fields; each map's widths come from its weight (released widths without one)
+    return ControlProjector(control_projections(shapes))
 
 
 # settings that are not weights, accepted by every loader call and applied where they mean something
 OPTIONS = ("column_pe_from_row_length",)  # v5 reference: see KnittedReferenceAttention
 
-# released ``_class_name`` -> builder(config dict, options) of the module whose state dict is that file
-RELEASED_CLASSES: dict[str, Callable[[dict, dict], nn.Module]] = {
+# released ``_class_name`` -> builder(config dict, options, shapes) of the module whose state dict is that file
+RELEASED_CLASSES: dict[str, Callable[[dict, dict, Shapes], nn.Module]] = {
     "HM5ReferenceAdapter": _reference("v5"),
     "HM5bReferenceAdapter": _reference("v5b"),
     "HM5MotionAdapter": _motion,
@@ -169,7 +178,7 @@ UNSUPPORTED_CLASSES = {
 }
 
 
-def _builder(config: dict, source: str) -> Callable[[dict, dict], nn.Module]:
+def _builder(config: dict, source: str) -> Callable[[dict, dict, Shapes], nn.Module]:
     name = config.get("_class_name")
     if name in RELEASED_CLASSES:
         return RELEASED_CLASSES[name]
@@ -180,21 +189,28 @@ def _builder(config: dict, source: str) -> Callable[[dict, dict], nn.Module]:
                      f"(supported: {', '.join(RELEASED_CLASSES)})")
 
 
-def build_hellomeme_module(config: dict, source: str = "config", **options) -> nn.Module:
+def build_hellomeme_module(config: dict, source: str = "config", shapes: Shapes = None, **options) -> nn.Module:
     """The (untrained) module a released ``config.json`` describes; build it under ``torch.device('meta')`` to
     allocate nothing. ``options`` are non-weight settings (:data:`OPTIONS`: ``column_pe_from_row_length`` for v5
-    references; ignored by the modules it does not concern)."""
+    references; ignored by the modules it does not concern).
+
+    ``shapes`` (``{key: shape}`` of the checkpoint to be loaded) sizes the control networks, whose released
+    ``config.json`` files carry no widths: ``HM5ControlNetBase`` takes the fields config.json leaves out from
+    :func:`~.control.control_encoder_widths`, ``HM5SD15ControlProj`` each map's in / out channels from
+    :func:`~.control.control_projections` (names unchanged). The released files give the class defaults, so this only
+    matters for reduced (stand-in) models. The adapters are sized by their config.json alone."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(f"unknown HelloMeme module option(s) {unknown} (known: {list(OPTIONS)})")
-    return _builder(config, source)(config, options)
+    return _builder(config, source)(config, options, shapes)
 
 
 def load_hellomeme_module(folder: str | Path, dtype: torch.dtype | None = None, **options) -> nn.Module:
     """Load a released HelloMeme v5/v5b/v5c folder (``config.json`` + weights) strictly, in eval mode.
 
     The class comes from ``config.json``'s ``_class_name`` (checked before any weight is read); the module is built
-    on the meta device and the weights are assigned (held once), cast to ``dtype`` if given. Missing, unexpected or
+    on the meta device (control networks sized by the file's tensor shapes, see :func:`build_hellomeme_module`) and
+    the weights are assigned (held once), cast to ``dtype`` if given. Missing, unexpected or
     mis-shaped keys raise :class:`CheckpointKeyError` naming the folder.
     """
     from ..loaders.checkpoint import build_and_load, read_diffusers_folder
@@ -207,6 +223,7 @@ def load_hellomeme_module(folder: str | Path, dtype: torch.dtype | None = None, 
     with torch.device("meta"):
         build_hellomeme_module(config, source=str(folder), **options)  # unknown class / option: fail before reading
     _, state_dict = read_diffusers_folder(folder, config=config)
-    module = build_and_load(lambda: build_hellomeme_module(config, source=str(folder), **options), state_dict,
-                            source=str(folder), dtype=dtype)
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    module = build_and_load(lambda: build_hellomeme_module(config, source=str(folder), shapes=shapes, **options),
+                            state_dict, source=str(folder), dtype=dtype)
     return module.eval()

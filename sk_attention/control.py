@@ -13,6 +13,7 @@ Building blocks: :class:`ResidualDownBlock` (a ResNet BasicBlock with InstanceNo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -164,7 +165,9 @@ class KnittedControlUNet(nn.Module):
 @dataclass
 class ControlEncoderConfig:
     """``config.json`` of ``HM5ControlNetBase`` holds ``in_channels`` and ``cross_attention_dim``; the other fields
-    are fixed in the released class (kept configurable for reduced test models)."""
+    are fixed in the released class (kept configurable for reduced test models). A config.json may carry any of these
+    fields; :func:`control_encoder_widths` reads the widths from a checkpoint instead (the loader uses it for the
+    fields config.json leaves out, so the released files get exactly the class defaults)."""
 
     in_channels: int = 3
     cross_attention_dim: int = 2048
@@ -173,6 +176,43 @@ class ControlEncoderConfig:
     token_dim: int = 1024  # width of one coefficient token
     num_tokens: int = 16  # context tokens after the pre-projection across the coefficient axis
     downscale: int = 8  # the pose image is resized to 1/downscale (the latent size)
+
+
+def _shape(shapes, key: str):
+    shape = shapes.get(key)
+    return None if shape is None else tuple(int(n) for n in shape)
+
+
+def control_encoder_widths(shapes: Mapping[str, Sequence[int]]) -> dict:
+    """:class:`ControlEncoderConfig` fields implied by the tensor shapes of an ``HM5ControlNetBase`` state dict
+    ``{key: shape}`` (fields whose keys are absent are left out; ``downscale`` is not a weight):
+
+    * ``in_channels`` / ``mid_channels``: ``ctrl_attn.down_blocks.<i>.conv1.weight`` (mid_i, in or mid_{i-1}, 3, 3);
+    * ``out_channels``: the last ``ctrl_attn.up_blocks.<n>.0.weight`` (out, mid_0, 3, 3);
+    * ``cross_attention_dim``: ``ctrl_attn.attn_blocks.0.attn1.to_k.weight`` (mid_0, context width);
+    * ``token_dim``: ``emo_proj.linear_1.weight`` (context width, token_dim);
+    * ``num_tokens``: ``emo_pre_proj.linear_1.weight`` (num_tokens, 548).
+
+    The released file gives the class defaults (320, 640, 1280 / 320 / 2048 / 1024 / 16).
+    """
+    out: dict = {}
+    mids = []
+    while (conv := _shape(shapes, f"ctrl_attn.down_blocks.{len(mids)}.conv1.weight")) is not None:
+        if not mids:
+            out["in_channels"] = conv[1]
+        mids.append(conv[0])
+    if mids:
+        out["mid_channels"] = tuple(mids)
+        last = _shape(shapes, f"ctrl_attn.up_blocks.{len(mids) - 1}.0.weight")
+        if last is not None:
+            out["out_channels"] = last[0]
+    for field_name, key, axis in (("cross_attention_dim", "ctrl_attn.attn_blocks.0.attn1.to_k.weight", 1),
+                                  ("token_dim", "emo_proj.linear_1.weight", 1),
+                                  ("num_tokens", "emo_pre_proj.linear_1.weight", 0)):
+        shape = _shape(shapes, key)
+        if shape is not None:
+            out[field_name] = shape[axis]
+    return out
 
 
 class ControlEncoder(nn.Module):
@@ -279,9 +319,23 @@ CONTROL_PROJECTIONS: dict[str, tuple[str, str, int, int]] = {
 }
 
 
+def control_projections(shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, tuple[str, str, int, int]]:
+    """:data:`CONTROL_PROJECTIONS` with each map's in / out channels read from ``{key: shape}`` of an
+    ``HM5SD15ControlProj`` state dict (``<name>.proj.weight`` is (out, in, 3, 3)); names and the feature ->
+    insertion point mapping never change (a reduced model keeps the released names ``map1280_to_1280`` etc.).
+    Maps whose weight is absent keep the released widths."""
+    out = {}
+    for point, (feat, name, c_in, c_out) in CONTROL_PROJECTIONS.items():
+        shape = _shape(shapes or {}, f"{name}.proj.weight")
+        out[point] = (feat, name, shape[1], shape[0]) if shape is not None and len(shape) == 4 else \
+            (feat, name, c_in, c_out)
+    return out
+
+
 class ControlProjector(nn.Module):
     """Control features -> SD1.5 insertion points (``HM5SD15ControlProj``): one :class:`FeatureProjector` per
-    point, named ``map{in}_to_{out}[_2|_3]`` (see :data:`CONTROL_PROJECTIONS`)."""
+    point, named ``map{in}_to_{out}[_2|_3]`` (see :data:`CONTROL_PROJECTIONS`; :func:`control_projections` gives
+    the widths of a reduced checkpoint)."""
 
     def __init__(self, projections: dict[str, tuple[str, str, int, int]] | None = None):
         super().__init__()

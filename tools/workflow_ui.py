@@ -35,6 +35,14 @@ def is_widget(type_, opts: dict) -> bool:
     return isinstance(type_, list) or type_ in WIDGET_TYPES
 
 
+def default_value(type_, opts: dict):
+    """What the editor shows for a widget the API graph leaves out: its default, else a combo's first option."""
+    if "default" in opts:
+        return opts["default"]
+    options = type_ if isinstance(type_, list) else opts.get("options")
+    return options[0] if options else None
+
+
 def _widget_values(name, type_, opts, value) -> list:
     vals = [value]
     if type_ == "INT" and opts.get("control_after_generate"):
@@ -88,7 +96,7 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                 ui_inputs.append(entry)
             elif is_widget(type_, opts):
                 if value is None:
-                    value = opts.get("default")
+                    value = default_value(type_, opts)
                 widgets.extend(_widget_values(name, type_, opts, value))
             elif value is None:
                 ui_inputs.append({"name": name, "type": type_ if isinstance(type_, str) else "COMBO", "link": None})
@@ -111,6 +119,27 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
         n["order"] = i
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": link_id, "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def same_graph(api: dict, converted: dict, object_info: dict) -> bool:
+    """``converted`` equals ``api`` except for optional widgets ``api`` leaves out, present at their defaults."""
+    api = {k: v for k, v in api.items() if not k.startswith("_")}
+    if set(api) != set(converted):
+        return False
+    for nid, node in api.items():
+        other = converted[nid]
+        if node["class_type"] != other["class_type"] or node.get("_meta") != other.get("_meta"):
+            return False
+        specs = {n: (t, o) for n, t, o in _inputs(object_info[node["class_type"]])}
+        for name, value in other["inputs"].items():
+            if name in node["inputs"]:
+                if node["inputs"][name] != value:
+                    return False
+            elif name not in specs or value != default_value(*specs[name]):
+                return False
+        if set(node["inputs"]) - set(other["inputs"]):
+            return False
+    return True
 
 
 def ui_to_api(ui: dict, object_info: dict) -> dict:

@@ -67,3 +67,95 @@ def write_memo_models(models_dir: Path, parity_root: Path, seed: int = 0) -> dic
     save_file(proj, memo / "audio_proj" / "diffusion_pytorch_model.safetensors")
     (memo / "audio_proj" / "config.json").write_text(RELEASED_CONFIG["audio_proj"])
     return {"wav2vec_layers": layers, "wav2vec_hidden": hidden, "audio_token_dim": token_dim}
+
+
+# ---- HelloMeme v5 / v5b / v5c -----------------------------------------------------------------------------------------
+HELLOMEME_TOKEN_DIM = 1024  # coefficient-token width of HM5ControlNetBase (kept: the ARKit face parts are 1024 wide)
+HELLOMEME_CONTEXT_DIM = 64  # reduced control context width (released: 2048)
+
+
+def _materialize_case(parity_root: Path, family: str, case: str, out: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("parity_materialize", Path(parity_root) / "materialize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.materialize(Path(parity_root) / family / case / "weights.json", out)
+
+
+def hellomeme_control_widths(block_out_channels) -> tuple[dict, dict]:
+    """``(encoder config fields, projections)`` of HM5ControlNetBase / HM5SD15ControlProj that fit a UNet with these
+    ``block_out_channels`` (SD1.5 (320, 640, 1280, 1280) gives exactly the released widths).
+
+    Encoder: ``mid_channels`` = the first three UNet widths, ``out_channels`` = the first, so ``feat_0..3`` have
+    (mid[2], mid[1], mid[0], out) channels. Projector: ``down3_i`` -> down block i's output width, ``up3_i`` -> up block
+    i's input width; map names and the feat -> insertion point mapping stay the released ones.
+    """
+    from portrait_animation.sk_attention.control import CONTROL_PROJECTIONS
+
+    c = list(block_out_channels)
+    mid, out = tuple(c[:3]), c[0]
+    feat = {"feat_0": mid[2], "feat_1": mid[1], "feat_2": mid[0], "feat_3": out}
+    rev = c[::-1]
+    target = {f"down3_{i}": c[i] for i in range(4)}
+    target.update({f"up3_{i}": ([rev[0]] + rev[:3])[i] for i in range(4)})
+    projections = {point: (f, name, feat[f], target[point]) for point, (f, name, _, _) in CONTROL_PROJECTIONS.items()}
+    return {"mid_channels": mid, "out_channels": out}, projections
+
+
+def _save_module(module: torch.nn.Module, folder: Path, config: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_hellomeme_models(models_dir: Path, parity_root: Path, seed: int = 0) -> dict:
+    """Write a tiny HelloMeme v5 / v5c set (and v5 video) under ``models_dir`` in the manifest layout.
+
+    ``models_dir/portrait_animation/hellomeme/``: ``hm5_reference``, ``hm5_motion`` (from the parity case
+    ``pipeline_v5_video``), ``hm5c_reference`` (``pipeline_v5c_image``), ``stable-diffusion-v1-5/{unet,vae}`` (the
+    official SD1.5 stand-in, ``pipeline_v5_video``), ``hm5_control_base``, ``hm5_control_proj``, ``hm5c_control_proj``
+    (random, widths fitting the UNet, released key names; the loader reads their widths from the tensor shapes) and
+    ``pd_fgc_motion`` (the real-size FanEncoder, random). ``hm5b_reference`` is not written: the manifest knows its
+    byte size, so a stand-in would be reported as corrupt. ``models_dir/checkpoints/hellomeme-tiny-sd15/{unet,vae}``
+    is a user checkpoint (diffusers folder; the case's ``checkpoint`` weights) for the denoising UNet / decoding VAE.
+
+    Returns the sizes to use: ``image_size`` (square side in pixels), ``text_dim`` (prompt embedding width),
+    ``checkpoint`` (path of the user checkpoint folder), ``hellomeme`` (the hellomeme folder), ``unet_channels``.
+    """
+    from portrait_animation.motion.hellomeme.pdfgc import FanEncoder
+    from portrait_animation.sk_attention.control import ControlEncoder, ControlEncoderConfig, ControlProjector
+
+    models_dir = Path(models_dir)
+    hm = models_dir / "portrait_animation" / "hellomeme"
+    checkpoint = models_dir / "checkpoints" / "hellomeme-tiny-sd15"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        video = _materialize_case(parity_root, "hellomeme", "pipeline_v5_video", tmp / "v5")
+        image = _materialize_case(parity_root, "hellomeme", "pipeline_v5c_image", tmp / "v5c")
+        for part in ("hm5_reference", "hm5_motion"):
+            shutil.copytree(video / "songkey" / part, hm / part, dirs_exist_ok=True)
+        shutil.copytree(image / "songkey" / "hm5c_reference", hm / "hm5c_reference", dirs_exist_ok=True)
+        for part in ("unet", "vae"):
+            shutil.copytree(video / "songkey" / "stable-diffusion-v1-5" / part, hm / "stable-diffusion-v1-5" / part,
+                            dirs_exist_ok=True)
+            shutil.copytree(video / "checkpoint" / part, checkpoint / part, dirs_exist_ok=True)
+    unet = json.loads((hm / "stable-diffusion-v1-5" / "unet" / "config.json").read_text())
+    vae = json.loads((hm / "stable-diffusion-v1-5" / "vae" / "config.json").read_text())
+
+    encoder_fields, projections = hellomeme_control_widths(unet["block_out_channels"])
+    torch.manual_seed(seed)
+    encoder = ControlEncoder(ControlEncoderConfig(cross_attention_dim=HELLOMEME_CONTEXT_DIM,
+                                                  token_dim=HELLOMEME_TOKEN_DIM, **encoder_fields))
+    # the released config.json fields; the other widths are read from the weights' shapes when loading
+    _save_module(encoder, hm / "hm5_control_base", {"_class_name": "HM5ControlNetBase", "_diffusers_version": "0.33.1",
+                                                    "cross_attention_dim": HELLOMEME_CONTEXT_DIM, "in_channels": 3})
+    for repo in ("hm5_control_proj", "hm5c_control_proj"):
+        _save_module(ControlProjector(projections), hm / repo,
+                     {"_class_name": "HM5SD15ControlProj", "_diffusers_version": "0.33.1"})
+    _save_module(FanEncoder().eval(), hm / "pd_fgc_motion",
+                 {"_class_name": "FanEncoder", "_diffusers_version": "0.33.1", "pose_dim": 6, "eye_dim": 6})
+
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return {"image_size": int(unet["sample_size"]) * factor, "text_dim": int(unet["cross_attention_dim"]),
+            "checkpoint": checkpoint, "hellomeme": hm, "unet_channels": tuple(unet["block_out_channels"]),
+            "control_context_dim": HELLOMEME_CONTEXT_DIM}

@@ -209,6 +209,11 @@ FAST_OVERRIDES = {
     "PortraitAnim_MemoAudio": {"clip_length": 4},
     "PortraitAnim_MemoSampler": {"steps": 1, "resolution": 64, "past_frames": 4, "on_missing_face": "uncond"},
     "PortraitAnim_LoadAudio": {"audio_file": "speech_short.wav"},
+    "PortraitAnim_HelloMemeLoader": {"dtype": "fp32"},
+    "PortraitAnim_HelloMemeToolkit": {"head_pose": "approximate"},  # the official ONNX toolkit is not available
+    "PortraitAnim_HelloMemeImage": {"steps": 1, "width": 128, "height": 128},
+    "PortraitAnim_HelloMemeVideo": {"steps": 1, "width": 128, "height": 128},
+    "PortraitAnim_LoadVideoFrames": {"frame_cap": 14},
 }
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from helpers.loopback_hub import LoopbackHub
-from helpers.tiny_models import write_memo_models
+from helpers.tiny_clip import widen_text_dim, write_clip_l
+from helpers.tiny_models import write_hellomeme_models, write_memo_models
 from parity.runner import DEFAULT_PARITY_ROOT
 from portrait_animation.media.audio import load_audio
 
@@ -43,6 +44,9 @@ def comfy_server(tmp_path_factory, data_dir, loopback_hub):
     base = f"http://127.0.0.1:{loopback_hub.server.server_address[1]}"
     server = ComfyServer(Path(COMFYUI_PATH), tmp_path_factory.mktemp("comfy"), env={"HF_ENDPOINT": base})
     write_memo_models(server.models_dir, DEFAULT_PARITY_ROOT)  # small stand-ins, laid out like the real files
+    hm = write_hellomeme_models(server.models_dir, DEFAULT_PARITY_ROOT)
+    widen_text_dim(hm["hellomeme"] / "stable-diffusion-v1-5" / "unet")  # CONDITIONING from a real-shaped CLIP-L
+    write_clip_l(server.models_dir)
     server.start()
     stage_inputs(server, sorted(data_dir.iterdir()))
     short = load_audio(data_dir / "speech.wav")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import urllib.parse
@@ -105,6 +106,18 @@ def test_example_workflow_runs(comfy_server, path):
                                         "type": f.get("type", "output")})
         with urllib.request.urlopen(f"{comfy_server.url}/view?{query}", timeout=60) as r:
             assert r.status == 200 and len(r.read()) > 1000, f
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_workflow_converts_back_to_the_api_workflow(comfy_server, path):
+    """The UI file (template) describes the same graph as the API file, widget by widget, for this server."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import workflow_ui
+
+    info = comfy_server.get("/object_info")
+    ui = json.loads((ROOT / "workflows" / path.name).read_text())
+    api = json.loads(path.read_text())
+    assert workflow_ui.same_graph(api, workflow_ui.ui_to_api(ui, info), info), path.name
 
 
 def test_workflow_folder_has_ui_and_api_versions():

@@ -1,0 +1,299 @@
+"""HelloMeme nodes: loader, face toolkit, driving conditions (cached separately), image and video samplers."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .common import CATEGORY, DTYPES, PREFIX, node_runtime
+
+CAT_HM = f"{CATEGORY}/HelloMeme"
+HelloMeme = io.Custom("PA_HELLOMEME")
+Toolkit = io.Custom("PA_HM_TOOLKIT")
+Conditions = io.Custom("PA_HM_CONDITIONS")
+BUILTIN_PROMPT = ("(best quality), highly detailed, ultra-detailed, headshot, person, well-placed five sense organs, "
+                  "looking at the viewer, centered composition, sharp focus, realistic skin texture")
+
+
+def _files(folder: str) -> list[str]:
+    import folder_paths
+
+    try:
+        return sorted(folder_paths.get_filename_list(folder))
+    except KeyError:
+        return []
+
+
+def _full_path(folder: str, name: str):
+    import folder_paths
+
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise ValueError(f"{folder} file '{name}' not found: pick one from the list (models/{folder})")
+    return path
+
+
+def _embeds(conditioning, name: str):
+    """The text embedding tensor of a CONDITIONING (first entry)."""
+    if not conditioning:
+        raise ValueError(f"input '{name}' is empty: connect a CLIP Text Encode node")
+    return conditioning[0][0]
+
+
+def _sampler_inputs():
+    return [
+        HelloMeme.Input("hellomeme", tooltip="Models from HelloMeme Loader."),
+        Conditions.Input("conditions", tooltip="From HelloMeme Driving Conditions (reference + driving poses)."),
+        io.Conditioning.Input("positive", tooltip="Prompt (CLIP Text Encode with an SD1.5 CLIP). The original "
+                                                  "appends a quality/headshot prompt; the example workflow does too."),
+        io.Conditioning.Input("negative", tooltip="Negative prompt (the original uses an empty one)."),
+        io.Int.Input("seed", default=1, min=0, max=2**63 - 1, control_after_generate=True,
+                     tooltip="Seed of the initial noise and of the SDE sampler's noise."),
+        io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (the original uses 25)."),
+        io.Float.Input("cfg", default=1.5, min=1.0, max=20.0, step=0.05,
+                       tooltip="Guidance scale; 1.5 as in the original scripts (<= 1 disables guidance)."),
+        io.Combo.Input("scheduler", options=["dpmpp_sde", "euler"], default="dpmpp_sde",
+                       tooltip="DPM++ SDE is what v5 was released with; Euler is the v1-v4 sampler."),
+        io.Int.Input("width", default=512, min=64, max=2048, step=8,
+                     tooltip="Output width. The released model works at 512x512; other sizes need 'size_correct'."),
+        io.Int.Input("height", default=512, min=64, max=2048, step=8, tooltip="Output height."),
+        io.Boolean.Input("size_correct", default=False,
+                         tooltip="Fix the v5 reference block's square-only position table so non-square sizes work "
+                                 "(identical results on square sizes)."),
+    ]
+
+
+def _prepare(hellomeme, conditions, width, height):
+    import torch.nn.functional as F
+
+    def resize(img):  # IMAGE (B, H, W, 3) -> (B, height, width, 3)
+        if img.shape[1:3] == (height, width):
+            return img
+        return F.interpolate(img.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", antialias=True,
+                             align_corners=False).permute(0, 2, 3, 1).clamp(0, 1)
+
+    from ..sk_attention.pipeline_image import controls_from_drive_params
+
+    def resize_params(params):  # pose images (B, 3, F, H, W) follow the output size
+        params = dict(params)
+        c = params["condition"]
+        if c.shape[-2:] != (height, width):
+            b, ch, f = c.shape[:3]
+            flat = c.permute(0, 2, 1, 3, 4).reshape(b * f, ch, *c.shape[-2:])
+            flat = F.interpolate(flat, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+            params["condition"] = flat.reshape(b, f, ch, height, width).permute(0, 2, 1, 3, 4)
+        return params
+
+    models = hellomeme["models"]
+    controls = controls_from_drive_params(models, resize_params(conditions.drive_params()))
+    ref_controls = (controls_from_drive_params(models, resize_params(conditions.ref_params))
+                    if models.version == "v5c" else None)
+    return models, resize(conditions.reference_image), controls, ref_controls
+
+
+class HelloMemeLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ..sk_attention.loading import IMAGE_VERSIONS, OFFICIAL
+
+        return io.Schema(
+            node_id=f"{PREFIX}_HelloMemeLoader",
+            display_name="HelloMeme Loader",
+            category=CAT_HM,
+            description="Loads HelloMeme v5 / v5b / v5c (official songkey/hm5* files, strict) on an SD1.5 "
+                        "checkpoint of your choice, under ComfyUI's model management. Missing files are listed with "
+                        "source and destination, or downloaded when 'download' is on.",
+            inputs=[
+                io.Combo.Input("version", options=list(IMAGE_VERSIONS), default="v5c",
+                               tooltip="v5c: best for images (image only). v5 / v5b: images and video."),
+                io.Combo.Input("mode", options=["image", "video"], default="image",
+                               tooltip="video adds the motion modules (v5, v5b only)."),
+                io.Combo.Input("checkpoint", options=[OFFICIAL] + _files("checkpoints"), default=OFFICIAL,
+                               tooltip="SD1.5-derived checkpoint for the denoising UNet and the decoding VAE (the "
+                                       "style). 'official SD1.5' uses the base weights."),
+                io.Combo.Input("stylize", options=["x1", "x2"], default="x1",
+                               tooltip="x1 (as released): the reference is read with official SD1.5. x2: with the "
+                                       "chosen checkpoint too (stronger style, weaker likeness)."),
+                io.Combo.Input("lora", options=["none"] + _files("loras"), default="none",
+                               tooltip="Optional SD1.5 LoRA merged into the denoising UNet."),
+                io.Float.Input("lora_scale", default=1.0, min=-4.0, max=4.0, step=0.05, tooltip="LoRA strength."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="Precision; auto follows ComfyUI (fp16/bf16 on a GPU, fp32 on the CPU)."),
+                io.Boolean.Input("download", default=False,
+                                 tooltip="Download missing official files into ComfyUI's models folder."),
+            ],
+            outputs=[HelloMeme.Output(display_name="hellomeme", tooltip="The loaded HelloMeme models.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, version, mode, checkpoint, stylize, lora, lora_scale, dtype, download) -> io.NodeOutput:
+        from ..runtime import parse_dtype
+        from ..sk_attention.loading import OFFICIAL, load_hellomeme
+
+        models = load_hellomeme(
+            version=version, video=mode == "video",
+            checkpoint=None if checkpoint == OFFICIAL else _full_path("checkpoints", checkpoint),
+            stylize=stylize, lora=None if lora == "none" else _full_path("loras", lora), lora_scale=lora_scale,
+            dtype=parse_dtype(dtype), download=download)
+        return io.NodeOutput({"models": models, "video": mode == "video"})
+
+
+class HelloMemeToolkit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{PREFIX}_HelloMemeToolkit",
+            display_name="HelloMeme Face Toolkit",
+            category=CAT_HM,
+            description="The face models that turn faces into HelloMeme's driving signals: head pose (official 3DMM, or "
+                        "an offline approximation from MediaPipe landmarks) and expression (PD-FGC, or ARKit "
+                        "blendshapes + CLIP face parts).",
+            inputs=[
+                io.Combo.Input("head_pose", options=["3dmm", "approximate"], default="3dmm",
+                               tooltip="3dmm: the official ONNX toolkit (222 landmarks, 3DMM). approximate: MediaPipe "
+                                       "landmarks + a rigid fit, works offline; an approximation, not the original."),
+                io.Combo.Input("expression", options=["pdfgc", "arkit"], default="pdfgc",
+                               tooltip="pdfgc (default of v5): PD-FGC motion codes. arkit: 51 blendshapes + CLIP face "
+                                       "parts (needs head_pose 3dmm)."),
+                io.Boolean.Input("download", default=False,
+                                 tooltip="Download missing official files into ComfyUI's models folder."),
+            ],
+            outputs=[Toolkit.Output(display_name="toolkit", tooltip="Face toolkit for HelloMeme Driving Conditions.")],
+        )
+
+    @classmethod
+    def execute(cls, head_pose, expression, download) -> io.NodeOutput:
+        from ..motion.hellomeme import toolkit as tk
+        from ..sk_attention.loading import load_pdfgc_encoder
+
+        if head_pose == "approximate" and expression == "arkit":
+            raise ValueError("expression 'arkit' needs head_pose '3dmm' (the official landmarks); use 'pdfgc' with "
+                             "the approximate head pose")
+        kit = {"head_pose": head_pose, "expression": expression, "download": download,
+               "toolkit": tk.HelloFaceToolkit(download=download) if head_pose == "3dmm" else None,
+               "pdfgc": load_pdfgc_encoder(download=download) if expression == "pdfgc" else None}
+        return io.NodeOutput(kit)
+
+
+class HelloMemeConditions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{PREFIX}_HelloMemeConditions",
+            display_name="HelloMeme Driving Conditions",
+            category=CAT_HM,
+            description="Extracts head pose and expression from the driving frames and the reference portrait, and "
+                        "draws the pose images. Cached apart from sampling, so trying seeds or prompts does not "
+                        "re-run the face models.",
+            inputs=[
+                Toolkit.Input("toolkit", tooltip="From HelloMeme Face Toolkit."),
+                io.Image.Input("reference", tooltip="The portrait to animate (first image)."),
+                io.Image.Input("driving", tooltip="Driving frames (a video as an IMAGE batch, or one image)."),
+                io.Float.Input("trans_ratio", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="How much of the driving head's movement (relative to its first frame) moves "
+                                       "the generated head; 0 keeps it in place."),
+                io.Boolean.Input("crop_reference", default=True,
+                                 tooltip="Crop the reference around its face like the driving frames (off: resize "
+                                         "the whole image)."),
+                io.Combo.Input("on_missing", options=["error", "fill_nearest"], default="error",
+                               tooltip="Driving frames without a face: stop naming them, or repeat the nearest "
+                                       "frame's pose and expression (reported)."),
+            ],
+            outputs=[
+                Conditions.Output(display_name="conditions", tooltip="Pose images and expression codes."),
+                io.Image.Output(display_name="reference_crop", tooltip="The 512 reference crop HelloMeme animates."),
+                io.Image.Output(display_name="pose_images", tooltip="The drawn pose images (what the control net "
+                                                                    "sees), for checking the head pose."),
+                io.String.Output(display_name="report", tooltip="Frames, filled frames and notes."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, toolkit, reference, driving, trans_ratio, crop_reference, on_missing) -> io.NodeOutput:
+        from ..motion.hellomeme.conditions import hellomeme_conditions
+
+        rt = node_runtime(cls)
+        with rt.progress(driving.shape[0] + 1, desc="HelloMeme conditions") as bar:
+            done = {"n": 0}
+
+            def step(stage, value, total):
+                if stage == "landmarks" and value > done["n"]:
+                    bar.update(value - done["n"])
+                    done["n"] = value
+
+            cond = hellomeme_conditions(reference[:1], driving, expression=toolkit["expression"],
+                                        trans_ratio=trans_ratio, crop_reference=crop_reference,
+                                        on_missing=on_missing, head_pose=toolkit["head_pose"],
+                                        toolkit=toolkit["toolkit"], pdfgc_encoder=toolkit["pdfgc"],
+                                        download=toolkit["download"], progress=step)
+        poses = (cond.condition[0].permute(1, 2, 3, 0) + 1) / 2  # (F, H, W, 3) in [0, 1]
+        report = cond.report() if hasattr(cond, "report") else ""
+        return io.NodeOutput(cond, cond.reference_image, poses.clamp(0, 1), report)
+
+
+class HelloMemeImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{PREFIX}_HelloMemeImage",
+            display_name="HelloMeme Image",
+            category=CAT_HM,
+            description="Re-poses the reference portrait with the head pose and expression of one driving frame.",
+            inputs=_sampler_inputs() + [
+                io.Int.Input("driving_frame", default=0, min=0, max=100000,
+                             tooltip="Which driving frame gives the pose and expression."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The generated portrait."),
+                     io.Latent.Output(display_name="latent", tooltip="Its latent (ComfyUI convention, unscaled).")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, hellomeme, conditions, positive, negative, seed, steps, cfg, scheduler, width, height,
+                size_correct, driving_frame) -> io.NodeOutput:
+        from ..sk_attention.pipeline_image import generate_image
+
+        models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
+        if driving_frame >= controls.num_frames:
+            raise ValueError(f"driving_frame {driving_frame} is past the {controls.num_frames} driving frames")
+        result = generate_image(models, node_runtime(cls), ref, _embeds(positive, "positive"), controls,
+                                negative_prompt_embeds=_embeds(negative, "negative"), reference_controls=ref_controls,
+                                steps=steps, guidance_scale=cfg, noise=seed, scheduler=scheduler,
+                                frame=driving_frame, size_correct=size_correct)
+        return io.NodeOutput(result.image, {"samples": result.latents})
+
+
+class HelloMemeVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{PREFIX}_HelloMemeVideo",
+            display_name="HelloMeme Video",
+            category=CAT_HM,
+            description="Animates the reference portrait with every driving frame (hierarchical 12-frame windows with "
+                        "keyframe anchors). Memory depends on the window, not on the video length; frames are "
+                        "decoded as they are final.",
+            inputs=_sampler_inputs(),
+            outputs=[io.Image.Output(display_name="frames", tooltip="One generated frame per driving frame.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, hellomeme, conditions, positive, negative, seed, steps, cfg, scheduler, width, height,
+                size_correct) -> io.NodeOutput:
+        import torch
+
+        from ..sk_attention.pipeline_video import generate_video
+
+        if not hellomeme["video"]:
+            raise ValueError("the HelloMeme Loader was set to mode 'image': set it to 'video' (v5 or v5b)")
+        models, ref, controls, _ = _prepare(hellomeme, conditions, width, height)
+        frames: list = []
+        generate_video(models, node_runtime(cls), ref, _embeds(positive, "positive"), controls,
+                       on_frame=lambda i, img: frames.append(img.cpu()),
+                       negative_prompt_embeds=_embeds(negative, "negative"), steps=steps, guidance_scale=cfg,
+                       noise=seed, scheduler=scheduler, size_correct=size_correct)
+        return io.NodeOutput(torch.cat(frames))
+
+
+NODES = [HelloMemeLoader, HelloMemeToolkit, HelloMemeConditions, HelloMemeImage, HelloMemeVideo]
