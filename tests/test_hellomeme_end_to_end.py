@@ -100,7 +100,7 @@ def _runtime(**kw) -> StandaloneRuntime:
     return StandaloneRuntime("cpu", show_progress=False, **kw)
 
 
-# ---- the stand-ins ----------------------------------------------------------------------------------------------------
+# ---- the stand-ins ---------------------------------------------------------------------------------------------------
 def test_stand_ins_follow_the_manifest_and_load_strictly(stand_ins, store):
     """Every file of groups v5 / v5_video / v5c / base_diffusers (without the optional text encoder) /
     expression_pdfgc is where the manifest says, passes the store's checks, and the control networks come back at
@@ -145,7 +145,7 @@ def test_conditions_from_real_media(conditions):
     assert c.angles.shape == (VIDEO_FRAMES, 3) and c.angles.std(0).max() > 0  # the head moves
 
 
-# ---- images -----------------------------------------------------------------------------------------------------------
+# ---- images ----------------------------------------------------------------------------------------------------------
 def test_v5c_image_end_to_end_is_deterministic(stand_ins, store, conditions, prompts):
     from portrait_animation.sk_attention.pipeline_image import controls_from_drive_params, generate_image
 
@@ -208,7 +208,7 @@ def test_v5_image_end_to_end_square_and_size_correct(stand_ins, store, condition
     assert torch.isfinite(out.latents).all()
 
 
-# ---- video ------------------------------------------------------------------------------------------------------------
+# ---- video -----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def video_models(store):
     return _load(store, "v5", video=True)
