@@ -128,7 +128,7 @@ def load_memo_bundle(runtime: Runtime, store: ModelStore | None = None, dtype=No
 
 
 def condition(bundle: MemoBundle, audio: dict, fps: float = 30, clip_length: int = 16, emotion: str = "auto",
-              separate_vocals: bool = False):
+              separate_vocals: bool = False, runtime: Runtime | None = None):
     """The audio conditions (see :func:`..audio.conditioner.condition_audio`) with the bundle's models."""
     from ..audio.conditioner import condition_audio
 
@@ -138,7 +138,7 @@ def condition(bundle: MemoBundle, audio: dict, fps: float = 30, clip_length: int
     return condition_audio(audio, fps=fps, clip_length=clip_length, wav2vec=bundle.wav2vec,
                            emotion2vec=bundle.emotion2vec, emotion_classifier=bundle.emotion_classifier,
                            separator=bundle.separator, emotion=emotion, separate_vocals=separate_vocals,
-                           runtime=bundle.runtime)
+                           runtime=runtime or bundle.runtime)
 
 
 def face_embedding(bundle: MemoBundle, image: torch.Tensor, on_missing_face: str = "error",
@@ -183,12 +183,15 @@ class MemoSettings:
 
 def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face_emb: torch.Tensor,
                    settings: MemoSettings | None = None,
-                   on_clip: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
-    """Yield IMAGE batches ``(F, H, W, 3)`` (CPU, [0,1]) clip after clip; the last clip is trimmed to the audio."""
+                   on_clip: Callable[[int, int], None] | None = None,
+                   runtime: Runtime | None = None) -> Iterator[torch.Tensor]:
+    """Yield IMAGE batches ``(F, H, W, 3)`` (CPU, [0,1]) clip after clip; the last clip is trimmed to the audio.
+
+    ``runtime``: the one reporting progress (the calling node's); default the bundle's."""
     from ..motion.memo_sampler import MemoSampler, MemoSamplerSettings
 
     s = settings or MemoSettings()
-    rt = bundle.runtime
+    rt = runtime or bundle.runtime
     f = conditions.clip_length
     num_clips = conditions.num_frames // f
     rt.load(bundle.sampling_models)

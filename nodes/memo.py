@@ -89,7 +89,7 @@ class MemoAudioConditioner(io.ComfyNode):
         from ..memo.pipeline import condition
 
         cond = condition(memo, audio, fps=fps, clip_length=clip_length, emotion=emotion,
-                         separate_vocals=separate_vocals)
+                         separate_vocals=separate_vocals, runtime=node_runtime(cls))
         summary = cond.summary()
         return io.NodeOutput(cond, cond.frames_with_audio, summary, ui={"text": [summary]})
 
@@ -152,7 +152,8 @@ class MemoSampler(io.ComfyNode):
         face = face_embedding(memo, reference, on_missing_face=on_missing_face, input_name="reference")
         settings = MemoSettings(steps=steps, guidance_scale=cfg, num_past_frames=past_frames, seed=seed,
                                 faithful=faithful, width=resolution, height=resolution)
-        frames = torch.cat(list(talking_frames(memo, reference, conditions, face, settings)))
+        frames = torch.cat(list(talking_frames(memo, reference, conditions, face, settings,
+                                               runtime=node_runtime(cls))))
         audio = prepare_audio(conditions.audio, sample_rate=conditions.audio["sample_rate"], mono=False,
                               frames=frames.shape[0], fps=conditions.fps)
         video = InputImpl.VideoFromComponents(Types.VideoComponents(

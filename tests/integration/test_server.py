@@ -130,22 +130,42 @@ def test_workflow_folder_has_ui_and_api_versions():
         assert "nodes" in graph and "links" in graph, f"workflows/{stem}.json is not UI format"
 
 
-def test_interrupt_stops_a_running_job_and_server_keeps_serving(comfy_server, data_dir):
-    # A long job: landmarks on a video's frames repeated many times (PortraitAnim_LoadVideo -> RepeatImageBatch).
-    prompt = {
+def long_face_crop_job() -> tuple[dict, str]:
+    """Landmarks on a video's frames repeated many times (several seconds of work)."""
+    return {
         "1": {"class_type": "PortraitAnim_LoadVideoFrames",
               "inputs": {"video": "driving_video.mp4", "start_frame": 0, "frame_cap": 0, "select_every_nth": 1}},
         "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 20}},
         "3": face_crop(["2", 0]),
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
-    }
+    }, "3"
+
+
+def model_job(workflow: str, sampler_class: str, **sampler_inputs) -> tuple[dict, str]:
+    graph = fast(load_api_workflow(ROOT / "workflows" / "api" / f"{workflow}.json"))
+    node = next(k for k, v in graph.items() if v["class_type"] == sampler_class)
+    graph[node]["inputs"].update(sampler_inputs)
+    return graph, node
+
+
+JOBS = {
+    "face_crop": long_face_crop_job,
+    "memo_sampler": lambda: model_job("memo_talking_portrait", "PortraitAnim_MemoSampler", steps=6),
+    "hellomeme_video": lambda: model_job("hellomeme_video", "PortraitAnim_HelloMemeVideo", steps=6),
+}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_interrupt_stops_a_running_job_and_server_keeps_serving(comfy_server, job):
+    prompt, node = JOBS[job]()
     ws = comfy_server.ws()
     try:
         status, body = comfy_server.queue(prompt)
         assert status == 200, body
         pid = body["prompt_id"]
-        deadline = time.time() + 300
+        deadline = time.time() + 600
         interrupted = False
+        msg = {}
         while time.time() < deadline:
             raw = ws.recv()
             if not isinstance(raw, str):
@@ -154,12 +174,12 @@ def test_interrupt_stops_a_running_job_and_server_keeps_serving(comfy_server, da
             data = msg.get("data", {})
             if data.get("prompt_id") not in (None, pid):
                 continue
-            if msg["type"] == "progress" and data.get("node") == "3" and not interrupted:
+            if msg["type"] == "progress" and data.get("node") == node and not interrupted:
                 comfy_server.request("POST", "/interrupt", {})
                 interrupted = True
             if msg["type"] in ("execution_interrupted", "execution_success", "execution_error"):
                 break
-        assert interrupted, "never saw progress from the face node"
+        assert interrupted, f"never saw progress from node {node}"
         assert msg["type"] == "execution_interrupted", msg
     finally:
         ws.close()
