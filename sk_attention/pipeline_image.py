@@ -64,17 +64,30 @@ class HelloMemeModels:
             raise ValueError(f"unknown HelloMeme version {self.version!r}: use one of {', '.join(VERSIONS)}")
 
     def handles(self, runtime: Runtime) -> dict[str, ModelHandle]:
-        """Runtime handles of every module (registered once per runtime kind and device)."""
+        """Runtime handles of every module (registered once per runtime kind and device).
+
+        Roles backed by the same weights (the reference UNet and the denoiser's UNet, or one VAE for encoding and
+        decoding, when the official SD1.5 is also the denoising checkpoint) share one managed model: the weights are
+        held and moved once."""
         key = (runtime.name, str(runtime.device))
         if key not in self._handles:
             roles = {"denoiser": "diffusion", "reference_unet": "diffusion", "encode_vae": "vae", "decode_vae": "vae",
                      "control_encoder": "diffusion", "control_projector": "diffusion"}
-            out = {}
+            out: dict[str, ModelHandle] = {}
+            by_weights: dict[int, ModelHandle] = {}
             for name, role in roles.items():
                 module = getattr(self, name)
-                if module is not None:
-                    out[name] = runtime.manage(f"hellomeme.{self.version}.{name}", module,
-                                               runtime.dtype(self.dtype, role))
+                if module is None:
+                    continue
+                param = next(module.parameters(), None)
+                first = id(param) if param is not None else id(module)
+                if first in by_weights:  # same weights as an already managed module
+                    owner = by_weights[first]
+                    out[name] = ModelHandle(name=f"hellomeme.{self.version}.{name}", module=module,
+                                            dtype=owner.dtype, extra=owner.extra)
+                    continue
+                out[name] = runtime.manage(f"hellomeme.{self.version}.{name}", module, runtime.dtype(self.dtype, role))
+                by_weights[first] = out[name]
             self._handles[key] = out
         return self._handles[key]
 
@@ -109,8 +122,11 @@ def load_models(version: str, checkpoint: str | Path, sd15: str | Path | None, r
     if stylize == "x1":
         if sd15 is None:
             raise ValueError("stylize 'x1' needs the official SD1.5 weights (sd15) for the reference UNet and encoder")
-        official = load_sd15(sd15, parts=("unet", "vae"), dtype=dtype)
-        ref_unet, enc_vae = official.unet, official.vae
+        if Path(sd15).resolve() == Path(checkpoint).resolve() and lora is None:
+            ref_unet, enc_vae = user.unet, user.vae  # the same files: load (and hold) them once
+        else:
+            official = load_sd15(sd15, parts=("unet", "vae"), dtype=dtype)
+            ref_unet, enc_vae = official.unet, official.vae
     else:
         ref_unet, enc_vae = copy.deepcopy(user.unet), copy.deepcopy(user.vae)
     if lora is not None:

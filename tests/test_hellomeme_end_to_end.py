@@ -284,3 +284,40 @@ def test_v5_video_cancellation_through_the_runtime(stand_ins, video_models, cond
     with pytest.raises(Interrupted):
         _video(video_models, conditions, prompts, size, rt, on_frame)
     assert streamed == list(range(5))
+
+
+def test_official_base_as_checkpoint_is_loaded_once_and_gives_the_same_result(stand_ins, store, conditions, prompts,
+                                                                               tmp_path):
+    """With the official SD1.5 as the denoising checkpoint (x1), the reference UNet and the encoding VAE reuse the
+    denoiser's weights (held and managed once); a copy of the same files at another path loads them separately —
+    both must generate exactly the same image."""
+    import shutil
+
+    from portrait_animation.sk_attention.loading import load_hellomeme, official_sd15
+    from portrait_animation.sk_attention.pipeline_image import controls_from_drive_params, generate_image
+
+    shared = _load(store, "v5c")
+    assert shared.reference_unet.unet is shared.denoiser.unet and shared.encode_vae is shared.decode_vae
+    rt = _runtime()
+    handles = shared.handles(rt)
+    assert handles["reference_unet"].extra is handles["denoiser"].extra
+    assert handles["reference_unet"].module is shared.reference_unet  # its own wrapper (no adapters)
+
+    copy = tmp_path / "sd15-copy"
+    shutil.copytree(official_sd15(store, download=False), copy)
+    separate = load_hellomeme("v5c", checkpoint=copy, store=store, dtype=torch.float32)
+    assert separate.reference_unet.unet is not separate.denoiser.unet
+
+    size = stand_ins[1]["image_size"]
+    hw = (size, size)
+    reference = _resize_image(conditions.reference_image, hw)
+    positive, negative = prompts
+    outs = []
+    for models in (shared, separate):
+        controls = controls_from_drive_params(models, _resize_params(conditions.drive_params(), hw))
+        ref_controls = controls_from_drive_params(models, _resize_params(conditions.ref_params, hw))
+        with torch.no_grad():
+            outs.append(generate_image(models, _runtime(), reference, positive, controls,
+                                       negative_prompt_embeds=negative, reference_controls=ref_controls,
+                                       steps=STEPS, guidance_scale=GUIDANCE, noise=SEED, frame=3).latents)
+    assert torch.equal(outs[0], outs[1])
