@@ -52,6 +52,12 @@ def test_every_node_is_listed_with_tooltips(comfy_server):
         assert len(tips) == len(info["output"]) and all(tips), f"{node_id} outputs lack tooltips: {tips}"
 
 
+def test_every_node_appears_in_an_example_workflow(comfy_server):
+    used = {node["class_type"] for path in API_WORKFLOWS for node in load_api_workflow(path).values()}
+    unused = sorted(set(pack_nodes(comfy_server.get("/object_info"))) - used)
+    assert not unused, f"nodes without an example workflow: {unused}"
+
+
 def test_missing_weights_error_lists_file_source_destination(comfy_server):
     prompt = {"1": {"class_type": "PortraitAnim_ModelFiles",
                     "inputs": {"family": "hellomeme", "groups": "v1,expression_arkit", "download": False,
