@@ -37,8 +37,8 @@ from torch import nn
 
 from ..audio.emotion_modules import AudioModule
 from ..motion.memory_attention import MemoryLinearAttention, MemoryState, MemoryTemporalModule, MotionModuleConfig
-from .layers import (Attention, Downsample, FeedForward, ResnetBlock, TimestepEmbedding, Upsample, check_config_values,
-                     clip_group_norm, dataclass_from_config, heads_per_block, timestep_embedding, timesteps_for_batch)
+from .layers import (Attention, Downsample, FeedForward, ResnetBlock, TimestepEmbedding, Upsample, check_block_types,
+                     check_config_values, clip_group_norm, dataclass_from_config, heads_per_block, timestep_embedding, timesteps_for_batch)
 
 _UNSUPPORTED_3D = {
     "class_embed_type": None, "num_class_embeds": None, "dual_cross_attention": False,
@@ -77,12 +77,8 @@ class DiffusionNetConfig:
     def from_dict(cls, config: dict) -> "DiffusionNetConfig":
         check_config_values(config, _UNSUPPORTED_3D, "diffusion_net")
         cfg = dataclass_from_config(cls, config)
-        for name in cfg.down_block_types:
-            if name not in ("CrossAttnDownBlock3D", "DownBlock3D"):
-                raise ValueError(f"diffusion_net config: unsupported down block {name!r}")
-        for name in cfg.up_block_types:
-            if name not in ("CrossAttnUpBlock3D", "UpBlock3D"):
-                raise ValueError(f"diffusion_net config: unsupported up block {name!r}")
+        check_block_types(cfg, ("CrossAttnDownBlock3D", "DownBlock3D"), ("CrossAttnUpBlock3D", "UpBlock3D"),
+                          "diffusion_net")
         MotionModuleConfig.from_dict(cfg.motion_module_kwargs)  # validate early
         return cfg
 

@@ -203,6 +203,14 @@ def heads_per_block(value, count: int) -> list[int]:
     return [int(value)] * count
 
 
+def check_block_types(config, down: tuple[str, ...], up: tuple[str, ...], what: str) -> None:
+    """Raise a clear error when the config names a down/up block type this implementation does not build."""
+    for kind, names, allowed in (("down", config.down_block_types, down), ("up", config.up_block_types, up)):
+        for name in names:
+            if name not in allowed:
+                raise ValueError(f"{what} config: unsupported {kind} block {name!r}")
+
+
 def check_config_values(config: dict, required: dict, what: str) -> None:
     """Raise a clear error when ``config`` sets a key to a value this implementation does not support."""
     bad = []

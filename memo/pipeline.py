@@ -12,7 +12,6 @@ own tokens and features, which is what the model saw in training.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,8 +21,6 @@ import torch
 from ..loaders.manifest import load_manifest
 from ..loaders.store import ModelStore, ProgressFn
 from ..runtime.base import ModelHandle, Runtime
-
-log = logging.getLogger("portrait_animation")
 
 DEFAULT_RESOLUTION = 512
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .layers import (Attention, Downsample, FeedForward, ResnetBlock, TimestepEmbedding, Upsample,
-                     check_config_values, dataclass_from_config, heads_per_block, timestep_embedding,
+                     check_block_types, check_config_values, dataclass_from_config, heads_per_block, timestep_embedding,
                      timesteps_for_batch)
 
 
@@ -63,12 +63,8 @@ class ReferenceNetConfig:
     def from_dict(cls, config: dict) -> "ReferenceNetConfig":
         check_config_values(config, _UNSUPPORTED_2D, "reference_net")
         cfg = dataclass_from_config(cls, config)
-        for name in cfg.down_block_types:
-            if name not in ("CrossAttnDownBlock2D", "DownBlock2D"):
-                raise ValueError(f"reference_net config: unsupported down block {name!r}")
-        for name in cfg.up_block_types:
-            if name not in ("CrossAttnUpBlock2D", "UpBlock2D"):
-                raise ValueError(f"reference_net config: unsupported up block {name!r}")
+        check_block_types(cfg, ("CrossAttnDownBlock2D", "DownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D"),
+                          "reference_net")
         return cfg
 
     @property

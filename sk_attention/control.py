@@ -12,7 +12,7 @@ Building blocks: :class:`ResidualDownBlock` (a ResNet BasicBlock with InstanceNo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch

@@ -211,6 +211,7 @@ class VideoGeneration:
         self.emit("reference_cache", {"cache": cache})
         cache = {k: v for k, v in cache.items() if k.startswith("up_")}
 
+        pads = PadStore(self.pad_cache_bytes, offload)  # keyframe latents -> their reference-UNet caches
         negative_pad: dict = {}
 
         def pad_features(frame_latent: torch.Tensor) -> FeatureDict:
@@ -231,7 +232,6 @@ class VideoGeneration:
                     for k, v in out.items()}
 
         # 3. passes, deepest first
-        pads = PadStore(self.pad_cache_bytes, offload)
         total = sum(self.steps * len(p.windows) for p in self.plan)
         final = None
         runtime.load([den, ref, *ctrl_handles])

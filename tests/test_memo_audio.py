@@ -20,7 +20,6 @@ from portrait_animation.audio import wav2vec as w2v
 from portrait_animation.loaders.checkpoint import CheckpointKeyError
 from portrait_animation.media.audio import load_audio, make_audio, samples_for_frames
 
-CASES = ("audio_features_synthetic", "audio_features_speech", "emotion_schedule")
 W2V_CASE = "audio_features_speech"
 
 
@@ -115,19 +114,6 @@ class _TinyClassifier(torch.nn.Module):
 def _expected_frames(num_samples_16k: int, fps, clip: int) -> int:
     t = math.ceil(num_samples_16k / 16000 * fps)
     return t + (clip - t % clip) % clip
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# parity cases (also run by the parity suite once the memo family is enabled there)
-# ---------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", CASES)
-def test_parity_cases(name):
-    import parity.handlers.memo.audio  # noqa: F401  (registers the handlers)
-
-    root = runner.parity_root()
-    case = next(c for c in runner.discover(root) if c.family == "memo" and c.path.name == name)
-    problems = runner.run_case(case, root)
-    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

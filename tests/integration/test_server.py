@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
