@@ -139,8 +139,12 @@ def audio_fingerprint(audio: Audio, *settings) -> str:
 
 def _emotion_labels(wave: torch.Tensor, num_frames: int, clip_length: int, emotion2vec: Any, classifier: Any,
                     runtime: Optional[Runtime]) -> tuple[emo.EmotionSchedule, torch.Tensor]:
-    e2v, e2v_device = _resolve(emotion2vec, runtime)
-    clf, clf_device = _resolve(classifier, runtime)
+    # used together: one load for both (a second load could evict the first under a tight memory budget)
+    together = [m for m in (emotion2vec, classifier) if isinstance(m, ModelHandle)]
+    if runtime is not None and together:
+        runtime.load(together)
+    e2v, e2v_device = _resolve(emotion2vec, None)
+    clf, clf_device = _resolve(classifier, None)
     extract = getattr(e2v, "utterance_features", None) or (lambda x: e2v(x).mean(dim=1))
     min_samples = int(getattr(e2v, "receptive_field", 0))
     e2v_dtype = next(e2v.parameters()).dtype if isinstance(e2v, torch.nn.Module) else torch.float32

@@ -15,10 +15,13 @@ released ``model.pt`` loads strictly:
     blocks.{j}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}.*      main transformer blocks
     norm.*                                                                    only when layer_norm_first
 
-Checkpoint keys that inference does not use are dropped explicitly: the pre-training decoder
-(``modality_encoders.AUDIO.decoder.*``), the 9-way classification head ``proj.*`` (MEMO builds the model with
-``vocab_size=-1`` and uses its own classifier) and EMA/target copies (``_ema*``, ``ema.*``). A ``module.`` prefix is
-stripped (funasr's loader maps it the same way). Everything else must match or :class:`CheckpointKeyError` is raised.
+Checkpoint keys that inference does not use are dropped explicitly, with a log line: the pre-training decoder
+(``modality_encoders.AUDIO.decoder.*``; the plus models lack it), the 9-way classification head ``proj.*`` (MEMO builds
+the model with ``vocab_size=-1`` and uses its own classifier) and EMA/target copies (``_ema*``, ``ema.*``). The
+released ``model.pt`` is a fairseq-style checkpoint whose keys carry ``d2v_model.``; that prefix and ``module.`` are
+stripped, and the ``scope_map`` pairs of ``config.yaml`` (file prefix -> model prefix, funasr's mapping) are applied
+when present. A missing key raises :class:`CheckpointKeyError`; other extra keys are logged and ignored
+(:data:`POLICY`).
 
 Architecture hyper-parameters are read from the model's ``config.yaml`` (``model_conf``), the same file funasr reads:
 nothing about the large model is hard-coded here.
@@ -49,11 +52,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..loaders.checkpoint import CheckpointKeyError, UnsafeCheckpoint, build_and_load, read_state_dict
+from ..loaders.checkpoint import CheckpointKeyError, UnsafeCheckpoint, load_with_policy, read_state_dict
+from ..loaders.policy import OPTIMIZER_DROPS, LoadPolicy, LoadReport, apply_policy, prefix_drop, unwrap_checkpoint
 from ..loaders.store import CorruptModelFile, check_file_format
 
 IGNORED_KEY_PREFIXES = ("modality_encoders.AUDIO.decoder.", "proj.", "_ema", "ema.")
 UNWRAP_KEYS = ("state_dict", "model_state_dict", "model")   # the order funasr's loader unwraps nested checkpoints
+STRIPPED_PREFIXES = ("module.", "d2v_model.")
+
+# emotion2vec+ model.pt (funasr / fairseq training checkpoint) -> Emotion2VecModel
+POLICY = LoadPolicy(
+    "emotion2vec+ (funasr model.pt)",
+    unwrap=UNWRAP_KEYS,
+    strip_prefixes=STRIPPED_PREFIXES,
+    drops=(prefix_drop("modality_encoders.AUDIO.decoder.", "pre-training decoder"),
+           prefix_drop("proj.", "emotion classification head, MEMO uses its own classifier"),
+           prefix_drop("_ema", "EMA teacher copy"), prefix_drop("ema.", "EMA teacher copy"), *OPTIMIZER_DROPS),
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -414,11 +429,12 @@ class Emotion2VecModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------------------------------
-def read_emotion2vec_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def read_emotion2vec_checkpoint(path: str | Path, report: Optional[LoadReport] = None) -> dict[str, torch.Tensor]:
     """A flat state dict from ``model.pt`` (``torch.load(weights_only=True)``) or a converted ``.safetensors``.
 
-    Nested checkpoints are unwrapped like funasr does (``state_dict`` -> ``model_state_dict`` -> ``model``) and a
-    ``module.`` prefix is removed. A file that needs arbitrary unpickling is refused with :class:`UnsafeCheckpoint`.
+    Nested checkpoints are unwrapped like funasr does (``state_dict`` -> ``model_state_dict`` -> ``model``; siblings
+    such as an optimizer state are recorded in ``report``). Keys are returned as stored (prefixes are the policy's
+    business). A file that needs arbitrary unpickling is refused with :class:`UnsafeCheckpoint`.
     """
     path = Path(path)
     if not path.is_file():
@@ -438,29 +454,42 @@ def read_emotion2vec_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 f"trusted environment and save the model's state_dict) and point the loader at that file.") from e
         except (RuntimeError, OSError, EOFError) as e:
             raise CorruptModelFile(None, path, check_file_format(path) or f"{type(e).__name__}: {e}") from e
-        for key in UNWRAP_KEYS:
-            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-                sd = sd[key]
+        sd = unwrap_checkpoint(sd, UNWRAP_KEYS, report)
     if not isinstance(sd, dict):
         raise CheckpointKeyError(str(path), [], [], [], what="a flat tensor state dict")
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointKeyError(str(path), [], bad, [], what="a flat tensor state dict")
     return sd
 
 
-def emotion2vec_model_keys(sd: dict) -> dict:
-    """Drop the checkpoint entries inference does not use (decoder, classification head, EMA copies)."""
-    return {k: v for k, v in sd.items() if not k.startswith(IGNORED_KEY_PREFIXES)}
+def read_scope_map(path: str | Path) -> tuple[tuple[str, str], ...]:
+    """The ``scope_map`` of an emotion2vec ``config.yaml`` as (file prefix, model prefix) pairs ("none" -> "").
+
+    funasr reads it as a flat list ``[src, dst, src, dst, ...]`` (or a comma-separated string) at the top level.
+    """
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    raw = data.get("scope_map") if isinstance(data, dict) else None
+    if raw is None:
+        return ()
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    items = [("" if str(x).strip().lower() == "none" else str(x).strip()) for x in items]
+    return tuple(zip(items[0::2], items[1::2]))
+
+
+def emotion2vec_model_keys(sd: dict, scope_map: tuple[tuple[str, str], ...] = ()) -> dict:
+    """The state dict under :data:`POLICY`: prefixes stripped / mapped, decoder, head and EMA copies dropped."""
+    return apply_policy(sd, POLICY.with_(prefix_map=scope_map), "emotion2vec state dict")[0]
 
 
 def load_emotion2vec(path: str | Path, config: Optional[dict | str | Path] = None,
                      dtype: torch.dtype = torch.float32) -> Emotion2VecModel:
-    """Load emotion2vec+ strictly (CPU, eval mode).
+    """Load emotion2vec+ under :data:`POLICY` (CPU, eval mode); the report is ``model.load_report``.
 
     ``path``: the model folder (``model.pt`` + ``config.yaml``) or the weights file; ``config``: a ``model_conf``
-    dict or the path of ``config.yaml`` (default: ``config.yaml`` next to the weights).
+    dict or the path of ``config.yaml`` (default: ``config.yaml`` next to the weights; its ``scope_map`` is honoured).
     """
     path = Path(path)
     if path.is_dir():
@@ -475,18 +504,18 @@ def load_emotion2vec(path: str | Path, config: Optional[dict | str | Path] = Non
         if not config.is_file():
             raise FileNotFoundError(f"emotion2vec needs its config.yaml (not found next to {weights})")
     conf = config if isinstance(config, dict) else read_config_yaml(config)
+    scope_map = () if isinstance(config, dict) else read_scope_map(config)
     cfg = Emotion2VecConfig.from_model_conf(conf)
-    sd = emotion2vec_model_keys(read_emotion2vec_checkpoint(weights))
-    try:
-        model = build_and_load(lambda: Emotion2VecModel(cfg), sd, source=str(weights), dtype=dtype)
-    except CheckpointKeyError as e:
-        raise CheckpointKeyError(str(weights), e.missing, e.unexpected, e.mismatched,
-                                 what=f"emotion2vec ({cfg.prenet_depth}+{cfg.depth} blocks of {cfg.embed_dim}, "
-                                      f"built from config.yaml)") from None
+    report = LoadReport(source=str(weights))
+    sd = read_emotion2vec_checkpoint(weights, report)
+    model = load_with_policy(lambda: Emotion2VecModel(cfg), sd, POLICY.with_(prefix_map=scope_map),
+                             source=str(weights), dtype=dtype, report=report,
+                             what=f"emotion2vec ({cfg.prenet_depth}+{cfg.depth} blocks of {cfg.embed_dim}, "
+                                  "built from config.yaml)")
     return model.eval().requires_grad_(False)
 
 
 __all__ = [
     "Emotion2VecConfig", "Emotion2VecModel", "alibi_bias", "alibi_slopes", "emotion2vec_model_keys",
-    "load_emotion2vec", "parse_conv_spec", "read_config_yaml", "read_emotion2vec_checkpoint",
+    "load_emotion2vec", "parse_conv_spec", "read_config_yaml", "read_emotion2vec_checkpoint", "read_scope_map",
 ]

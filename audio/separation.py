@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..media.audio import resample
+from ..media.errors import PlainName
 
 SEPARATOR_SAMPLE_RATE = 44100
 HASH_TAIL_BYTES = 10000 * 1024
@@ -39,7 +40,7 @@ MAX_PEAK = 0.9      # audio-separator normalization_threshold
 MIN_PEAK = 0.6      # audio-separator amplification_threshold
 
 
-class VocalSeparationUnavailable(RuntimeError):
+class VocalSeparationUnavailable(PlainName, RuntimeError):
     """Vocal separation was requested but cannot run (missing model file, parameters or onnxruntime)."""
 
 
@@ -212,13 +213,14 @@ def onnx_spec_model(model_path: str | Path, device: Optional[torch.device] = Non
     except ImportError as e:
         raise VocalSeparationUnavailable("vocal separation needs onnxruntime (pip install onnxruntime or "
                                          "onnxruntime-gpu)") from e
+    from ..motion.hellomeme.toolkit import shared_session
+
     providers = ["CPUExecutionProvider"]
     if device is not None and torch.device(device).type == "cuda" and \
             "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    # one session per model file and settings, shared by every separator (see shared_session)
+    session = shared_session(model_path, providers, log_severity_level=3)
     name = session.get_inputs()[0].name
 
     def run(spec: np.ndarray) -> np.ndarray:

@@ -10,13 +10,16 @@ Why a small module of our own instead of ``transformers.Wav2Vec2Model``:
   the torch/transformers versions a ``Wav2Vec2Model`` expects ``parametrizations.weight.original0/1`` instead. Here the
   released names are the module's own parameter names (the weight is formed with ``torch._weight_norm`` each call,
   exactly what torch's weight-norm parametrisation computes), and the newer names are accepted by renaming them.
+* The released files (``model.safetensors`` and ``pytorch_model.bin``) hold 212 tensors: no ``masked_spec_embed``
+  (users' transformers logs show it "newly initialized"). It is SpecAugment's training-time mask embedding, so the
+  encoder does not declare it; a file that has it (transformers re-saves, the parity weights) gets it dropped.
 * No network, no ``from_pretrained``: the config comes from ``config.json`` next to the weights or from the pack's
   embedded copy (``loaders/configs/wav2vec2_base_960h.json``) for a single-file download.
 
 Supported configurations: the wav2vec2 "base" family (``do_stable_layer_norm = false``; feature-encoder norm
 ``group`` or ``layer``; GELU activations), which covers every checkpoint MEMO uses. Key layout: the ``Wav2Vec2ForCTC``
 checkpoint keys ``wav2vec2.*`` (``lm_head.*`` is the unused CTC head and is dropped explicitly) or a bare
-``Wav2Vec2Model`` state dict without the prefix.
+``Wav2Vec2Model`` state dict without the prefix; :data:`POLICY` is the whole rule set.
 """
 from __future__ import annotations
 
@@ -29,18 +32,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..loaders.checkpoint import (CheckpointKeyError, build_and_load, embedded_config, find_weights,
-                                  read_state_dict)
+from ..loaders.checkpoint import embedded_config, find_weights, load_with_policy, read_state_dict
+from ..loaders.policy import OPTIMIZER_DROPS, Drop, LoadPolicy, apply_policy, prefix_drop, weight_norm_names
 from . import features as feat
 
 EMBEDDED_CONFIG = "wav2vec2_base_960h"
 EMBEDDED_PREPROCESSOR = "wav2vec2_base_960h_preprocessor"
 CTC_PREFIX = "wav2vec2."
 IGNORED_PREFIXES = ("lm_head.",)
-_WEIGHT_NORM_RENAMES = {
-    "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv_embed.conv.weight_g",
-    "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv_embed.conv.weight_v",
-}
+
+# facebook/wav2vec2-base-960h as released (Wav2Vec2ForCTC, 212 tensors) or re-saved by newer transformers / ComfyUI
+POLICY = LoadPolicy(
+    "wav2vec2 (Wav2Vec2ForCTC release)",
+    strip_prefixes=(CTC_PREFIX,),
+    conversions=(weight_norm_names("encoder.pos_conv_embed.conv", to="weight_g"),),
+    drops=(prefix_drop("lm_head.", "CTC head, unused by MEMO"),
+           Drop(r"masked_spec_embed$", "SpecAugment mask embedding, training only"), *OPTIMIZER_DROPS),
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -268,8 +276,7 @@ class Wav2Vec2Encoder(nn.Module):
         self.feature_extractor = FeatureEncoder(cfg)
         self.feature_projection = FeatureProjection(cfg)
         self.encoder = TransformerEncoder(cfg)
-        # SpecAugment mask embedding of the checkpoint; unused at inference but part of the released layout.
-        self.masked_spec_embed = nn.Parameter(torch.zeros(cfg.hidden_size))
+        # No ``masked_spec_embed``: SpecAugment's training-only embedding, absent from the released files.
 
     @property
     def num_layers(self) -> int:
@@ -304,25 +311,20 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def wav2vec2_model_keys(sd: dict) -> dict:
-    """Map a checkpoint state dict to the encoder's own key names.
-
-    Drops the CTC head (``lm_head.*``), strips the ``wav2vec2.`` prefix of a ``Wav2Vec2ForCTC`` checkpoint and renames
-    the weight-norm parametrisation keys written by newer torch/transformers to ``weight_g``/``weight_v``.
-    """
-    kept = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
-    if any(k.startswith(CTC_PREFIX) for k in kept):
-        kept = {(k[len(CTC_PREFIX):] if k.startswith(CTC_PREFIX) else k): v for k, v in kept.items()}
-    return {_WEIGHT_NORM_RENAMES.get(k, k): v for k, v in kept.items()}
+    """Map a checkpoint state dict to the encoder's own key names (:data:`POLICY` steps: strip ``wav2vec2.``, rename
+    the weight-norm parametrisation keys to ``weight_g``/``weight_v``, drop ``lm_head.*`` and ``masked_spec_embed``)."""
+    return apply_policy(sd, POLICY, "wav2vec2 state dict")[0]
 
 
 def load_wav2vec2(path: str | Path, config: Optional[dict] = None, preprocessor: Optional[dict] = None,
                   dtype: torch.dtype = torch.float32) -> Wav2Vec2Encoder:
-    """Load a wav2vec2 checkpoint strictly into :class:`Wav2Vec2Encoder` (CPU, eval mode).
+    """Load a wav2vec2 checkpoint into :class:`Wav2Vec2Encoder` under :data:`POLICY` (CPU, eval mode).
 
     ``path``: a folder as released (``config.json``, ``preprocessor_config.json``, ``model.safetensors`` or
     ``pytorch_model.bin``) or a single weights file (ComfyUI's ``audio_encoders/wav2vec2-base-960h.safetensors``); a
-    missing config falls back to the embedded ``wav2vec2_base_960h`` one. Any key other than the CTC head that does
-    not match raises :class:`CheckpointKeyError` naming the file and the keys.
+    missing config falls back to the embedded ``wav2vec2_base_960h`` one. A missing or mis-shaped key raises
+    :class:`~..loaders.checkpoint.CheckpointKeyError` naming the file and the keys; extra keys no rule covers are
+    logged and ignored. The :class:`~..loaders.policy.LoadReport` is ``model.load_report``.
     """
     path = Path(path)
     if path.is_dir():
@@ -344,14 +346,10 @@ def load_wav2vec2(path: str | Path, config: Optional[dict] = None, preprocessor:
     sd: dict = {}
     for f in files:
         sd.update(read_state_dict(f))
-    sd = wav2vec2_model_keys(sd)
     source = str(files[0] if len(files) == 1 else folder)
-    try:
-        model = build_and_load(lambda: Wav2Vec2Encoder(cfg), sd, source=source, dtype=dtype)
-    except CheckpointKeyError as e:
-        raise CheckpointKeyError(source, e.missing, e.unexpected, e.mismatched,
-                                 what=f"a wav2vec2 encoder with this config ({cfg.num_hidden_layers} layers, "
-                                      f"hidden {cfg.hidden_size})") from None
+    model = load_with_policy(lambda: Wav2Vec2Encoder(cfg), sd, POLICY, source=source, dtype=dtype,
+                             what=f"a wav2vec2 encoder with this config ({cfg.num_hidden_layers} layers, "
+                                  f"hidden {cfg.hidden_size})")
     return model.eval().requires_grad_(False)
 
 

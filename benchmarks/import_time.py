@@ -25,7 +25,7 @@ sys.argv = ["main.py", "--cpu"]
 import comfy.options; comfy.options.enable_args_parsing()
 import comfy.cli_args; comfy.cli_args.args.cpu = True
 import torch, comfy.model_management, folder_paths, nodes  # what ComfyUI has loaded before custom nodes
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 before = set(sys.modules)
 t0 = time.perf_counter()
 spec = importlib.util.spec_from_file_location("pack_under_test", ROOT + "/__init__.py",

@@ -6,6 +6,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..media.errors import PlainName
+
 LANDMARK_COUNT = 478  # MediaPipe face mesh with refined eyes and irises (468 mesh points + 10 iris points)
 
 # A few useful indices into the 478-point mesh.
@@ -40,7 +42,7 @@ class Face:
         return Face(landmarks=landmarks, box=box, score=float(score))
 
 
-class NoFaceError(ValueError):
+class NoFaceError(PlainName, ValueError):
     """The requested face was not found in some frames. ``frames`` lists their batch indices (from 0)."""
 
     def __init__(self, frames: list[int], total: int, input_name: str = "images", face_index: int = 0,

@@ -6,18 +6,28 @@
   missing, unexpected and mis-shaped keys. Modules can be built on the meta device and materialised by the load
   (``assign=True``), so the weights are held in memory once.
 * :func:`embedded_config` returns the configs the official loaders would fetch from the hub, shipped with the pack.
+* :func:`load_with_policy` is what the family loaders use for released files: it applies a
+  :class:`~.policy.LoadPolicy` (known layouts converted, known extras dropped and logged, uncovered extras warned
+  about, missing keys an error) and attaches the :class:`~.policy.LoadReport` to the module as ``load_report``.
+  :func:`load_strict` / :func:`build_and_load` without a policy keep the exact-match semantics (parity code paths).
 """
 from __future__ import annotations
 
 import json
+import logging
 import pickle
+import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
+from ..media.errors import PlainName
+from .policy import LoadPolicy, LoadReport, apply_policy, log_report, unwrap_checkpoint
 from .store import CorruptModelFile, check_file_format
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
@@ -26,15 +36,15 @@ INDEX_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetens
                "diffusion_pytorch_model.bin.index.json", "pytorch_model.bin.index.json")
 
 
-class UnsafeCheckpoint(RuntimeError):
+class UnsafeCheckpoint(PlainName, RuntimeError):
     """The file needs arbitrary unpickling; refused."""
 
 
-class CheckpointKeyError(RuntimeError):
+class CheckpointKeyError(PlainName, RuntimeError):
     """The checkpoint's keys do not match the module: names the file and the offending keys."""
 
     def __init__(self, source: str, missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple, tuple]],
-                 what: str = "", limit: int = 12):
+                 what: str = "", limit: int = 12, hint: str = ""):
         self.source, self.missing, self.unexpected, self.mismatched = source, missing, unexpected, mismatched
 
         def show(keys):
@@ -49,7 +59,8 @@ class CheckpointKeyError(RuntimeError):
         if mismatched:
             parts.append("shape mismatches ({}): {}".format(
                 len(mismatched), show([f"{k} file {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched])))
-        parts.append("Is this the right file for this model and version?")
+        parts.append(hint or "Probable cause: a wrong file or version? (Is this the right file for this model, from "
+                             "the release this pack expects?)")
         super().__init__("\n  ".join(parts))
 
 
@@ -59,12 +70,15 @@ def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
     return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
 
 
-def read_state_dict(path: str | Path, dtype: torch.dtype | None = None, unwrap: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a CPU state dict.
+def read_state_dict(path: str | Path, dtype: torch.dtype | None = None, unwrap: str | Sequence[str] | None = None,
+                    report: Optional[LoadReport] = None) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a CPU state dict (tensors in the file's own dtypes unless ``dtype`` is given).
 
     ``.safetensors``/``.sft`` are memory-mapped; ``.pth``/``.pt``/``.bin``/``.ckpt`` go through
-    ``torch.load(weights_only=True)`` (never arbitrary unpickling). ``unwrap`` names a top-level key to descend into
-    (for files that store ``{"state_dict": {...}}``); a lone ``state_dict`` key is unwrapped automatically.
+    ``torch.load(weights_only=True)`` (never arbitrary unpickling). ``unwrap`` names a top-level key that must be
+    there (a string), or a sequence of container keys descended into where present, in order (training checkpoints
+    ``{"model": {...}, "optimizer": {...}}``; the siblings are recorded as dropped in ``report``); a lone
+    ``state_dict`` key is unwrapped automatically.
     """
     path = Path(path)
     if not path.is_file():
@@ -90,7 +104,9 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None, unwrap: 
         if type(e).__name__ == "SafetensorError":
             raise CorruptModelFile(None, path, f"{type(e).__name__}: {e}") from e
         raise
-    if unwrap is not None:
+    if unwrap is not None and not isinstance(unwrap, str):
+        sd = unwrap_checkpoint(sd, tuple(unwrap), report)
+    elif unwrap is not None:
         if unwrap not in sd:
             raise CheckpointKeyError(str(path), [unwrap], [], [], what=f"the expected layout (top-level {unwrap!r})")
         sd = sd[unwrap]
@@ -195,22 +211,77 @@ def on_meta_device() -> Iterator[None]:
 
 
 def build_and_load(factory: Callable[[], torch.nn.Module], sd: Mapping[str, torch.Tensor], source: str,
-                   dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """Build ``factory()`` on the meta device, load ``sd`` strictly and return it (CPU, in ``dtype`` if given)."""
+                   dtype: torch.dtype | None = None, policy: Optional[LoadPolicy] = None,
+                   what: str = "") -> torch.nn.Module:
+    """Build ``factory()`` on the meta device, load ``sd`` and return it (CPU, in ``dtype`` if given).
+
+    Without ``policy`` the load is strict (exact keys and shapes). With one, see :func:`load_with_policy`.
+    """
+    if policy is not None:
+        return load_with_policy(factory, sd, policy, source, dtype=dtype, what=what)
     with on_meta_device():
         module = factory()
     sd = _cast(dict(sd), dtype)
-    load_strict(module, sd, source=source)
-    # Buffers that are not in the state dict (non-persistent) are still on meta: rebuild them on the CPU.
-    leftover = [n for n, b in module.named_buffers() if b.is_meta]
-    if leftover:
-        cpu = factory()
-        cpu_buffers = dict(cpu.named_buffers())
-        for name in leftover:
-            owner, attr = _owner(module, name)
-            owner._buffers[attr] = cpu_buffers[name].to(dtype) if dtype and cpu_buffers[name].is_floating_point() \
-                else cpu_buffers[name]
+    load_strict(module, sd, source=source, what=what)
+    _materialise_leftovers(module, factory, dtype)
     return module
+
+
+def load_with_policy(factory: Callable[[], torch.nn.Module], sd: Mapping, policy: LoadPolicy, source: str,
+                     dtype: torch.dtype | None = None, what: str = "",
+                     report: Optional[LoadReport] = None) -> torch.nn.Module:
+    """Build ``factory()`` on the meta device and fill it from a released file's state dict under ``policy``.
+
+    Known layouts are converted and known extras dropped (:func:`~.policy.apply_policy`, one log line per rule);
+    model keys matching ``policy.optional`` may be absent (they keep the module's initial values); any other missing
+    key, and any shape mismatch, raises :class:`CheckpointKeyError` naming ``source``, the keys and the probable cause;
+    extra keys no rule covers are ignored with a warning (``policy.unexpected == "error"`` makes them fatal). The
+    tensors keep the file's dtype unless ``dtype`` is given. The :class:`~.policy.LoadReport` is attached to the module
+    as ``load_report``.
+    """
+    sd, report = apply_policy(sd, policy, source, report)
+    with on_meta_device():
+        module = factory()
+    what = what or type(module).__name__
+    missing, unexpected, mismatched = diff_keys(module, sd)
+    optional = [k for k in missing if any(re.search(p, k) for p in policy.optional)]
+    missing = [k for k in missing if k not in optional]
+    if missing or mismatched or (unexpected and policy.unexpected == "error"):
+        hint = ""
+        if missing and len(missing) + len(optional) == len(module.state_dict()):
+            hint = ("Probable cause: a wrong file or version? None of the model's keys is in the file (first file "
+                    f"keys: {', '.join(list(sd)[:4])}).")
+        raise CheckpointKeyError(source, missing, unexpected, mismatched, what=what, hint=hint)
+    for k in unexpected:
+        del sd[k]
+    report.unexpected, report.filled = report.unexpected + unexpected, report.filled + optional
+    sd = _cast(sd, dtype)
+    module.load_state_dict(sd, strict=False, assign=True)
+    _materialise_leftovers(module, factory, dtype)
+    log_report(report)
+    module.load_report = report
+    return module
+
+
+def _materialise_leftovers(module: torch.nn.Module, factory: Callable[[], torch.nn.Module],
+                           dtype: torch.dtype | None) -> None:
+    """Tensors the state dict did not fill (non-persistent buffers, optional keys) are still on meta: take them from
+    a module built on the CPU."""
+    leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    if not leftover:
+        return
+    cpu = factory()
+    cpu_tensors = dict(cpu.named_parameters())
+    cpu_tensors.update(dict(cpu.named_buffers()))
+    for name in leftover:
+        owner, attr = _owner(module, name)
+        t = cpu_tensors[name]
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        if attr in owner._parameters:
+            owner._parameters[attr] = torch.nn.Parameter(t.detach(), requires_grad=cpu_tensors[name].requires_grad)
+        else:
+            owner._buffers[attr] = t
 
 
 def _owner(module: torch.nn.Module, dotted: str):

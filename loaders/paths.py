@@ -22,10 +22,17 @@ def register_comfy_folders() -> None:
 
 
 def comfy_folders(key: str) -> list[str]:
+    """The folders searched for a folder key, in order (the first receives downloads).
+
+    The pack's own and the standard keys are registered if missing. Any other key (the alternates' ``wav2vec``,
+    ``emotion2vec``, ``insightface`` ...) is only looked up, never registered: the folders another pack registered for
+    it, else ``<models_dir>/<key>``.
+    """
     import folder_paths
 
+    if key in (PACK_FOLDER, *STANDARD_FOLDERS) and key not in folder_paths.folder_names_and_paths:
+        register_comfy_folders()
     try:
         return list(folder_paths.get_folder_paths(key))
     except KeyError:
-        register_comfy_folders()
-        return list(folder_paths.get_folder_paths(key))
+        return [os.path.join(folder_paths.models_dir, key)]

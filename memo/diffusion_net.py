@@ -365,6 +365,16 @@ class DiffusionNet(nn.Module):
     def in_channels(self) -> int:
         return self.config.in_channels
 
+    @property
+    def max_clip_frames(self) -> int | None:
+        """Most frames one clip may have: the rows of the temporal positional tables (``pos_encoder.pe``, whose size
+        comes from the checkpoint), or None when the network has none (the linear attention takes any length).
+
+        Only the current clip's frames get a table row; the past frames never do, so their number is not limited.
+        """
+        rows = [layer.pos_encoder.pe.shape[1] for _, layer in self.memory_layers() if layer.pos_encoder is not None]
+        return min(rows) if rows else None
+
     # ---- temporal memory -------------------------------------------------------------------------------------------
     def memory_layers(self) -> Iterator[tuple[str, MemoryLinearAttention]]:
         """``(name, layer)`` for every memory linear-attention layer (42 in the released model)."""

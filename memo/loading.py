@@ -1,9 +1,11 @@
 """Loading the released MEMO folders (``memoavatar/memo``) with strict key checks.
 
-Each folder holds ``config.json`` + ``diffusion_pytorch_model.safetensors`` (fp32). Every network is built on the meta
-device from its config, the checkpoint is loaded strictly (assigned, so the weights are held once) and cast to the
-requested dtype. A mismatch raises :class:`~..loaders.checkpoint.CheckpointKeyError` naming the file and the
-missing / unexpected / mis-shaped keys; a bad config raises ``ValueError`` naming the folder.
+Each folder holds ``config.json`` + ``diffusion_pytorch_model.safetensors`` (fp32; the audit in
+``specs/real_files.md`` confirms the key sets equal the classes'). Every network is built on the meta device from its
+config and filled under the released-folder policy (:data:`POLICY`; assigned, so the weights are held once), cast to
+the requested dtype. A missing or mis-shaped key raises :class:`~..loaders.checkpoint.CheckpointKeyError` naming the
+file and the keys; an extra key is logged as a warning and ignored (diffusers, which MEMO used, does the same); a bad
+config raises ``ValueError`` naming the folder. The report is the module's ``load_report``.
 
 Folders: ``reference_net``, ``diffusion_net``, ``image_proj``, ``audio_proj``, ``misc/audio_emotion_classifier``.
 
@@ -19,7 +21,10 @@ from typing import Callable
 
 import torch
 
-from ..loaders.checkpoint import build_and_load, find_weights, read_diffusers_folder
+from ..loaders.checkpoint import find_weights, load_with_policy, read_diffusers_folder
+from ..loaders.policy import RELEASED_FOLDER
+
+POLICY = RELEASED_FOLDER.with_(name="MEMO released folder")
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ def _read(folder: str | Path) -> tuple[dict, dict, str]:
 
 def _build(folder: Path, factory: Callable[[], torch.nn.Module], sd: dict, source: str,
            dtype: torch.dtype | None) -> torch.nn.Module:
-    module = build_and_load(factory, sd, source=source, dtype=dtype)
+    module = load_with_policy(factory, sd, POLICY.with_(name=f"MEMO {folder.name}"), source=source, dtype=dtype)
     return module.eval().requires_grad_(False)
 
 

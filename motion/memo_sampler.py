@@ -158,6 +158,10 @@ class MemoSampler:
         dev, dtype = _param(net).device, _param(net).dtype
         f, n = s.frames_per_clip, s.num_past_frames
         total = audio_tokens.shape[1]
+        limit = getattr(net, "max_clip_frames", None)  # the temporal positional table covers the clip's frames
+        if limit is not None and not 1 <= f <= limit:
+            raise ValueError(f"frames_per_clip={f}: the Diffusion Net's temporal position table takes 1 to {limit} "
+                             "frames per clip")
         if total % f != 0:
             raise ValueError(f"audio has {total} frames: pad it to a multiple of frames_per_clip={f} first")
         num_clips = total // f

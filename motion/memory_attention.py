@@ -20,10 +20,17 @@ Math of one layer (heads h, head width d; rows are (sequence, head) pairs):
   ``update_past_memory``): with ``w_j = 0.9^(N-1-j)``, ``KVnew = sum_j (w_j km_j)^T (w_j vm_j)``,
   ``Znew = sum_j w_j km_j``; empty state -> ``(KVnew, Znew)``, else ``KV = 0.9^N KV + KVnew``, ``Z = 0.9^N Z + Znew``.
 * Read: ``KVt = 0.9 KV + sum_f k_f^T v_f``, ``Zt = 0.9 Z + sum_f k_f``, ``out_f = q_f KVt / max(q_f . Zt, 1e-10)``
-  for every frame (not causal), heads merged, ``to_out.0``.
+  for every frame (not causal), heads merged, ``to_out.0`` (:func:`memory_read`).
 
 The memory is explicit (:class:`MemoryState`), resettable (:meth:`MemoryTemporalModule.reset_memory`) and movable
 between devices (:meth:`MemoryState.to`), e.g. to the CPU between clips. It is never part of the state dict.
+
+Precision: the state is kept in the model dtype (its ``(rows, d, d)`` tensors are the largest activations of the
+network, so an fp32 copy would double their memory), but the parts that break in half precision are done in fp32:
+the normaliser ``q . Zt`` with its floor (1e-10 is below the smallest fp16 value, so the floor would read 0 and a
+zero normaliser would give inf/NaN), the division, the small ``Z`` sums, and the decay-and-add of the state update
+(one fused op, one rounding). In fp32 this is the original's computation (up to the rounding order of that fused op,
+well inside the parity tolerances).
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from torch import nn
 from ..memo.layers import FeedForward
 
 MEMORY_DECAY = 0.9
+NORMALISER_FLOOR = 1e-10  # the original's clamp on q . Zt (applied in fp32, see the module docstring)
 
 
 @dataclass
@@ -95,6 +103,18 @@ class PositionalEncoding(nn.Module):
         return x + self.pe[:, : x.shape[1]].to(x.dtype)
 
 
+def memory_read(q: torch.Tensor, kv: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``out_f = q_f KVt / max(q_f . Zt, 1e-10)``: ``q (rows, F, d)``, ``kv (rows, d, d)``, ``z (rows, 1, d)`` ->
+    ``(rows, F, d)`` in ``q``'s dtype.
+
+    The numerator stays in the model dtype (a single matmul, accumulated in fp32 by the kernels); the normaliser,
+    its floor and the division run in fp32, so the floor means the same in every dtype (in fp16 1e-10 rounds to 0).
+    """
+    den = torch.bmm(q.float(), z.float().transpose(1, 2)).clamp_(min=NORMALISER_FLOOR)  # (rows, F, 1) fp32
+    num = torch.bmm(q, kv.to(q.dtype))
+    return num.float().div_(den).to(q.dtype)
+
+
 class MemoryLinearAttention(nn.Module):
     """One memory linear-attention layer (``attention_blocks.j``) with its own :class:`MemoryState`."""
 
@@ -127,13 +147,14 @@ class MemoryLinearAttention(nn.Module):
         km = km * w.view(1, n, 1)
         vm = vm * w.view(1, n, 1)
         kv_new = torch.einsum("bij,bik->bjk", km, vm)  # (R*h, d, d): w^2 on each outer product
-        z_new = km.sum(dim=1, keepdim=True)  # (R*h, 1, d)
+        z_new = km.sum(dim=1, keepdim=True, dtype=torch.float32)  # (R*h, 1, d), summed in fp32
         if self.memory.empty:
-            self.memory.kv, self.memory.z = kv_new, z_new
+            self.memory.kv, self.memory.z = kv_new, z_new.to(km.dtype)
         else:
             keep = MEMORY_DECAY ** n
-            self.memory.kv = self.memory.kv * keep + kv_new
-            self.memory.z = self.memory.z * keep + z_new
+            # one fused op (half-precision math runs in fp32 inside it): no fp32 copy of the (R*h, d, d) state
+            self.memory.kv = torch.add(kv_new, self.memory.kv, alpha=keep)
+            self.memory.z = (self.memory.z.float() * keep + z_new).to(km.dtype)
 
     def forward(self, x: torch.Tensor, motion: torch.Tensor, is_new_audio: bool = True,
                 update_past_memory: bool = False) -> torch.Tensor:
@@ -156,8 +177,8 @@ class MemoryLinearAttention(nn.Module):
             self._update_memory(motion)
 
         kv = torch.baddbmm(self.memory.kv, k.transpose(1, 2), v, beta=MEMORY_DECAY)  # (R*h, d, d)
-        z = MEMORY_DECAY * self.memory.z + k.sum(dim=-2, keepdim=True)  # (R*h, 1, d)
-        out = torch.bmm(q, kv) / torch.bmm(q, z.transpose(1, 2)).clamp(min=1e-10)  # (R*h, F, d)
+        z = MEMORY_DECAY * self.memory.z.float() + k.sum(dim=-2, keepdim=True, dtype=torch.float32)  # (R*h, 1, d)
+        out = memory_read(q, kv, z)  # (R*h, F, d)
         out = out.view(r, self.heads, -1, self.dim_head).transpose(1, 2).reshape(r, -1, self.heads * self.dim_head)
         return self.to_out[0](out)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import importlib
 import logging
 
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 from ..loaders.paths import register_comfy_folders
+from ..media.samples import install_samples
+from .replacements import register_replacements
 
 log = logging.getLogger("portrait_animation")
 
@@ -20,6 +22,9 @@ NODE_MODULES = ("models", "face", "media", "hellomeme", "memo")
 class PortraitAnimationExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_comfy_folders()
+        import folder_paths  # ComfyUI's module: imported here so the node modules load under test stand-ins
+
+        install_samples(folder_paths.get_input_directory())  # the example workflows' inputs, where absent
         nodes: list[type[io.ComfyNode]] = []
         for name in NODE_MODULES:
             try:
@@ -28,4 +33,5 @@ class PortraitAnimationExtension(ComfyExtension):
                 log.error("Portrait Animation: nodes in %s are unavailable: %s", name, e)
                 continue
             nodes.extend(module.NODES)
+        await register_replacements({node.GET_SCHEMA().node_id for node in nodes})
         return nodes

@@ -1,7 +1,7 @@
 """Shared node vocabulary: categories, custom types, conversions between ComfyUI values and core objects."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..runtime import get_runtime
 

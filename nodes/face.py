@@ -4,7 +4,7 @@ Thin adapters over :mod:`..face`; the core (OpenCV, MediaPipe) is imported when 
 """
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..face.constants import (BACKENDS, DEFAULT_CROP_SIZE, DEFAULT_FEATHER, DEFAULT_OFFSET_Y, DEFAULT_SCALE,
                               DEFAULT_WINDOW, FEATHER_UNITS, FRAME_RULES, MASK_SHAPES, ON_MISSING, PAD_MODES,
@@ -43,9 +43,10 @@ class FaceDetectorLoader(io.ComfyNode):
                 io.Float.Input("min_confidence", default=0.5, min=0.05, max=0.95, step=0.05,
                                tooltip="Detection confidence threshold. Lower it when faces are missed (profile "
                                        "views, dark or blurry frames); raise it when non-faces are detected."),
-                io.Boolean.Input("download", default=False,
-                                 tooltip="Allow downloading face_landmarker.task (a few MB, from Google's MediaPipe "
-                                         "model storage) when the chosen backend needs it and it is missing."),
+                io.Boolean.Input("download", default=True,
+                                 tooltip="Fetch face_landmarker.task (3.6 MB, from Google's MediaPipe model storage) on "
+                                         "first use when the chosen backend needs it and it is missing. Off: never "
+                                         "download (offline installs); the error says where the file goes."),
             ],
             outputs=[FaceDetector.Output(display_name="detector",
                                          tooltip="The configured face detector, for Detect Face Landmarks or "

@@ -1,16 +1,20 @@
 """HelloMeme nodes: loader, face toolkit, driving conditions (cached separately), image and video samplers."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+import logging
 
-from .common import CATEGORY, DTYPES, PREFIX, node_runtime
+from comfy_api.v0_0_2 import io
+
+from ..sk_attention.conditioning import (BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE,
+                                         TEXT_WIDTH, check_size, prompt_entries)
+from .common import CATEGORY, DTYPES, PREFIX, CropInfo, node_runtime
+
+log = logging.getLogger("portrait_animation")
 
 CAT_HM = f"{CATEGORY}/HelloMeme"
 HelloMeme = io.Custom("PA_HELLOMEME")
 Toolkit = io.Custom("PA_HM_TOOLKIT")
 Conditions = io.Custom("PA_HM_CONDITIONS")
-BUILTIN_PROMPT = ("(best quality), highly detailed, ultra-detailed, headshot, person, well-placed five sense organs, "
-                  "looking at the viewer, centered composition, sharp focus, realistic skin texture")
 
 
 def _files(folder: str) -> list[str]:
@@ -31,20 +35,23 @@ def _full_path(folder: str, name: str):
     return path
 
 
-def _embeds(conditioning, name: str):
-    """The text embedding tensor of a CONDITIONING (first entry)."""
-    if not conditioning:
-        raise ValueError(f"input '{name}' is empty: connect a CLIP Text Encode node")
-    return conditioning[0][0]
+def _checked_size(width, height):
+    ok = check_size(width, height)
+    if ok is not True:
+        raise ValueError(ok)
 
 
 def _sampler_inputs():
     return [
         HelloMeme.Input("hellomeme", tooltip="Models from HelloMeme Loader."),
         Conditions.Input("conditions", tooltip="From HelloMeme Driving Conditions (reference + driving poses)."),
-        io.Conditioning.Input("positive", tooltip="Prompt (CLIP Text Encode with an SD1.5 CLIP). The original "
-                                                  "appends a quality/headshot prompt; the example workflow does too."),
-        io.Conditioning.Input("negative", tooltip="Negative prompt (the original uses an empty one)."),
+        io.Conditioning.Input("positive", tooltip=(
+            "Prompt (CLIP Text Encode with an SD1.5 CLIP). The original encodes '<your prompt>, <built-in prompt>' "
+            "(the built-in alone when yours is empty); put it in your text to match it. Built-in for v5b/v5c images: "
+            f"'{BUILTIN_PROMPT_NEW}'; for v5 images and all videos: '{BUILTIN_PROMPT}'. Conditioning Combine "
+            "(weighted by strength) and Concat work; area, mask and timestep ranges are refused.")),
+        io.Conditioning.Input("negative", tooltip="Negative prompt (the original uses an empty one). Same rules as "
+                                                  "'positive'."),
         io.Int.Input("seed", default=1, min=0, max=2**63 - 1, control_after_generate=True,
                      tooltip="Seed of the initial noise and of the SDE sampler's noise."),
         io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (the original uses 25)."),
@@ -52,13 +59,21 @@ def _sampler_inputs():
                        tooltip="Guidance scale; 1.5 as in the original scripts (<= 1 disables guidance)."),
         io.Combo.Input("scheduler", options=["dpmpp_sde", "euler"], default="dpmpp_sde",
                        tooltip="DPM++ SDE is what v5 was released with; Euler is the v1-v4 sampler."),
-        io.Int.Input("width", default=512, min=64, max=2048, step=8,
-                     tooltip="Output width. The released model works at 512x512; other sizes need 'size_correct'."),
-        io.Int.Input("height", default=512, min=64, max=2048, step=8, tooltip="Output height."),
+        io.Int.Input("width", default=512, min=SIZE_MIN, max=SIZE_MAX, step=SIZE_MULTIPLE,
+                     tooltip="Output width: a multiple of 64 from 64 to 2048. The released model works at 512x512; "
+                             "non-square sizes need 'size_correct'."),
+        io.Int.Input("height", default=512, min=SIZE_MIN, max=SIZE_MAX, step=SIZE_MULTIPLE,
+                     tooltip="Output height: a multiple of 64 from 64 to 2048."),
         io.Boolean.Input("size_correct", default=False,
                          tooltip="Fix the v5 reference block's square-only position table so non-square sizes work "
                                  "(identical results on square sizes)."),
     ]
+
+
+def _text(models, positive, negative):
+    """Both CONDITIONING inputs as :class:`PromptEntries`, checked against the UNet's text width (before any work)."""
+    width = int(getattr(models.denoiser.unet.config, "cross_attention_dim", TEXT_WIDTH))
+    return prompt_entries(positive, "positive", width), prompt_entries(negative, "negative", width)
 
 
 def _prepare(hellomeme, conditions, width, height):
@@ -113,14 +128,23 @@ class HelloMemeLoader(io.ComfyNode):
                                tooltip="x1 (as released): the reference is read with official SD1.5. x2: with the "
                                        "chosen checkpoint too (stronger style, weaker likeness)."),
                 io.Combo.Input("lora", options=["none"] + _files("loras"), default="none",
-                               tooltip="Optional SD1.5 LoRA merged into the denoising UNet."),
-                io.Float.Input("lora_scale", default=1.0, min=-4.0, max=4.0, step=0.05, tooltip="LoRA strength."),
+                               tooltip="Optional SD1.5 LoRA, merged as released: into the denoising UNet at 1.0 "
+                                       "(x2: the reference UNet too). Its text-encoder part cannot be merged here "
+                                       "(prompts come from your CLIP): the report says so; load the LoRA on the "
+                                       "CLIP (LoraLoader, strength_model 0, strength_clip = lora_scale) to match."),
+                io.Float.Input("lora_scale", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="The released text-encoder LoRA strength (the UNet LoRA is always at 1.0, "
+                                       "as released). Use it as strength_clip on your CLIP's LoraLoader."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="Precision; auto follows ComfyUI (fp16/bf16 on a GPU, fp32 on the CPU)."),
-                io.Boolean.Input("download", default=False,
-                                 tooltip="Download missing official files into ComfyUI's models folder."),
+                io.Boolean.Input("download", default=True,
+                                 tooltip="Download missing official files into ComfyUI's models folder (files you "
+                                         "already have, under the names other packs use, are found first). Off: "
+                                         "only report what is missing and where it goes."),
             ],
-            outputs=[HelloMeme.Output(display_name="hellomeme", tooltip="The loaded HelloMeme models.")],
+            outputs=[HelloMeme.Output(display_name="hellomeme", tooltip="The loaded HelloMeme models."),
+                     io.String.Output(display_name="report",
+                                      tooltip="What was loaded; what a LoRA merged and what it could not apply.")],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -134,7 +158,12 @@ class HelloMemeLoader(io.ComfyNode):
             checkpoint=None if checkpoint == OFFICIAL else _full_path("checkpoints", checkpoint),
             stylize=stylize, lora=None if lora == "none" else _full_path("loras", lora), lora_scale=lora_scale,
             dtype=parse_dtype(dtype), download=download)
-        return io.NodeOutput({"models": models, "video": mode == "video"})
+        lines = [f"HelloMeme {version} ({mode}), checkpoint {checkpoint}, stylize {stylize}"]
+        for line in getattr(models, "lora_report", None) or []:
+            lines.append(line)
+            if "NOT applied" in line:
+                log.warning("Portrait Animation: %s", line)
+        return io.NodeOutput({"models": models, "video": mode == "video"}, "\n".join(lines))
 
 
 class HelloMemeToolkit(io.ComfyNode):
@@ -154,8 +183,10 @@ class HelloMemeToolkit(io.ComfyNode):
                 io.Combo.Input("expression", options=["pdfgc", "arkit"], default="pdfgc",
                                tooltip="pdfgc (default of v5): PD-FGC motion codes. arkit: 51 blendshapes + CLIP face "
                                        "parts (needs head_pose 3dmm)."),
-                io.Boolean.Input("download", default=False,
-                                 tooltip="Download missing official files into ComfyUI's models folder."),
+                io.Boolean.Input("download", default=True,
+                                 tooltip="Download missing official files into ComfyUI's models folder (files you "
+                                         "already have, under the names other packs use, are found first). Off: "
+                                         "only report what is missing and where it goes."),
             ],
             outputs=[Toolkit.Output(display_name="toolkit", tooltip="Face toolkit for HelloMeme Driving Conditions.")],
         )
@@ -183,37 +214,57 @@ class HelloMemeConditions(io.ComfyNode):
             category=CAT_HM,
             description="Extracts head pose and expression from the driving frames and the reference portrait, and "
                         "draws the pose images. Cached apart from sampling, so trying seeds or prompts does not "
-                        "re-run the face models.",
+                        "re-run the face models. Video is driven at 8 fps by default, as released; crop_info puts "
+                        "the result back into the reference with Face Paste Back.",
             inputs=[
                 Toolkit.Input("toolkit", tooltip="From HelloMeme Face Toolkit."),
-                io.Image.Input("reference", tooltip="The portrait to animate (first image)."),
+                io.Image.Input("reference", tooltip="The portrait to animate (first image), whole: the node frames it "
+                                                    "as the original does and returns that crop as crop_info."),
                 io.Image.Input("driving", tooltip="Driving frames (a video as an IMAGE batch, or one image)."),
                 io.Float.Input("trans_ratio", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="How much of the driving head's movement (relative to its first frame) moves "
                                        "the generated head; 0 keeps it in place."),
                 io.Boolean.Input("crop_reference", default=True,
-                                 tooltip="Crop the reference around its face like the driving frames (off: resize "
-                                         "the whole image)."),
+                                 tooltip="Crop the reference as the original: a square of 3x the face, moved up "
+                                         "(0.115 of its side), kept inside the image. Off: resize the whole image to "
+                                         "512x512 (stretched if not square; then it cannot be pasted back)."),
                 io.Combo.Input("on_missing", options=["error", "fill_nearest"], default="error",
                                tooltip="Driving frames without a face: stop naming them, or repeat the nearest "
                                        "frame's pose and expression (reported)."),
+                io.Float.Input("fps", default=0.0, min=0.0, max=1000.0, step=0.01,
+                               tooltip="Frame rate of the driving frames: connect Load Video (Frames)'s fps output "
+                                       "(0 = unknown; needed to resample a video to driving_fps)."),
+                io.Float.Input("driving_fps", default=8.0, min=0.0, max=240.0, step=0.5,
+                               tooltip="Drive at this frame rate: the driving frames are resampled in time (nearest "
+                                       "frame, as the original's re-encode to 8 fps). 8 as released; 0 keeps every "
+                                       "frame at the source rate. The fps output gives the result's rate for Frames "
+                                       "To Video, so the video keeps its duration and its audio stays in sync."),
             ],
             outputs=[
                 Conditions.Output(display_name="conditions", tooltip="Pose images and expression codes."),
                 io.Image.Output(display_name="reference_crop", tooltip="The 512 reference crop HelloMeme animates."),
                 io.Image.Output(display_name="pose_images", tooltip="The drawn pose images (what the control net "
                                                                     "sees), for checking the head pose."),
-                io.String.Output(display_name="report", tooltip="Frames, filled frames and notes."),
+                io.String.Output(display_name="report", tooltip="Frames, frame rate, filled frames and notes."),
+                CropInfo.Output(display_name="crop_info",
+                                tooltip="Where reference_crop came from in the reference (the original's framing: 3x "
+                                        "the face, moved up): connect it with the reference to Face Paste Back to "
+                                        "put the generated 512 image (or every video frame) back exactly."),
+                io.Float.Output(display_name="fps",
+                                tooltip="Frame rate of the driving frames used (driving_fps, or the source rate when "
+                                        "it is 0): connect it to Frames To Video."),
             ],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, toolkit, reference, driving, trans_ratio, crop_reference, on_missing) -> io.NodeOutput:
-        from ..motion.hellomeme.conditions import hellomeme_conditions
+    def execute(cls, toolkit, reference, driving, trans_ratio, crop_reference, on_missing, fps=0.0,
+                driving_fps=8.0) -> io.NodeOutput:
+        from ..motion.hellomeme.conditions import hellomeme_conditions, resample_indices
 
         rt = node_runtime(cls)
-        with rt.progress(driving.shape[0] + 1, desc="HelloMeme conditions") as bar:
+        picked = resample_indices(int(driving.shape[0]), float(fps), float(driving_fps))  # fails before any work
+        with rt.progress(len(picked) + 1, desc="HelloMeme conditions") as bar:
             done = {"n": 0}
 
             def step(stage, value, total):
@@ -225,10 +276,11 @@ class HelloMemeConditions(io.ComfyNode):
                                         trans_ratio=trans_ratio, crop_reference=crop_reference,
                                         on_missing=on_missing, head_pose=toolkit["head_pose"],
                                         toolkit=toolkit["toolkit"], pdfgc_encoder=toolkit["pdfgc"],
-                                        download=toolkit["download"], progress=step)
+                                        download=toolkit["download"], fps=float(fps),
+                                        driving_fps=float(driving_fps), progress=step)
         poses = (cond.condition[0].permute(1, 2, 3, 0) + 1) / 2  # (F, H, W, 3) in [0, 1]
-        report = cond.report() if hasattr(cond, "report") else ""
-        return io.NodeOutput(cond, cond.reference_image, poses.clamp(0, 1), report)
+        return io.NodeOutput(cond, cond.reference_image, poses.clamp(0, 1), cond.report(),
+                             cond.reference_crop_info(), float(cond.fps))
 
 
 class HelloMemeImage(io.ComfyNode):
@@ -249,15 +301,22 @@ class HelloMemeImage(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=None, height=None):  # named: only these skip the built-in range checks
+        return check_size(width, height)
+
+    @classmethod
     def execute(cls, hellomeme, conditions, positive, negative, seed, steps, cfg, scheduler, width, height,
                 size_correct, driving_frame) -> io.NodeOutput:
         from ..sk_attention.pipeline_image import generate_image
 
+        _checked_size(width, height)
+        if driving_frame >= conditions.num_frames:
+            raise ValueError(f"driving_frame {driving_frame} is past the {conditions.num_frames} driving frames")
+        models = hellomeme["models"]
+        pos, neg = _text(models, positive, negative)
         models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
-        if driving_frame >= controls.num_frames:
-            raise ValueError(f"driving_frame {driving_frame} is past the {controls.num_frames} driving frames")
-        result = generate_image(models, node_runtime(cls), ref, _embeds(positive, "positive"), controls,
-                                negative_prompt_embeds=_embeds(negative, "negative"), reference_controls=ref_controls,
+        result = generate_image(models, node_runtime(cls), ref, pos, controls,
+                                negative_prompt_embeds=neg, reference_controls=ref_controls,
                                 steps=steps, guidance_scale=cfg, noise=seed, scheduler=scheduler,
                                 frame=driving_frame, size_correct=size_correct)
         return io.NodeOutput(result.image, {"samples": result.latents})
@@ -279,6 +338,10 @@ class HelloMemeVideo(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=None, height=None):  # named: only these skip the built-in range checks
+        return check_size(width, height)
+
+    @classmethod
     def execute(cls, hellomeme, conditions, positive, negative, seed, steps, cfg, scheduler, width, height,
                 size_correct) -> io.NodeOutput:
         import torch
@@ -287,11 +350,13 @@ class HelloMemeVideo(io.ComfyNode):
 
         if not hellomeme["video"]:
             raise ValueError("the HelloMeme Loader was set to mode 'image': set it to 'video' (v5 or v5b)")
+        _checked_size(width, height)
+        pos, neg = _text(hellomeme["models"], positive, negative)
         models, ref, controls, _ = _prepare(hellomeme, conditions, width, height)
         frames: list = []
-        generate_video(models, node_runtime(cls), ref, _embeds(positive, "positive"), controls,
+        generate_video(models, node_runtime(cls), ref, pos, controls,
                        on_frame=lambda i, img: frames.append(img.cpu()),
-                       negative_prompt_embeds=_embeds(negative, "negative"), steps=steps, guidance_scale=cfg,
+                       negative_prompt_embeds=neg, steps=steps, guidance_scale=cfg,
                        noise=seed, scheduler=scheduler, size_correct=size_correct)
         return io.NodeOutput(torch.cat(frames))
 

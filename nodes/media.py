@@ -7,6 +7,8 @@ Thin adapters over :mod:`..media` (plain torch + PyAV). Conventions:
   inputs downstream (Prepare Audio, Frames To Video, audio encoders) keep working.
 * Frames To Video pads or crops odd sizes to even ones and fits the audio to the video's duration, so core
   SaveVideo (h264 yuv420p + AAC) always succeeds.
+* The file loaders list ComfyUI's input folder plus the pack's example inputs (``workflows/inputs/``, see
+  :mod:`..media.samples`), so the shipped templates run on a fresh install; a user's file of the same name wins.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ import logging
 import os
 
 import folder_paths
-from comfy_api.latest import InputImpl, Types, io
+from comfy_api.v0_0_2 import InputImpl, Types, io
 
 from .. import media
 from ..media.audio import FIT_MODES
+from ..media.samples import sample_names, sample_path
 from ..media.video import EVEN_MODES
 from .common import CAT_MEDIA, PREFIX
 
@@ -27,18 +30,30 @@ NO_AUDIO_RATE = 16000  # sample rate of the silent track returned for videos wit
 
 
 def _input_files(kinds: list[str]) -> list[str]:
-    """Files (not folders) in ComfyUI's input directory whose mime type is one of ``kinds``."""
+    """Files (not folders) in ComfyUI's input directory whose mime type is one of ``kinds``, plus the pack's example
+    inputs of those kinds (``workflows/inputs/``), so a template opened on a fresh install finds its files."""
     input_dir = folder_paths.get_input_directory()
     try:
         names = [f for f in os.listdir(input_dir) if os.path.isfile(os.path.join(input_dir, f))]
     except OSError:
-        return []
-    return sorted(folder_paths.filter_files_content_types(names, kinds))
+        names = []
+    return sorted(folder_paths.filter_files_content_types(list(set(names) | set(sample_names())), kinds))
+
+
+def _resolve(name: str) -> str:
+    """Path of an input file: ComfyUI's input folder (annotations such as ``[output]`` honoured) first, else the
+    pack's example input of that name; the input-folder path when neither exists (the caller reports it)."""
+    path = folder_paths.get_annotated_filepath(name)
+    if not os.path.isfile(path):
+        sample = sample_path(name)
+        if sample is not None:
+            return str(sample)
+    return path
 
 
 def _file_fingerprint(name: str) -> str:
     """Changes when the file is replaced or edited (mtime and size), without hashing large files."""
-    path = folder_paths.get_annotated_filepath(name)
+    path = _resolve(name)
     try:
         st = os.stat(path)
     except OSError:
@@ -47,7 +62,7 @@ def _file_fingerprint(name: str) -> str:
 
 
 def _validate_file(name: str, what: str) -> bool | str:
-    if not name or not folder_paths.exists_annotated_filepath(name):
+    if not name or not os.path.isfile(_resolve(name)):
         return f"{what} file not found in ComfyUI's input folder: {name!r}"
     return True
 
@@ -124,8 +139,8 @@ class LoadAudio(io.ComfyNode):
                 # No upload widget: the frontends of ComfyUI 0.3.64 and 0.8.0 break custom nodes that set
                 # audio_upload (Comfy-Org/ComfyUI_frontend#5189).
                 io.Combo.Input("audio_file", options=_input_files(["audio", "video"]),
-                               tooltip="Audio or video file in ComfyUI's input folder; the first audio track is "
-                                       "decoded."),
+                               tooltip="Audio or video file in ComfyUI's input folder (or one of the pack's "
+                                       "example inputs); the first audio track is decoded."),
             ],
             outputs=[io.Audio.Output(display_name="audio",
                                      tooltip="The decoded audio: waveform [1, channels, samples] float32, original "
@@ -134,7 +149,7 @@ class LoadAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio_file) -> io.NodeOutput:
-        path = folder_paths.get_annotated_filepath(audio_file)
+        path = _resolve(audio_file)
         audio = media.load_audio(path)
         if media.is_silent(audio):
             log.warning("Portrait Animation: '%s' is silent (peak below -60 dBFS); lip sync will not move",
@@ -212,7 +227,8 @@ class LoadVideoFrames(io.ComfyNode):
                         "the selected frames are kept in memory; rotation metadata of phone videos is applied.",
             inputs=[
                 io.Combo.Input("video", options=_input_files(["video"]), upload=io.UploadType.video,
-                               tooltip="Video file in ComfyUI's input folder (mp4, webm, mov, mkv, ...)."),
+                               tooltip="Video file in ComfyUI's input folder (mp4, webm, mov, mkv, ...) or one of "
+                                       "the pack's example inputs."),
                 *_frame_select_inputs(),
             ],
             outputs=_frame_outputs(),
@@ -220,7 +236,7 @@ class LoadVideoFrames(io.ComfyNode):
 
     @classmethod
     def execute(cls, video, start_frame, frame_cap, select_every_nth) -> io.NodeOutput:
-        path = folder_paths.get_annotated_filepath(video)
+        path = _resolve(video)
         _check_memory(path, int(start_frame), int(frame_cap), int(select_every_nth))
         frames, fps, audio = media.read_video(path, max_frames=int(frame_cap) or None, start=int(start_frame),
                                               step=int(select_every_nth))

@@ -1,9 +1,10 @@
 """MEMO nodes: loader, audio conditioner (cached per audio), talking-portrait sampler."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..audio.emotion import EMOTION_CHOICES
+from ..memo.pipeline import DEFAULT_RESOLUTION, RESOLUTION_MAX, RESOLUTION_MIN, RESOLUTION_STEP  # light: no models
 from .common import CATEGORY, DTYPES, PREFIX, node_runtime
 
 CAT_MEMO = f"{CATEGORY}/MEMO"
@@ -24,8 +25,9 @@ class MemoLoader(io.ComfyNode):
                         "or downloaded when 'download' is on.",
             inputs=[
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="Precision of the diffusion networks and the VAE. auto follows ComfyUI "
-                                       "(bf16/fp16 on a GPU, fp32 on the CPU); the original runs in bf16."),
+                               tooltip="Precision of the diffusion networks and the VAE. auto: bf16 where the GPU "
+                                       "supports it, else fp32 (MEMO was released in bf16/fp32). fp16 only when "
+                                       "picked here, with a warning: MEMO's activations can overflow in fp16."),
                 io.Boolean.Input("emotion_model", default=True,
                                  tooltip="Load emotion2vec+ and MEMO's emotion classifier for automatic emotion per "
                                          "clip. Off: 'auto' emotion uses neutral (a manual emotion still works)."),
@@ -35,11 +37,16 @@ class MemoLoader(io.ComfyNode):
                 io.Boolean.Input("identity", default=True,
                                  tooltip="Load the insightface identity models (SCRFD detector + ArcFace R100) "
                                          "whose face embedding conditions MEMO."),
-                io.Boolean.Input("download", default=False,
+                io.Boolean.Input("download", default=True,
                                  tooltip="Download missing files from the Hugging Face Hub into ComfyUI's models "
-                                         "folder. Off: report what is missing and where it goes."),
+                                         "folder (files you already have, under the names other packs use, are found "
+                                         "first). Off: only report what is missing and where it goes."),
             ],
-            outputs=[MemoModels.Output(display_name="memo", tooltip="The loaded MEMO models.")],
+            outputs=[MemoModels.Output(display_name="memo", tooltip="The loaded MEMO models."),
+                     io.String.Output(display_name="report",
+                                      tooltip="Which file each model came from when it was found under another name "
+                                              "or in a cache, what was converted or dropped while loading the "
+                                              "released files, and what was not loaded.")],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -47,9 +54,9 @@ class MemoLoader(io.ComfyNode):
     def execute(cls, dtype, emotion_model, vocal_separation, identity, download) -> io.NodeOutput:
         from ..memo.pipeline import load_memo_bundle
 
-        return io.NodeOutput(load_memo_bundle(node_runtime(cls), dtype=dtype, download=download,
-                                              emotion_model=emotion_model, vocal_separation=vocal_separation,
-                                              identity=identity))
+        bundle = load_memo_bundle(node_runtime(cls), dtype=dtype, download=download, emotion_model=emotion_model,
+                                  vocal_separation=vocal_separation, identity=identity)
+        return io.NodeOutput(bundle, "\n".join(bundle.notes) or "all files at their canonical places, loaded as is")
 
 
 class MemoAudioConditioner(io.ComfyNode):
@@ -69,7 +76,9 @@ class MemoAudioConditioner(io.ComfyNode):
                                tooltip="Frame rate of the generated video; the frame count follows from the audio "
                                        "length and this rate. MEMO was trained at 30 fps."),
                 io.Int.Input("clip_length", default=16, min=1, max=64,
-                             tooltip="Frames generated per clip (MEMO: 16). The audio is padded to whole clips."),
+                             tooltip="Frames generated per clip (MEMO: 16). The audio is padded to whole clips. "
+                                     "At most the loaded model's temporal position table (checked before any "
+                                     "audio is encoded)."),
                 io.Combo.Input("emotion", options=list(EMOTION_CHOICES), default="auto",
                                tooltip="auto: detect the emotion of every clip from the speech (needs the emotion "
                                        "model). Or one emotion for the whole video."),
@@ -117,14 +126,17 @@ class MemoSampler(io.ComfyNode):
                 io.Int.Input("past_frames", default=16, min=1, max=64,
                              tooltip="Frames of the previous clip (or the reference, for the first clip) that "
                                      "condition the next clip."),
-                io.Int.Input("resolution", default=512, min=64, max=2048, step=8,
-                             tooltip="Side of the generated square frames (MEMO was trained at 512)."),
+                io.Int.Input("resolution", default=DEFAULT_RESOLUTION, min=RESOLUTION_MIN, max=RESOLUTION_MAX,
+                             step=RESOLUTION_STEP,
+                             tooltip=f"Side of the generated square frames: a multiple of {RESOLUTION_STEP} (the VAE's "
+                                     f"factor) from {RESOLUTION_MIN} to {RESOLUTION_MAX}. MEMO was trained at 512."),
                 io.Combo.Input("on_missing_face", options=["error", "uncond"], default="error",
                                tooltip="No face found in the reference: stop with an error, or continue without "
                                        "an identity embedding (uncond)."),
-                io.Boolean.Input("faithful", default=False,
-                                 tooltip="Reproduce the original's CFG batching quirks bit for bit. Off (default): "
-                                         "each CFG half gets its own reference and identity features."),
+                io.Boolean.Input("faithful", default=True,
+                                 tooltip="On (default, as released): the original's CFG batching, bit for bit, as "
+                                         "the published results were made. Off: each CFG half gets its own "
+                                         "reference and identity features, as in training (a corrected variant)."),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="Generated frames, as long as the speech."),
@@ -138,20 +150,29 @@ class MemoSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, resolution=None):
+        # Naming only `resolution` keeps ComfyUI's own min/max/combo checks for every other input (a **kwargs
+        # signature would switch them all off); a linked resolution arrives as None and is checked at run time.
+        from ..memo.pipeline import resolution_problem
+
+        return resolution_problem(resolution) or True
+
+    @classmethod
     def execute(cls, memo, reference, conditions, seed, steps, cfg, past_frames, resolution, on_missing_face,
                 faithful) -> io.NodeOutput:
         import torch
 
         from ..media.audio import prepare_audio
         from ..media.video import frames_to_components
-        from ..memo.pipeline import MemoSettings, face_embedding, talking_frames
-        from comfy_api.latest import InputImpl, Types
+        from ..memo.pipeline import MemoSettings, check_settings, face_embedding, talking_frames
+        from comfy_api.v0_0_2 import InputImpl, Types
 
         if reference.shape[0] < 1:
             raise ValueError("input 'reference' is an empty IMAGE batch: connect a portrait image")
-        face = face_embedding(memo, reference, on_missing_face=on_missing_face, input_name="reference")
         settings = MemoSettings(steps=steps, guidance_scale=cfg, num_past_frames=past_frames, seed=seed,
                                 faithful=faithful, width=resolution, height=resolution)
+        check_settings(memo, conditions, settings)  # clip length and size, before the face models run
+        face = face_embedding(memo, reference, on_missing_face=on_missing_face, input_name="reference")
         frames = torch.cat(list(talking_frames(memo, reference, conditions, face, settings,
                                                runtime=node_runtime(cls))))
         audio = prepare_audio(conditions.audio, sample_rate=conditions.audio["sample_rate"], mono=False,

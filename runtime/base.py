@@ -97,7 +97,12 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def default_dtype(self, role: str, supported: Sequence[torch.dtype]) -> torch.dtype:
-        """The dtype this runtime prefers for a model of ``role`` ("diffusion", "vae", "encoder")."""
+        """The dtype this runtime prefers for a model of ``role`` ("diffusion", "vae", "encoder").
+
+        ``supported`` lists the dtypes the model may run in, preferred first; the answer is one of them, or fp32,
+        unless the user forced a precision for the whole runtime (a runtime ``dtype``, ComfyUI's ``--fp16-unet``...).
+        A model that must never get a dtype by default (MEMO and fp16) leaves it out.
+        """
 
     def dtype(self, requested: str | torch.dtype | None, role: str = "diffusion",
               supported: Sequence[torch.dtype] = (torch.float16, torch.bfloat16, torch.float32)) -> torch.dtype:
@@ -118,7 +123,9 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def offload(self, handles: Iterable[ModelHandle]) -> None:
-        """Move these models back to ``offload_device``."""
+        """Say that a stage is done with these models. The standalone runtime moves them back to ``offload_device``;
+        under ComfyUI they stay loaded until its memory manager needs the room (or the user asked for aggressive
+        freeing: ``--disable-smart-memory``, ``--lowvram``, ``--novram``), and are then unloaded whole."""
 
     # ---- progress and cancellation ------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -63,14 +63,29 @@ class StandaloneRuntime(Runtime):
         return self._device if self.keep_loaded else self._offload
 
     def default_dtype(self, role: str, supported: Sequence[torch.dtype]) -> torch.dtype:
+        """The runtime's own ``dtype`` if one was given; else, on a GPU, the first of bf16 (where native) and fp16
+        that ``supported`` lists; else fp32. A caller that must never get fp16 leaves it out of ``supported``."""
         if self._dtype is not None:
             return self.dtype(self._dtype, role, supported) if not isinstance(self._dtype, torch.dtype) else self._dtype
         if self._device.type == "cuda":
-            if torch.bfloat16 in supported and torch.cuda.is_bf16_supported():
+            if torch.bfloat16 in supported and self.bf16_supported():
                 return torch.bfloat16
             if torch.float16 in supported:
                 return torch.float16
         return torch.float32
+
+    def bf16_supported(self) -> bool:
+        """Whether the compute device runs bf16 natively. Emulated bf16 (GPUs before Ampere) is slow and does not
+        count; on the CPU bf16 works but is far slower than fp32, so it does not count either."""
+        if self._device.type != "cuda":
+            return False
+        try:
+            try:
+                return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+            except TypeError:  # older torch: no emulation switch
+                return bool(torch.cuda.is_bf16_supported())
+        except (AssertionError, RuntimeError):  # no usable CUDA device
+            return False
 
     def manage(self, name: str, module: torch.nn.Module, dtype: torch.dtype) -> ModelHandle:
         module.to(device=self.offload_device, dtype=dtype).eval()

@@ -206,14 +206,18 @@ def build_hellomeme_module(config: dict, source: str = "config", shapes: Shapes 
 
 
 def load_hellomeme_module(folder: str | Path, dtype: torch.dtype | None = None, **options) -> nn.Module:
-    """Load a released HelloMeme v5/v5b/v5c folder (``config.json`` + weights) strictly, in eval mode.
+    """Load a released HelloMeme v5/v5b/v5c folder (``config.json`` + weights) in eval mode.
 
-    The class comes from ``config.json``'s ``_class_name`` (checked before any weight is read); the module is built
-    on the meta device (control networks sized by the file's tensor shapes, see :func:`build_hellomeme_module`) and
-    the weights are assigned (held once), cast to ``dtype`` if given. Missing, unexpected or
-    mis-shaped keys raise :class:`CheckpointKeyError` naming the folder.
+    The class comes from ``config.json``'s ``_class_name`` (checked before any weight is read; ``_name_or_path`` and
+    the other ``_`` bookkeeping fields are ignored, class-name-only configs take the class defaults); the module is
+    built on the meta device (control networks sized by the file's tensor shapes, see :func:`build_hellomeme_module`)
+    and the weights are assigned (held once) under the released-folder policy. The released files are fp16 or fp32
+    depending on the repository and revision: the module keeps the file's dtype unless ``dtype`` is given. Missing or
+    mis-shaped keys raise :class:`CheckpointKeyError` naming the folder; extra keys are logged and ignored. The report
+    (file dtype included) is the module's ``load_report``.
     """
-    from ..loaders.checkpoint import build_and_load, read_diffusers_folder
+    from ..loaders.checkpoint import load_with_policy, read_diffusers_folder
+    from ..loaders.policy import RELEASED_FOLDER
 
     folder = Path(folder)
     config_path = folder / "config.json"
@@ -224,6 +228,7 @@ def load_hellomeme_module(folder: str | Path, dtype: torch.dtype | None = None, 
         build_hellomeme_module(config, source=str(folder), **options)  # unknown class / option: fail before reading
     _, state_dict = read_diffusers_folder(folder, config=config)
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    module = build_and_load(lambda: build_hellomeme_module(config, source=str(folder), shapes=shapes, **options),
-                            state_dict, source=str(folder), dtype=dtype)
+    policy = RELEASED_FOLDER.with_(name=f"HelloMeme {config.get('_class_name')}")
+    module = load_with_policy(lambda: build_hellomeme_module(config, source=str(folder), shapes=shapes, **options),
+                              state_dict, policy, source=str(folder), dtype=dtype)
     return module.eval()

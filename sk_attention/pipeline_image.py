@@ -14,7 +14,10 @@ One generated image = the reference image re-posed and re-expressed by one drivi
 5. decode with the decoding VAE: image (B, H, W, 3) in [0, 1] and latents (B, 4, h, w) / scaling factor.
 
 Text embeddings are inputs (``prompt_embeds`` (B, T, D)); in the released "stylize x1" mode the reference pass uses
-the official SD1.5 text encoder (``reference_prompt_embeds``), which defaults to the denoising embeddings.
+the official SD1.5 text encoder (``reference_prompt_embeds``), which defaults to the denoising embeddings. Either side
+may also be :class:`PromptEntries`, several weighted entries (ComfyUI's combined conditioning): every entry is a
+prediction row of its own (its reference cache included) and the rows are averaged by weight before CFG
+(:class:`TextRows`); one entry per side is exactly the released ``[uncond, cond]`` batch.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from ..runtime.base import ModelHandle, Runtime
+from .conditioning import BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, builtin_prompt  # noqa: F401 (re-exported)
 from .denoiser import SKDenoiser
 from .schedulers import NoiseSource, as_noise_source, make_scheduler, scheduler_step, set_steps
 
@@ -57,6 +61,7 @@ class HelloMemeModels:
     control_encoder: Optional[nn.Module] = None
     control_projector: Optional[nn.Module] = None
     dtype: Optional[torch.dtype] = None  # None: the runtime's choice per role
+    lora_report: Optional[list] = None  # lines saying what a LoRA merge applied and what it could not
     _handles: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -108,8 +113,10 @@ def load_models(version: str, checkpoint: str | Path, sd15: str | Path | None, r
     and the encoding VAE in ``stylize="x1"`` (as released); ``"x2"`` takes both from ``checkpoint`` instead (and the
     LoRA is merged into the reference UNet too). reference / motion / control_*: released HelloMeme folders
     (``songkey/hm5*_reference``, ``hm5_motion``, ``hm5_control_base``, ``hm5_control_proj`` / ``hm5c_control_proj``).
-    vae: optional VAE file or folder replacing the decoding VAE. lora: an SD1.5 LoRA merged at ``lora_scale`` into the
-    denoising UNet (the released code applies its scale to the text encoder only and the UNet LoRA at 1.0).
+    vae: optional VAE file or folder replacing the decoding VAE. lora: an SD1.5 LoRA merged as released: into the
+    denoising UNet (and in "x2" the reference UNet) at weight 1.0, whatever ``lora_scale`` is; ``lora_scale`` is
+    the released text-encoder LoRA strength, but the prompts come as embeddings from the user's CLIP, so the
+    text-encoder part is not applied here and ``lora_report`` says so (load it on the CLIP at ``lora_scale``).
     """
     import copy
 
@@ -129,10 +136,13 @@ def load_models(version: str, checkpoint: str | Path, sd15: str | Path | None, r
             ref_unet, enc_vae = official.unet, official.vae
     else:
         ref_unet, enc_vae = copy.deepcopy(user.unet), copy.deepcopy(user.vae)
+    lora_report = None
     if lora is not None:
-        merge_lora(user.unet, lora, scale=lora_scale)
+        report = merge_lora(user.unet, lora, scale=1.0, text_encoder_scale=lora_scale)
+        lora_report = [f"LoRA {Path(str(lora)).name}: the denoising UNet at 1.0 (as released)"] + report.lines()
         if stylize == "x2":
-            merge_lora(ref_unet, lora, scale=lora_scale)
+            ref_report = merge_lora(ref_unet, lora, scale=1.0, text_encoder_scale=lora_scale)
+            lora_report.append(f"LoRA (x2): merged {len(ref_report.applied)} reference-UNet layer(s) at 1.0")
     dec_vae = load_vae_file(vae, dtype=dtype) if vae is not None else user.vae
     load = (lambda folder: None if folder is None else load_hellomeme_module(folder, dtype=dtype))
     return HelloMemeModels(
@@ -140,7 +150,8 @@ def load_models(version: str, checkpoint: str | Path, sd15: str | Path | None, r
         denoiser=SKDenoiser(user.unet, load(reference), load(motion)).eval(),
         reference_unet=SKDenoiser(ref_unet).eval(),
         encode_vae=enc_vae, decode_vae=dec_vae,
-        control_encoder=load(control_encoder), control_projector=load(control_projector), dtype=dtype)
+        control_encoder=load(control_encoder), control_projector=load(control_projector), dtype=dtype,
+        lora_report=lora_report)
 
 
 # ---- control features ---------------------------------------------------------------------------------------------
@@ -368,6 +379,125 @@ def guided_text(prompt_embeds: torch.Tensor, negative: Optional[torch.Tensor], g
     return torch.cat([negative.to(prompt_embeds), prompt_embeds], dim=0)
 
 
+# ---- text conditioning: weighted entries per CFG side ----------------------------------------------------------------
+@dataclass
+class PromptEntries:
+    """One side of classifier-free guidance as weighted text embeddings ``embeds[i]`` (B or 1, T_i, D).
+
+    ComfyUI's samplers evaluate every conditioning entry as its own prediction and average them weighted by the
+    entry's strength, ``eps = sum_i w_i eps(text_i) / sum_i w_i``; the pipelines do the same (for HelloMeme an
+    entry's prediction includes its own reference-UNet pass, which reads the text too). A single entry is exactly
+    the plain pipeline (its weight cancels, as in ComfyUI).
+    """
+
+    embeds: list
+    weights: list
+
+    def __post_init__(self):
+        if not self.embeds:
+            raise ValueError("no text embeddings")
+        if len(self.weights) != len(self.embeds):
+            raise ValueError(f"{len(self.embeds)} text embeddings but {len(self.weights)} weights")
+        if sum(float(w) for w in self.weights) <= 0:
+            raise ValueError(f"the weights of the text embeddings sum to {sum(self.weights):g}; they must sum to > 0")
+
+    @staticmethod
+    def of(x) -> Optional["PromptEntries"]:
+        if x is None or isinstance(x, PromptEntries):
+            return x
+        return PromptEntries([x], [1.0])
+
+
+def _repeat_tokens(t: torch.Tensor, length: int) -> torch.Tensor:
+    # (B, T, D) -> (B, length, D) by whole repeats: cross-attention over k copies of every key is the same attention
+    return t if t.shape[1] == length else t.repeat(1, length // t.shape[1], 1)
+
+
+@dataclass
+class TextRows:
+    """The text of every prediction row: ``text`` (R·B, L, D) = [negative entries..., positive entries...], each B
+    rows, token lengths brought to their least common multiple by whole repeats (as ComfyUI batches conditionings of
+    different lengths). ``negative`` rows come first (0 without guidance); ``weights`` has one value per row."""
+
+    text: torch.Tensor
+    negative: int
+    weights: list
+    batch: int
+
+    @property
+    def count(self) -> int:
+        return len(self.weights)
+
+    @property
+    def plain(self) -> bool:
+        """One entry per side with unit weight: the released batch ``[uncond, cond]`` (or ``cond``)."""
+        return self.count == (2 if self.negative else 1) and all(float(w) == 1.0 for w in self.weights)
+
+    def row(self, r: int) -> torch.Tensor:
+        return self.text[r * self.batch:(r + 1) * self.batch]
+
+    def positive_text(self) -> torch.Tensor:
+        return self.text[self.negative * self.batch:]
+
+    def expand_features(self, feats: Optional[FeatureDict], guided: bool) -> Optional[FeatureDict]:
+        """Features batched ``[negative, conditional]`` (guided) or ``conditional`` -> one copy per row."""
+        if feats is None or (self.count == (2 if guided else 1)):
+            return feats
+        out = {}
+        for k, v in feats.items():
+            neg, cond = v.chunk(2) if guided else (None, v)
+            out[k] = torch.cat([neg] * self.negative + [cond] * (self.count - self.negative), dim=0)
+        return out
+
+    def combine(self, eps: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """(R·B, ...) predictions -> (B, ...): weighted mean per side, then CFG ``eps_u + s (eps_c - eps_u)``."""
+        if self.plain:
+            if not self.negative:
+                return eps
+            eps_u, eps_c = eps.chunk(2)
+            return eps_u + guidance_scale * (eps_c - eps_u)
+        per_row = eps.reshape(self.count, self.batch, *eps.shape[1:])
+        w = torch.as_tensor([float(x) for x in self.weights], dtype=eps.dtype, device=eps.device)
+        w = w.view(-1, *([1] * (per_row.ndim - 1)))
+
+        def mean(rows: slice) -> torch.Tensor:
+            return (per_row[rows] * w[rows]).sum(0) / w[rows].sum(0)
+
+        eps_c = mean(slice(self.negative, None))
+        if not self.negative:
+            return eps_c
+        eps_u = mean(slice(0, self.negative))
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+def text_rows(prompt, negative, guided: bool, batch: int, what: str = "prompt") -> TextRows:
+    """:class:`TextRows` from the positive and negative text (tensors (B, T, D) or :class:`PromptEntries`)."""
+    import math
+
+    pos = PromptEntries.of(prompt)
+    neg = PromptEntries.of(negative) if guided else None
+    if guided and neg is None:
+        raise ValueError(f"classifier-free guidance (guidance_scale > 1) needs negative {what} embeddings")
+    entries = (list(zip(neg.embeds, neg.weights)) if neg is not None else []) + list(zip(pos.embeds, pos.weights))
+    dims = {int(e.shape[-1]) for e, _ in entries}
+    if len(dims) != 1:
+        raise ValueError(f"the {what} embeddings have different widths {sorted(dims)}; use one text encoder")
+    for e, _ in entries:
+        if e.ndim != 3 or e.shape[0] not in (1, batch):
+            raise ValueError(f"{what} embeddings must be (1 or {batch}, T, D), got {tuple(e.shape)}")
+    length = 1
+    for e, _ in entries:
+        length = length * int(e.shape[1]) // math.gcd(length, int(e.shape[1]))
+    ref = pos.embeds[0]
+    if len(entries) == (2 if guided else 1) and all(e.shape[1] == length for e, _ in entries):
+        full = (lambda e: e.expand(batch, -1, -1) if e.shape[0] != batch else e)  # noqa: E731
+        text = guided_text(full(pos.embeds[0]), full(neg.embeds[0]) if neg is not None else None, guided, what)
+    else:
+        text = torch.cat([_repeat_tokens(e.to(ref), length).expand(batch, -1, -1) for e, _ in entries], dim=0)
+    return TextRows(text=text, negative=len(neg.embeds) if neg is not None else 0,
+                    weights=[float(w) for _, w in entries], batch=batch)
+
+
 def reference_cache(reference_unet: SKDenoiser, latent: torch.Tensor, text: torch.Tensor, guided: bool,
                     control: Optional[FeatureDict] = None,
                     negative: Optional[FeatureDict] = None) -> FeatureDict:
@@ -388,6 +518,24 @@ def reference_cache(reference_unet: SKDenoiser, latent: torch.Tensor, text: torc
                                                      control=half(control, slice(0, b)))
     positive = reference_unet.reference_features(latent, text[b:], control=half(control, slice(b, None)))
     return {k: torch.cat([negative[k].to(v), v], dim=0) for k, v in positive.items()}
+
+
+def reference_cache_rows(reference_unet: SKDenoiser, latent: torch.Tensor, rows: TextRows,
+                         control: Optional[FeatureDict] = None) -> FeatureDict:
+    """:func:`reference_cache` for every text row: negative rows read an all-zero latent, positive rows ``latent``;
+    each row runs as its own batch (so the released ``[uncond, cond]`` case is exactly :func:`reference_cache`).
+    ``control`` is batched per row (:meth:`TextRows.expand_features`)."""
+    if rows.count == 1:
+        return reference_unet.reference_features(latent, rows.text, control=control)
+    b = latent.shape[0]
+    parts = []
+    for r in range(rows.count):
+        s = slice(r * b, (r + 1) * b)
+        lat = torch.zeros_like(latent) if r < rows.negative else latent
+        parts.append(reference_unet.reference_features(
+            lat, rows.text[s], control=None if control is None else {k: v[s] for k, v in control.items()}))
+    first = parts[-1]
+    return {k: torch.cat([p[k].to(first[k]) for p in parts], dim=0) for k in first}
 
 
 def check_reference_geometry(models: HelloMemeModels, latent_hw: tuple[int, int], size_correct: bool) -> None:
@@ -414,9 +562,9 @@ def generate_image(
     models: HelloMemeModels,
     runtime: Runtime,
     reference_image: torch.Tensor,
-    prompt_embeds: torch.Tensor,
+    prompt_embeds: "torch.Tensor | PromptEntries",
     controls: ControlSource,
-    negative_prompt_embeds: Optional[torch.Tensor] = None,
+    negative_prompt_embeds: "Optional[torch.Tensor | PromptEntries]" = None,
     reference_prompt_embeds: Optional[torch.Tensor] = None,
     reference_negative_prompt_embeds: Optional[torch.Tensor] = None,
     reference_controls: Optional[ControlSource] = None,
@@ -432,7 +580,8 @@ def generate_image(
     """Generate one image: the reference re-posed by driving frame ``frame`` of ``controls``.
 
     reference_image: (H, W, 3) or (B, H, W, 3) RGB (uint8, or float in [0, 1]). prompt_embeds: (B, T, D) for the
-    denoising UNet; ``reference_prompt_embeds`` for the reference pass (default: the same). controls: the driving
+    denoising UNet, or :class:`PromptEntries` (several weighted entries, ComfyUI's combined conditioning; the same
+    for the negative); ``reference_prompt_embeds`` for the reference pass (default: the same). controls: the driving
     control source; ``reference_controls`` (v5c, required there): the reference image's own pose/expression.
     noise: a :class:`NoiseSource` or a seed. observer(event, data) receives ``reference_cache`` and ``step`` events.
     """
@@ -459,15 +608,18 @@ def generate_image(
     ctrl_handles = [handles[m] for m in set(controls.modules) |
                     set(reference_controls.modules if reference_controls is not None else ()) if m in handles]
     runtime.load([ref, *ctrl_handles])
-    control = controls.cfg_features([frame], device, den.dtype, guided)
+    rows = text_rows(prompt_embeds, negative_prompt_embeds, guided, b)
+    ref_rows = rows if reference_prompt_embeds is None else text_rows(
+        reference_prompt_embeds, reference_negative_prompt_embeds, guided, b, "reference prompt")
+    if (ref_rows.count, ref_rows.negative) != (rows.count, rows.negative):
+        raise ValueError("the reference prompt must have as many entries per side as the prompt")
+    control = rows.expand_features(controls.cfg_features([frame], device, den.dtype, guided), guided)
     ref_control = None
     if reference_controls is not None and models.version == "v5c":
-        ref_control = reference_controls.cfg_features([0], device, ref.dtype, guided)
-    text = guided_text(prompt_embeds, negative_prompt_embeds, guided)
-    ref_text = guided_text(reference_prompt_embeds if reference_prompt_embeds is not None else prompt_embeds,
-                           reference_negative_prompt_embeds if reference_prompt_embeds is not None
-                           else negative_prompt_embeds, guided, "reference prompt")
-    cache = reference_cache(ref.module, latent.to(device), ref_text.to(device), guided, ref_control)
+        ref_control = rows.expand_features(reference_controls.cfg_features([0], device, ref.dtype, guided), guided)
+    text = rows.text
+    cache = reference_cache_rows(ref.module, latent.to(device), TextRows(
+        ref_rows.text.to(device), ref_rows.negative, ref_rows.weights, b), ref_control)
     emit("reference_cache", {"cache": cache})
     cache = {k: v for k, v in cache.items() if k.startswith("up_")}  # the denoiser reads the up-path entries
     runtime.offload([ref, *ctrl_handles])
@@ -480,13 +632,11 @@ def generate_image(
     try:
         with runtime.progress(len(timesteps), desc="HelloMeme image") as progress:
             for i, t in enumerate(timesteps):
-                x = torch.cat([latents] * 2) if guided else latents
+                x = torch.cat([latents] * rows.count) if rows.count > 1 else latents
                 x = sched.scale_model_input(x, t)
                 eps = den.module(x[:, :, None], t, text, reference_cache=cache, control=control,
                                  collect_cache=False)[0][:, :, 0].float()
-                if guided:
-                    eps_u, eps_c = eps.chunk(2)
-                    eps = eps_u + guidance_scale * (eps_c - eps_u)
+                eps = rows.combine(eps, guidance_scale)
                 latents = scheduler_step(sched, eps, t, latents, noise)
                 emit("step", {"step": i, "timestep": t, "noise_pred": eps, "latents": latents})
                 progress.update()

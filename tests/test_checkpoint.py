@@ -113,3 +113,99 @@ def test_diffusers_folder_single_and_sharded(tmp_path):
 def test_unknown_embedded_config_lists_known():
     with pytest.raises(KeyError, match="no embedded config"):
         embedded_config("does_not_exist")
+
+
+# ---- loading policy ------------------------------------------------------------------------------------------------
+def test_policy_converts_drops_and_reports(caplog):
+    import logging
+
+    from portrait_animation.loaders.checkpoint import load_with_policy
+    from portrait_animation.loaders.policy import Drop, LoadPolicy, prefix_drop
+
+    sd = toy_sd()
+    file = {"module." + k: v for k, v in sd.items()}
+    file.update({"module.head.weight": torch.zeros(2), "module.head.bias": torch.zeros(2),
+                 "module.betas": torch.ones(3)})
+    policy = LoadPolicy("toy", strip_prefixes=("module.",),
+                        drops=(prefix_drop("head.", "unused head"), Drop(r"betas$", "schedule")))
+    with caplog.at_level(logging.INFO, logger="portrait_animation.loaders.policy"):
+        m = load_with_policy(lambda: Toy(), {"state_dict": file}, policy.with_(unwrap=("state_dict",)), "toy.pth")
+    assert torch.equal(m.proj.weight, sd["proj.weight"]) and torch.equal(m.scale, torch.full((8,), 2.0))
+    r = m.load_report
+    assert r.dropped == {"unused head": ["head.weight", "head.bias"], "schedule": ["betas"]}
+    assert r.converted == ["stripped prefix 'module.': 7 keys"] and r.file_dtype == "float32"
+    msgs = [rec.getMessage() for rec in caplog.records]
+    assert any("dropped 2 keys (unused head): head.* (2)" in s for s in msgs)
+    assert any("toy.pth" in s and "schedule" in s for s in msgs)
+
+
+def test_policy_missing_is_an_error_unexpected_a_warning_optional_filled(caplog):
+    import logging
+
+    from portrait_animation.loaders.checkpoint import load_with_policy
+    from portrait_animation.loaders.policy import LoadPolicy
+
+    class WithBN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+            self.bn = torch.nn.BatchNorm1d(4)
+
+    full = {k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v
+            for k, v in WithBN().state_dict().items()}
+    policy = LoadPolicy("bn", optional=(r"num_batches_tracked$",))
+    without = {k: v for k, v in full.items() if not k.endswith("num_batches_tracked")}
+    with caplog.at_level(logging.WARNING):
+        m = load_with_policy(WithBN, dict(without, extra=torch.zeros(1)), policy, "bn.safetensors")
+    assert m.load_report.filled == ["bn.num_batches_tracked"] and int(m.bn.num_batches_tracked) == 0
+    assert m.load_report.unexpected == ["extra"]
+    assert any(r.levelno == logging.WARNING and "extra" in r.getMessage() for r in caplog.records)
+    assert not any(t.is_meta for t in m.state_dict().values())
+    with pytest.raises(CheckpointKeyError) as e:
+        load_with_policy(WithBN, {k: v for k, v in without.items() if k != "lin.bias"}, policy, "bn.safetensors")
+    assert "bn.safetensors" in str(e.value) and "lin.bias" in str(e.value) and "wrong file or version" in str(e.value)
+    with pytest.raises(CheckpointKeyError, match="shape mismatches"):
+        load_with_policy(WithBN, dict(without, **{"lin.bias": torch.zeros(5)}), policy, "bn.safetensors")
+    with pytest.raises(CheckpointKeyError, match="unexpected keys"):
+        load_with_policy(WithBN, dict(without, extra=torch.zeros(1)), policy.with_(unexpected="error"), "bn")
+
+
+def test_policy_keeps_the_file_dtype_unless_asked():
+    from portrait_animation.loaders.checkpoint import load_with_policy
+    from portrait_animation.loaders.policy import LoadPolicy
+
+    half = {k: v.half() for k, v in toy_sd().items()}
+    m = load_with_policy(lambda: Toy(), half, LoadPolicy("toy"), "named-fp32.safetensors")
+    assert m.proj.weight.dtype == torch.float16 and m.load_report.file_dtype == "float16"
+    m = load_with_policy(lambda: Toy(), half, LoadPolicy("toy"), "x", dtype=torch.float32)
+    assert m.proj.weight.dtype == torch.float32 and m.load_report.file_dtype == "float16"
+
+
+def test_legacy_attention_and_weight_norm_conversions():
+    from portrait_animation.loaders.policy import rename_legacy_attention, weight_norm_names
+
+    w = torch.randn(8, 8)
+    sd = {"decoder.mid_block.attentions.0.query.weight": w[:, :, None, None],
+          "decoder.mid_block.attentions.0.proj_attn.bias": torch.ones(8),
+          "decoder.mid_block.attentions.0.group_norm.weight": torch.ones(8)}
+    out, n = rename_legacy_attention(sd)
+    assert n == 2 and torch.equal(out["decoder.mid_block.attentions.0.to_q.weight"], w)
+    assert set(out) == {"decoder.mid_block.attentions.0.to_q.weight", "decoder.mid_block.attentions.0.to_out.0.bias",
+                        "decoder.mid_block.attentions.0.group_norm.weight"}
+    conv = weight_norm_names("pos.conv")
+    out, n = conv.apply({"pos.conv.parametrizations.weight.original0": torch.ones(1),
+                         "pos.conv.parametrizations.weight.original1": torch.zeros(2), "pos.conv.bias": torch.ones(2)})
+    assert n == 2 and set(out) == {"pos.conv.weight_g", "pos.conv.weight_v", "pos.conv.bias"}
+    back, n = weight_norm_names("pos.conv", to="parametrizations").apply(out)
+    assert n == 2 and "pos.conv.parametrizations.weight.original1" in back
+
+
+def test_training_checkpoint_unwrap_reports_siblings(tmp_path):
+    from portrait_animation.loaders.policy import LoadReport
+
+    sd = toy_sd()
+    torch.save({"model": sd, "optimizer": {"lr": torch.tensor(0.1)}, "epoch": torch.tensor(3)}, tmp_path / "t.pt")
+    report = LoadReport("t.pt")
+    got = read_state_dict(tmp_path / "t.pt", unwrap=("state_dict", "model"), report=report)
+    assert set(got) == set(sd) and sorted(report.dropped["training-checkpoint entries beside 'model'"]) == \
+        ["epoch", "optimizer"]

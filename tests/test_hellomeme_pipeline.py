@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.tiny_models import ldm_vae_name
+from helpers.tiny_sd15 import UNET, VAE, tiny_unet, tiny_vae
 from portrait_animation.runtime import Interrupted, StandaloneRuntime
 from portrait_animation.sk_attention.adapters import MotionAdapter, ReferenceAdapter
 from portrait_animation.sk_attention.base_models import (diffusers_to_ldm_unet_name, load_sd15, merge_lora)
@@ -25,30 +27,8 @@ from portrait_animation.sk_attention.pipeline_image import (ComputedControls, He
 from portrait_animation.sk_attention.pipeline_video import VideoGeneration, plan_passes, split_windows
 from portrait_animation.sk_attention.schedulers import RecordedNoise, SeededNoise, make_scheduler
 
-UNET = dict(
-    block_out_channels=(32, 32, 64, 64), layers_per_block=1, cross_attention_dim=16, attention_head_dim=8,
-    norm_num_groups=32, sample_size=16,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-)
-VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=32,
-           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64)
 UP_CHANNELS = (64, 64, 64, 32)  # input channels of the tiny UNet's up blocks
 TEXT = 16
-
-
-def tiny_unet(seed=0):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(**UNET).eval()
-
-
-def tiny_vae(seed=0):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(**VAE).eval()
 
 
 class PoolControlEncoder(nn.Module):
@@ -425,24 +405,6 @@ def test_recorded_noise_checks_the_call_order():
 
 
 # ---- single-file checkpoints and LoRA -----------------------------------------------------------------------------
-def _ldm_vae_name(name: str, n_blocks: int = 4) -> str:
-    """diffusers AutoencoderKL key -> ldm key (test-side inverse of diffusers' converter)."""
-    import re
-
-    name = name.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-    name = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)", r"encoder.down.\1.block.\2", name)
-    name = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", r"encoder.down.\1.downsample", name)
-    name = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)",
-                  lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.block.{m[2]}", name)
-    name = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0",
-                  lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.upsample", name)
-    name = re.sub(r"mid_block\.resnets\.(\d+)", lambda m: f"mid.block_{int(m[1]) + 1}", name)
-    name = name.replace("mid_block.attentions.0", "mid.attn_1")
-    for a, b in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
-        name = name.replace(f"attn_1.{a}.", f"attn_1.{b}.")
-    return name
-
-
 def test_single_file_sd15_checkpoint_loads_strictly(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
@@ -452,7 +414,7 @@ def test_single_file_sd15_checkpoint_loads_strictly(tmp_path, monkeypatch):
     ldm = {"model.diffusion_model." + diffusers_to_ldm_unet_name(k, UNET): v.clone()
            for k, v in unet.state_dict().items()}
     for k, v in vae.state_dict().items():
-        k2 = _ldm_vae_name(k)
+        k2 = ldm_vae_name(k, len(VAE["block_out_channels"]))
         if ".attn_1." in k2 and k2.endswith(("q.weight", "k.weight", "v.weight", "proj_out.weight")):
             v = v[:, :, None, None]  # ldm stores the VAE attention as 1x1 convs
         ldm["first_stage_model." + k2] = v.clone()
@@ -498,7 +460,10 @@ def test_lora_merges_kohya_ldm_and_peft_layouts():
     }
     report = merge_lora(unet, lora, scale=0.5)
     assert sorted(report.applied) == sorted([q, conv, proj])
-    assert report.skipped == ["lora_te_text_model_encoder_layers_0_mlp_fc1"]
+    # the text-encoder entry is reported as not applied (no text encoder given), never dropped silently
+    assert report.text_encoder_skipped == ["lora_te_text_model_encoder_layers_0_mlp_fc1"] and report.skipped == []
+    assert any("NOT applied" in line and "lora_te_text_model_encoder_layers_0_mlp_fc1" in line
+               for line in report.lines())
     after = unet.state_dict()
     torch.testing.assert_close(after[q + ".weight"], before[q + ".weight"] + 0.5 * (2.0 / r) * up_q @ down_q)
     delta_c = (up_c.flatten(1) @ down_c.flatten(1)).view(32, 32, 3, 3)
@@ -539,7 +504,9 @@ def test_load_models_from_released_layout_folders(tmp_path):
                f"lora_unet_{q.replace('.', '_')}.lora_up.weight": torch.ones(32, 2)}, str(lora))
     models = load_models("v5c", ckpt, official, ref, lora=lora, lora_scale=0.25)
     plain = tiny_unet(10).state_dict()[q + ".weight"]
-    torch.testing.assert_close(models.denoiser.unet.state_dict()[q + ".weight"], plain + 0.25 * 2)
+    # as released: the UNet LoRA at 1.0 whatever lora_scale is (lora_scale is the text-encoder strength)
+    torch.testing.assert_close(models.denoiser.unet.state_dict()[q + ".weight"], plain + 1.0 * 2)
+    assert models.lora_report and "at 1" in models.lora_report[1]
     torch.testing.assert_close(models.reference_unet.unet.state_dict()[q + ".weight"],
                                tiny_unet(20).state_dict()[q + ".weight"])  # x1: official SD1.5, no LoRA
     assert models.denoiser.motion is None and models.denoiser.reference.config.variant == "v5b"

@@ -84,7 +84,12 @@ def test_manifest_parses(family):
     assert m.description
     assert len(m.files) >= 8
     data = raw(family)
-    assert set(data) == {"family", "description", "notes", "files"}
+    # HunyuanPortrait is not downloadable while nothing in the pack can run it; the other families are
+    expected = {"family", "description", "notes", "files"}
+    if family == "hunyuan_portrait":
+        expected.add("unavailable")
+    assert set(data) == expected
+    assert (m.unavailable is not None) == (family == "hunyuan_portrait")
     assert len(data["files"]) == len(m.files)
 
 
@@ -126,7 +131,12 @@ def test_every_file_has_source_destination_and_groups(family):
             # standard folders hold flat files that ComfyUI lists in its dropdowns
             assert "/" not in f.dest, f.id
         assert f.size is None or (isinstance(f.size, int) and f.size > 0)
-        assert f.sha256 is None, "no spec publishes a sha256; the store verifies against the hub's LFS digest"
+        # canonical entries track 'main': a published digest of an older upload could reject a current file, so the
+        # store verifies downloads against the hub's LFS digest; digests only gate alternates (ALTERNATE_DIGESTS)
+        assert f.sha256 is None, f.id
+        assert f.source.startswith("https://") and "/blob/" not in f.source, f.id
+        if f.repo_id:
+            assert f.source == f"https://huggingface.co/{f.repo_id}/resolve/{f.revision}/{f.path}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -294,7 +304,88 @@ def test_sizes_agree_with_parity_manifests():
     assert stated == PUBLISHED_SIZES
 
 
-# ------------------------------------------------------------------------------------- (d) embedded configs
+# ------------------------------------------------------------------- (d) alternates: files users already have
+
+# The only sha256 digests in the manifests: they gate insightface antelopev2 files standing in for MEMO's face models.
+# (size, sha256) from the HF LFS pointers: memoavatar/memo@15b505e blob pages (scrfd_10g_bnkps, genderage) and the
+# antelopev2 copies the memo folder duplicates (fudan-generative-ai/hallo(2) face_analysis/models,
+# DIAMONIK7777/antelopev2).
+ALTERNATE_DIGESTS = {
+    "insightface_scrfd_10g_bnkps": (16_923_827, "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91"),
+    "insightface_glintr100": (260_665_334, "4ab1d6435d639628a6f3e5008dd4f929edf4c4124b1a7169e1048f9fef534cdf"),
+    "insightface_genderage": (1_322_532, "4fde69b1c810857b88c64a335084f1c3fe8f01246c9a191b48c7bb756d6652fb"),
+    "insightface_2d106det": (5_030_888, "f001b856447c413801ef5c42091ed0cd516fcd21f2d6b79635b1e733a7109dbf"),
+    "insightface_1k3d68": (143_607_619, "df5c06b8a0c12e422b2ed8947b8869faa4105387f199c477af038aa01f9a45cc"),
+}
+
+
+def alternate_places(f) -> set[tuple[str, str]]:
+    """(folder key or 'hf:<repo>' / 'modelscope:<repo>', path) of every alternate of a file."""
+    return {(a.folder or f"{a.cache}:{a.repo_id}", a.path) for a in f.alternates}
+
+
+def test_hash_gated_alternates_use_only_published_digests():
+    found = {}
+    for family in FAMILIES:
+        for f in load_manifest(family).files:
+            for a in f.alternates:
+                if a.sha256 is not None:
+                    assert a.accept == "sha256" and a.size is not None, f.id
+                    found[f.id] = (a.size, a.sha256)
+    assert found == ALTERNATE_DIGESTS
+    # a same-named file of another model exists (fal/AuraFace-v1 glintr100.onnx): antelopev2 is never taken on trust
+    memo = load_manifest("memo")
+    for fid in ALTERNATE_DIGESTS:
+        assert [a.accept for a in memo.file(fid).alternates if a.folder == "insightface"] == ["sha256"]
+
+
+def test_memo_alternates_cover_the_places_users_keep_the_files():
+    m = load_manifest("memo")
+    for f in m.files:
+        if f.repo_id == "memoavatar/memo":  # IF_MemoAvatar: models/checkpoints/memo/<repository path>
+            assert ("checkpoints", f"memo/{f.path}") in alternate_places(f), f.id
+    vae = {(a.folder, a.path): a for a in m.file("vae").alternates if a.folder}
+    assert vae[("vae", "vae-ft-mse-840000-ema-pruned.safetensors")].layout == "ldm"
+    assert vae[("vae", "vae-ft-mse-840000-ema-pruned.ckpt")].layout == "ldm"
+    assert vae[("vae", "stabilityai/sd-vae-ft-mse/diffusion_pytorch_model.safetensors")].layout is None
+    w2v = alternate_places(m.file("wav2vec2_base_960h"))
+    assert {("wav2vec", "facebook/wav2vec2-base-960h/model.safetensors"),
+            ("wav2vec", "facebook/wav2vec2-base-960h/pytorch_model.bin")} <= w2v
+    assert any(folder == "audio_encoders" for folder, _ in w2v)
+    for fid in ("emotion2vec_model", "emotion2vec_config", "emotion2vec_tokens"):
+        f = m.file(fid)
+        assert {("emotion2vec", f"iic/emotion2vec_plus_large/{f.path}"),
+                ("modelscope:iic/emotion2vec_plus_large", f.path)} <= alternate_places(f)
+    for fid in ("insightface_scrfd_10g_bnkps", "insightface_glintr100"):
+        name = m.file(fid).path.rsplit("/", 1)[1]
+        assert ("insightface", f"models/antelopev2/{name}") in alternate_places(m.file(fid))
+
+
+def test_hellomeme_alternates_cover_comfyui_sd15_names():
+    m = load_manifest("hellomeme")
+    sd = m.file("sd15_checkpoint")
+    assert sd.dest == "v1-5-pruned-emaonly.safetensors"
+    names = {p for folder, p in alternate_places(sd) if folder == "checkpoints"}
+    assert names == {"v1-5-pruned-emaonly-fp16.safetensors", "v1-5-pruned-fp16-emaonly.safetensors",
+                     "v1-5-pruned.safetensors"}
+    # the songkey repositories need no listed alternate: every repo_id entry is also looked up in both caches
+    assert all(f.repo_id for f in m.files)
+
+
+def test_hello_group_facemodel_facts():
+    """real_files.md 3: exact sizes at commit c101210 (hello_face_det is 370,619 B, not 'about 317 KB'). They stay out
+    of 'size' because the entries track main and later re-uploads were not checked."""
+    m = load_manifest("hellomeme")
+    facts = {"hello_face_det": "370,619", "hello_face_landmark": "2,865,751", "hello_3dmm": "311,369,773",
+             "hello_arkit_blendshape": "9,108,321"}
+    for fid, size in facts.items():
+        f = m.file(fid)
+        assert f.revision == "main" and f.size is None and f.sha256 is None
+        assert size in f.description and "c101210" in f.description, fid
+    assert "317 KB" not in json.dumps(raw("hellomeme"))
+
+
+# ------------------------------------------------------------------------------------- (e) embedded configs
 
 
 EMBEDDED = ("sd15_unet", "sd15_vae", "sd15_text_encoder", "sd15_scheduler", "svd_xt_unet", "svd_xt_vae",

@@ -1,11 +1,13 @@
-"""tools/queue_batch.py without ComfyUI: job parsing and substitution, workflow checks, and the whole upload / queue /
-poll / download flow against a small fake ComfyUI HTTP server running in a thread."""
+"""tools/queue_batch.py without ComfyUI: job parsing and substitution, workflow checks, the whole upload / queue /
+poll / download flow against a small fake ComfyUI HTTP server running in a thread, and starting / stopping a local
+"ComfyUI" (a fake main.py serving that fake) when no --server is given."""
 from __future__ import annotations
 
 import email.parser
 import email.policy
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -176,9 +178,10 @@ def test_validation_error_is_summarised():
 class FakeComfy:
     """Enough of ComfyUI's HTTP API: /system_stats, /upload/image, /prompt (LoadImage must name an uploaded file, else
     400 with node_errors), /history/{id} (empty on the first poll; prefix "boom" ends in execution_error), /view,
-    /queue, /interrupt. No /ws, so the tool must poll."""
+    /queue, /interrupt, /object_info/{type} and, when ``replacements`` is set, /node_replacements. No /ws, so the
+    tool must poll."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.uploads: dict[str, bytes] = {}
         self.prompts: dict[str, dict] = {}
         self.history: dict[str, dict] = {}
@@ -186,9 +189,10 @@ class FakeComfy:
         self.polls: dict[str, int] = {}
         self.running = self.max_running = 0
         self.hold = False  # True: prompts never finish
+        self.replacements: dict | None = None  # GET /node_replacements (None: 404, a server before ComfyUI 0.33)
         self.cancels: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -214,6 +218,11 @@ class FakeComfy:
                 q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
                 if url.path == "/system_stats":
                     return self.reply(200, {"system": {}})
+                if url.path == "/node_replacements" and fake.replacements is not None:
+                    return self.reply(200, fake.replacements)
+                if url.path.startswith("/object_info/"):  # every node type except the replaced ones
+                    name = urllib.parse.unquote(url.path.split("/", 2)[2])
+                    return self.reply(200, {} if name in (fake.replacements or {}) else {name: {"input": {}}})
                 if url.path.startswith("/history/"):
                     return self.reply(200, fake.poll(url.path.rsplit("/", 1)[1]))
                 if url.path == "/view":
@@ -373,6 +382,175 @@ def test_timeout_cancels_the_prompt(wf, tmp_path, fakes, capsys):
     assert fakes[0].cancels == [("/queue", {"delete": [pid]}), ("/interrupt", {"prompt_id": pid})]
 
 
+def test_old_node_ids_that_the_server_renamed_are_sent_under_the_new_id(tmp_path, fakes, capsys):
+    graph = json.loads(json.dumps(WORKFLOW))
+    graph["11"]["class_type"] = "OldInvert"  # a pure rename: the tool renames it, keeping the inputs
+    graph["13"]["class_type"] = "OldPreview"  # a mapped replacement: left to the server
+    wf = tmp_path / "old_ids.json"
+    wf.write_text(json.dumps(graph))
+    fakes[0].replacements = {
+        "OldInvert": [{"new_node_id": "ImageInvert", "old_node_id": "OldInvert", "old_widget_ids": None,
+                       "input_mapping": None, "output_mapping": None}],
+        "OldPreview": [{"new_node_id": "PreviewImage", "old_node_id": "OldPreview", "old_widget_ids": None,
+                        "input_mapping": [{"new_id": "images", "old_id": "pictures"}], "output_mapping": None}]}
+    (tmp_path / "a.png").write_bytes(b"a")
+    (tmp_path / "b.png").write_bytes(b"b")
+    common = ["--media", "10.image", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "out"),
+              "--poll-interval", "0.05", "--no-websocket"]
+    assert qb.main([str(wf), *common, "--server", fakes[0].url]) == 0
+    queued = list(fakes[0].prompts.values())
+    assert len(queued) == 2
+    for prompt in queued:
+        assert prompt["11"] == {**WORKFLOW["11"], "class_type": "ImageInvert"}
+        assert prompt["13"]["class_type"] == "OldPreview"
+    err = capsys.readouterr().err
+    assert err.count("'OldInvert', an old id") == 1 and "OldPreview" not in err  # reported once per server
+    # a server without the replacement API gets the workflow as it is
+    assert qb.main([str(wf), *common, "--server", fakes[1].url]) == 0
+    assert {p["11"]["class_type"] for p in fakes[1].prompts.values()} == {"OldInvert"}
+
+
 def test_no_server_answers(wf, tmp_path, capsys):
     rc = qb.main([str(wf), "--server", "127.0.0.1:9", "--out", str(tmp_path)])
     assert rc == 2 and "no ComfyUI server answered" in capsys.readouterr().err
+
+
+# ---- a ComfyUI started by the tool (a fake install whose main.py serves FakeComfy) ---------------------------------
+FAKE_MAIN = """\
+import json, os, sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+mode = os.environ.get("FAKE_COMFY_MODE", "serve")
+print("fake ComfyUI starting", flush=True)
+if mode == "crash":
+    print("ModuleNotFoundError: No module named 'torch'", flush=True)
+    sys.exit(3)
+argv = sys.argv[1:]
+Path(os.environ["FAKE_COMFY_RECORD"]).write_text(json.dumps(
+    {{"argv": argv, "cwd": os.getcwd(), "pid": os.getpid(), "python": os.environ.get("FAKE_COMFY_PYTHON")}}))
+if mode == "hang":
+    time.sleep(600)
+from test_queue_batch import FakeComfy
+FakeComfy(port=int(argv[argv.index("--port") + 1]))
+print("To see the GUI go to: http://127.0.0.1", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="the fake install's python is a shell script")
+
+
+def fake_install(root: Path) -> Path:
+    """A ComfyUI-like folder: main.py (the fake server), a .venv/bin/python that marks itself in the environment and
+    runs this interpreter, and custom_nodes/<pack> -> the repository (a symlink, as after a user's clone)."""
+    (root / "custom_nodes").mkdir(parents=True)
+    (root / "main.py").write_text(FAKE_MAIN.format(tests=str(Path(__file__).parent)))
+    py = root / ".venv" / "bin" / "python"
+    py.parent.mkdir(parents=True)
+    py.write_text(f'#!/bin/sh\nFAKE_COMFY_PYTHON="$0" exec "{sys.executable}" "$@"\n')
+    py.chmod(0o755)
+    (root / "custom_nodes" / "my_pack").symlink_to(ROOT, target_is_directory=True)
+    return root
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def comfy_env(tmp_path, monkeypatch):
+    """No inherited COMFYUI_PATH / COMFYUI_PYTHON; the fake server records how it was started here."""
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.delenv("COMFYUI_PYTHON", raising=False)
+    record = tmp_path / "started.json"
+    monkeypatch.setenv("FAKE_COMFY_RECORD", str(record))
+    return record
+
+
+@posix_only
+def test_started_from_the_install_the_pack_sits_in_and_stopped_after(wf, tmp_path, comfy_env):
+    comfy = fake_install(tmp_path / "ComfyUI")
+    (tmp_path / "a.png").write_bytes(b"a")
+    tool = comfy / "custom_nodes" / "my_pack" / "tools" / "queue_batch.py"  # through the symlink, as a user runs it
+    proc = subprocess.run([sys.executable, str(tool), str(wf), "--media", "10.image", "a.png", "--out", "out",
+                           "--poll-interval", "0.05", "--no-websocket", "--cpu", "--comfy-args", "--lowvram",
+                           "--preview-method", "none"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "out" / "a" / "out_00001_.png").read_bytes() == b"inverted:a"
+    started = json.loads(comfy_env.read_text())
+    assert started["python"] == str(comfy / ".venv" / "bin" / "python")  # the install's own interpreter
+    assert Path(started["cwd"]).resolve() == comfy.resolve()
+    argv = started["argv"]
+    port = argv[argv.index("--port") + 1]
+    assert argv[argv.index("--listen") + 1] == "127.0.0.1" and port.isdigit()
+    assert argv[-4:] == ["--cpu", "--lowvram", "--preview-method", "none"]  # --cpu, then --comfy-args verbatim
+    log_path = (tmp_path / "out" / "comfyui_server.log").resolve()
+    assert f"(log: {log_path})" in proc.stdout and f"http://127.0.0.1:{port}" in proc.stdout
+    assert "fake ComfyUI starting" in log_path.read_text()
+    assert "stopping ComfyUI" in proc.stdout and gone(started["pid"])
+
+
+@posix_only
+def test_comfyui_path_and_comfyui_python_choose_the_install(wf, tmp_path, comfy_env, monkeypatch, capsys):
+    comfy = fake_install(tmp_path / "elsewhere")
+    other_python = tmp_path / "py" / "python"
+    other_python.parent.mkdir()
+    other_python.write_text((comfy / ".venv" / "bin" / "python").read_text())
+    other_python.chmod(0o755)
+    monkeypatch.setenv("COMFYUI_PATH", f"{comfy}{os.pathsep}{tmp_path / 'second'}")  # a list, as the tests use: 1st
+    monkeypatch.setenv("COMFYUI_PYTHON", str(other_python))
+    (tmp_path / "a.png").write_bytes(b"a")
+    rc = qb.main([str(wf), "--media", "10.image", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
+                  "--poll-interval", "0.05", "--no-websocket"])
+    assert rc == 0, capsys.readouterr()
+    started = json.loads(comfy_env.read_text())
+    assert started["python"] == str(other_python) and Path(started["cwd"]) == comfy
+    assert "--cpu" not in started["argv"] and gone(started["pid"])
+    # --comfyui wins over COMFYUI_PATH, and a folder without main.py is refused before anything starts
+    capsys.readouterr()
+    assert qb.main([str(wf), "--comfyui", str(tmp_path / "py"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"--comfyui names {tmp_path / 'py'}, which has no ComfyUI main.py" in err
+
+
+@posix_only
+def test_a_server_that_does_not_start_is_reported_with_its_log(wf, tmp_path, comfy_env, monkeypatch, capsys):
+    comfy = fake_install(tmp_path / "ComfyUI")
+    monkeypatch.setenv("FAKE_COMFY_MODE", "crash")
+    rc = qb.main([str(wf), "--comfyui", str(comfy), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "exited with status 3 before it answered" in err
+    assert "No module named 'torch'" in err and str(tmp_path / "out" / "comfyui_server.log") in err
+
+    monkeypatch.setenv("FAKE_COMFY_MODE", "hang")  # up, but never answering
+    rc = qb.main([str(wf), "--comfyui", str(comfy), "--out", str(tmp_path / "out"), "--start-timeout", "2"])
+    assert rc == 2 and "did not answer" in capsys.readouterr().err
+    assert gone(json.loads(comfy_env.read_text())["pid"])
+
+
+@posix_only
+def test_ctrl_c_during_the_run_stops_the_server(wf, tmp_path, comfy_env, monkeypatch):
+    comfy = fake_install(tmp_path / "ComfyUI")
+
+    def interrupted(runner, servers, jobs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qb, "run_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        qb.main([str(wf), "--comfyui", str(comfy), "--out", str(tmp_path / "out")])
+    assert gone(json.loads(comfy_env.read_text())["pid"])
+
+
+def test_no_install_to_start(wf, tmp_path, comfy_env, capsys):
+    # the repository checkout is not inside a ComfyUI/custom_nodes folder, and nothing else names one
+    assert ROOT.parent.name != "custom_nodes"
+    rc = qb.main([str(wf), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no ComfyUI to start" in err and "--server URL" in err
+    with pytest.raises(SystemExit):  # options for a started server make no sense with --server
+        qb.parse_args([str(wf), "--server", "http://127.0.0.1:9", "--cpu"])

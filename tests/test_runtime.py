@@ -23,6 +23,27 @@ def test_dtype_policy_on_cpu():
     assert StandaloneRuntime("cpu", dtype="fp16").dtype(None) is torch.float16
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_dtype_policy_on_a_gpu_follows_native_bf16(monkeypatch, native):
+    # a fake device capability: emulated bf16 (pre-Ampere GPUs) must not count as support
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    rt = StandaloneRuntime("cuda")
+    assert rt.bf16_supported() is native
+    half = torch.bfloat16 if native else torch.float16
+    assert rt.default_dtype("diffusion", (torch.bfloat16, torch.float16, torch.float32)) is half
+    # a caller that leaves fp16 out of `supported` (MEMO) gets bf16 or fp32, never fp16
+    memo_choice = rt.default_dtype("diffusion", (torch.bfloat16, torch.float32))
+    assert memo_choice is (torch.bfloat16 if native else torch.float32)
+    assert not StandaloneRuntime("cpu").bf16_supported()  # bf16 on the CPU works, but slowly
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None,
+                    reason="no NVIDIA GPU (the device check)")
+def test_native_bf16_on_a_real_gpu():
+    major, _ = torch.cuda.get_device_capability()
+    assert StandaloneRuntime("cuda").bf16_supported() is (major >= 8)  # Ampere and later compute bf16 natively
+
+
 def test_outside_comfyui_the_runtime_is_standalone():
     assert isinstance(get_runtime(), StandaloneRuntime)
 

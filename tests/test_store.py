@@ -1,9 +1,11 @@
 """Model store: missing-file errors, downloads from a loopback hub, corruption detection."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,18 +54,63 @@ def hub(monkeypatch):
     h.stop()
 
 
-def test_missing_files_error_lists_file_source_and_destination(tmp_path):
+def test_missing_files_error_lists_file_source_and_destination(tmp_path, caplog):
     m = manifest()
     store = ModelStore.at(tmp_path / "models")
-    with pytest.raises(MissingModelFiles) as e:
+    with caplog.at_level("WARNING", logger="portrait_animation"), pytest.raises(MissingModelFiles) as e:
         store.ensure(m.files, download=False)
-    msg = str(e.value)
-    assert "3 model file(s) missing" in msg and "downloading is off" in msg
+    # the full list (what the dialog no longer carries): every file's id, source and destination
+    report = e.value.report
+    assert "3 model file(s) missing" in report and "downloading is off" in report
     for f in m.files:
-        assert f.id in msg
-        assert f.repo_id in msg and f.path in msg  # source
-        assert str(tmp_path / "models" / f.folder / f.dest) in msg  # destination
+        assert f.id in report
+        assert f.repo_id in report and f.path in report  # source
+        assert str(tmp_path / "models" / f.folder / f.dest) in report  # destination
     assert [f.id for f, _ in e.value.missing] == ["adapter", "adapter_config", "vae"]
+    # logged once, in full
+    logged = [r.getMessage() for r in caplog.records if "model file(s) missing" in r.getMessage()]
+    assert len(logged) == 1 and report in logged[0]
+    # the dialog text: count, reason, where they go, what to do; no URLs
+    msg = str(e.value)
+    assert msg.startswith("3 model file(s) missing: downloading is off.")
+    assert all(f"toy/{f.id}" in msg for f in m.files)
+    assert str(tmp_path / "models" / "portrait_animation" / "toy" / "adapter") in msg and "1 other folder" in msg
+    assert "Switch 'download' on" in msg and "https://" not in msg
+
+
+def _many_missing(n: int, **extra) -> list:
+    files = [ModelFile(id=f"part_{i:02d}", folder="portrait_animation", dest=f"fam/part_{i:02d}/model.safetensors",
+                       repo_id="org/big-model", path=f"part_{i:02d}/model.safetensors", family="fam", **extra)
+             for i in range(n)]
+    return [(f, Path("/models/portrait_animation") / f.dest) for f in files]
+
+
+def test_missing_files_message_stays_short_for_many_files():
+    missing = _many_missing(24, size=3 * 2**30)
+    e = MissingModelFiles(missing, reason="offline mode (HF_HUB_OFFLINE) is set",
+                          hint="Unset HF_HUB_OFFLINE to download, or place the files there by hand.")
+    lines = str(e).splitlines()
+    assert len(lines) <= 6 and max(map(len, lines)) <= MissingModelFiles.LINE_WIDTH, str(e)
+    assert lines[0] == "24 model file(s) missing: offline mode (HF_HUB_OFFLINE) is set."
+    assert "(72.0 GB)" in lines[1] and "fam/part_00" in lines[1] and lines[1].endswith("more)")
+    shown = sum(f"fam/part_{i:02d}" in lines[1] for i in range(24))
+    assert lines[1].endswith(f"(+{24 - shown} more)")
+    assert lines[2] == "Destination: /models/portrait_animation/fam"
+    assert "Unset HF_HUB_OFFLINE" in str(e)
+    assert all(f.source in e.report for f, _ in missing)  # nothing is lost: the report has every file
+
+
+def test_missing_files_message_sizes_and_download_errors():
+    missing = _many_missing(3)
+    assert "(" not in str(MissingModelFiles(missing)).splitlines()[1]  # no size known: none claimed
+    missing[0] = (dataclasses.replace(missing[0][0], size=5 * 2**20), missing[0][1])  # one size known
+    assert "Files (at least 5.0 MB)" in str(MissingModelFiles(missing))
+    errors = {f.id: f"ConnectionError: refused by host {i} " + "x" * 200 for i, (f, _) in enumerate(missing)}
+    e = MissingModelFiles(missing, reason="download failed", errors=errors)
+    first = str(e).splitlines()[0]
+    assert first.startswith("3 model file(s) missing: download failed (ConnectionError: refused by host 0")
+    assert len(first) <= MissingModelFiles.LINE_WIDTH
+    assert all(err in e.report for err in errors.values())  # each file's full error stays in the report
 
 
 def test_offline_mode_reports_missing_without_network(tmp_path, hub, monkeypatch):
@@ -133,7 +180,7 @@ def test_unknown_repo_file_is_reported_as_missing(tmp_path, hub):
     m = manifest(vae={"path": "nope.safetensors"})
     with pytest.raises(MissingModelFiles) as e:
         ModelStore.at(tmp_path).ensure(m.select(groups=["vae"]), download=True)
-    assert "nope.safetensors" in str(e.value)
+    assert "nope.safetensors" in e.value.report and "toy/vae" in str(e.value)
 
 
 def test_truncated_local_file_is_named(tmp_path):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run an API-format workflow for a batch of inputs on one or more ComfyUI servers and download the results.
 
-    python tools/queue_batch.py WORKFLOW.json [options]        (the workflow comes first)
+    python tools/queue_batch.py WORKFLOW.json [options] [--comfy-args ARG...]     (the workflow comes first)
 
 WORKFLOW.json must be in API format (in ComfyUI: Workflow > Export (API)). Each job is that workflow with some
 inputs replaced. An input is named NODE.INPUT: NODE is a node id ("12"), its title (``_meta.title``, e.g.
@@ -23,18 +23,26 @@ Uploads: every --media file that exists here, and every job value naming an exis
 POST /upload/image (type=input, overwrite=true, --subfolder) and replaced by its uploaded name. Other values are
 sent as they are, e.g. the name of a file already in the server's input folder.
 
+Servers: without --server the tool starts the ComfyUI it is installed in (this file lives in
+ComfyUI/custom_nodes/<pack>/tools/), or the one in --comfyui DIR / $COMFYUI_PATH, headless on a free loopback port with
+that install's Python ($COMFYUI_PYTHON, else its .venv/venv/python_embeded, else this interpreter); --cpu and the
+arguments after --comfy-args go to its main.py. Its log is written to --out DIR/comfyui_server.log, and it is stopped
+when the jobs are done, on an error or on Ctrl-C. With --server the tool uses servers that are already running.
+
 Jobs are spread over the --server URLs (each takes the next job when one of its --max-in-flight slots is free);
 progress comes over the WebSocket (websocket-client), or by polling /history when that is missing or drops. The
 files in each finished prompt's outputs are saved under --out DIR/<job name>/ (non-"output" types under a folder
 named after the type).
 
 Examples:
-    python tools/queue_batch.py wf_api.json --media "Load Image.image" in/*.jpg --out results
+    python custom_nodes/<pack>/tools/queue_batch.py wf_api.json --media "Load Image.image" in/*.jpg --out results
+    python tools/queue_batch.py wf_api.json --media 12.image a.png --comfyui ~/ComfyUI --cpu --comfy-args --lowvram
     python tools/queue_batch.py wf_api.json --jobs jobs.json --seeds KSampler.seed 1 2 3 --set 9.filename_prefix=b \\
         --server http://gpu1:8188 --server http://gpu2:8188 --max-in-flight 2 --summary summary.json
     python tools/queue_batch.py wf_api.json --media 12.image a.png b.png --dry-run
 
-Exit status: 0 when every job succeeded, 1 when some job failed, 2 for bad arguments or workflow, or no server.
+Exit status: 0 when every job succeeded, 1 when some job failed, 2 for bad arguments or workflow, no server, or a
+ComfyUI that did not start; 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -45,8 +53,12 @@ import io
 import itertools
 import json
 import mimetypes
+import os
 import queue
 import re
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -309,6 +321,31 @@ class Server:
             raise JobFailed(f"download of {item.get('filename')} failed: HTTP {status}")
         return raw
 
+    def knows(self, class_type: str) -> bool:
+        status, body = self.call("GET", f"/object_info/{urllib.parse.quote(class_type, safe='')}")
+        return status == 200 and isinstance(body, dict) and class_type in body
+
+    def renames(self, class_types: set[str]) -> dict[str, str]:
+        """Old node id -> new id for the pure renames (no input or output mapping) among ``class_types`` that this
+        server lists in its node replacements (``GET /node_replacements``, ComfyUI 0.33+) and no longer runs itself.
+
+        The server applies replacements to API prompts too, but without a mapping it drops every input of the node
+        (ComfyUI 0.33.0), so a pure rename is done here, keeping the inputs. Mapped replacements are left to it."""
+        status, table = self.call("GET", "/node_replacements")
+        if status != 200 or not isinstance(table, dict):
+            return {}
+        out = {}
+        for class_type in sorted(class_types):
+            options = table.get(class_type)
+            if not (isinstance(options, list) and options and isinstance(options[0], dict)):
+                continue
+            first = options[0]  # the one the server would use
+            if first.get("input_mapping") or first.get("output_mapping") or not first.get("new_node_id"):
+                continue
+            if not self.knows(class_type) and self.knows(first["new_node_id"]):
+                out[class_type] = first["new_node_id"]
+        return out
+
     def ws_url(self, client_id: str) -> str:
         return re.sub(r"^http", "ws", self.url) + f"/ws?clientId={client_id}"
 
@@ -388,9 +425,26 @@ class Runner:
     def __init__(self, graph: dict, args, names: dict[Path, str]):
         self.graph, self.args, self.names = graph, args, names
         self.in_flight: dict[str, Server] = {}
+        self.renamed: dict[Server, dict[str, str]] = {}
+        self.lock = threading.Lock()
+
+    def renames_on(self, server: Server) -> dict[str, str]:
+        """The old node ids of this workflow that ``server`` renamed, looked up once per server and reported once."""
+        with self.lock:
+            if server not in self.renamed:
+                self.renamed[server] = found = server.renames({n["class_type"] for n in self.graph.values()})
+                for nid, node in self.graph.items():
+                    if node["class_type"] in found:
+                        log(f"note: node {nid} is {node['class_type']!r}, an old id that {server.url} replaces with "
+                            f"{found[node['class_type']]!r}; sending it as that (re-export the workflow to update it)",
+                            sys.stderr)
+            return self.renamed[server]
 
     def prompt_for(self, job: Job, server: Server | None) -> dict:
         prompt = json.loads(json.dumps(self.graph))
+        if server is not None:
+            for node in prompt.values():
+                node["class_type"] = self.renames_on(server).get(node["class_type"], node["class_type"])
         for ref, value in job.settings.items():
             if isinstance(value, Upload):
                 name = self.names[value.path]
@@ -534,10 +588,157 @@ def run_all(runner: Runner, servers: list[Server], jobs: list[Job]) -> list[Resu
     return [results.get(j.name) or Result(j.name, status="failed", error="not run") for j in jobs]
 
 
+# ---- a ComfyUI started for this run ------------------------------------------------------------------------------
+class ServerStartError(Exception):
+    """The ComfyUI this tool started exited or did not answer in time (exit status 2)."""
+
+
+def find_comfyui(explicit: str | None) -> Path:
+    """The ComfyUI folder to start: --comfyui, else $COMFYUI_PATH, else the install this file sits in.
+
+    The pack is normally a folder (often a symlink) in ComfyUI/custom_nodes, so the tool's own unresolved path is
+    tried before the resolved one: a symlinked clone still finds the ComfyUI that loads it.
+    """
+    env = (os.environ.get("COMFYUI_PATH") or "").split(os.pathsep)[0]  # the test harness allows a list: its first
+    for source, value in (("--comfyui", explicit), ("COMFYUI_PATH", env)):
+        if value:
+            root = Path(value).expanduser().absolute()
+            if not (root / "main.py").is_file():
+                raise UsageError(f"{source} names {root}, which has no ComfyUI main.py")
+            return root
+    here = Path(__file__)
+    for tool in (here.absolute(), here.resolve()):
+        pack = tool.parent.parent  # <pack>/tools/queue_batch.py
+        if pack.parent.name == "custom_nodes" and (pack.parent.parent / "main.py").is_file():
+            return pack.parent.parent
+    raise UsageError("no ComfyUI to start: this tool is not inside ComfyUI/custom_nodes/<pack>/ and neither "
+                     "--comfyui nor COMFYUI_PATH is set; pass --comfyui DIR, or --server URL for a running ComfyUI")
+
+
+def comfy_python(root: Path) -> str:
+    """The interpreter ComfyUI runs with: $COMFYUI_PYTHON, else the install's own environment (a venv inside it, or
+    the Windows portable build's python_embeded beside it), else this interpreter."""
+    if os.environ.get("COMFYUI_PYTHON"):
+        return os.environ["COMFYUI_PYTHON"]
+    for cand in (root / ".venv/bin/python", root / "venv/bin/python", root / ".venv/Scripts/python.exe",
+                 root / "venv/Scripts/python.exe", root.parent / "python_embeded/python.exe"):
+        if cand.is_file():
+            return str(cand)
+    return sys.executable
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalComfy:
+    """A headless ComfyUI owned by this run: loopback only, on a free port, logging to a file, stopped by stop().
+
+    It runs in its own process group, so a Ctrl-C in the terminal reaches only this tool, which then cancels its
+    prompts and stops the server itself (rather than both dying half-way)."""
+    root: Path
+    python: str
+    extra_args: list[str]
+    log_path: Path
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+                *self.extra_args]
+
+    def start(self, timeout: float) -> None:
+        self.port = free_loopback_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log(f"starting ComfyUI {self.root} on {self.url} with {self.python} (log: {self.log_path})")
+        group = {"start_new_session": True} if os.name == "posix" else \
+            {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+        with open(self.log_path, "wb") as log_file:  # the child keeps its own handle
+            self.proc = subprocess.Popen(self.command(), cwd=self.root, stdin=subprocess.DEVNULL, stdout=log_file,
+                                         stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                         **group)
+        server, deadline = Server(self.url, timeout=2), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerStartError(f"ComfyUI exited with status {self.proc.returncode} before it answered; "
+                                       f"the end of its log ({self.log_path}):\n{self.log_tail()}")
+            try:
+                server.get("/system_stats")
+                log(f"ComfyUI is up on {self.url}")
+                return
+            except (OSError, JobFailed):
+                time.sleep(0.5)
+        self.stop()
+        raise ServerStartError(f"ComfyUI did not answer on {self.url} within {timeout:g}s (--start-timeout); "
+                               f"the end of its log ({self.log_path}):\n{self.log_tail()}")
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        log(f"stopping ComfyUI on {self.url}")
+        self._signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+            self.proc.wait(15)
+
+    def _signal(self, sig) -> None:
+        try:
+            if os.name == "posix":
+                os.killpg(self.proc.pid, sig)  # the server and anything it started
+            else:
+                self.proc.terminate() if sig == signal.SIGTERM else self.proc.kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(f"    {line}" for line in lines[-n:]) or "    (empty)"
+
+
+class _StopOnTerm:
+    """While a local server runs, SIGTERM to this tool unwinds like Ctrl-C, so the server is stopped too."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 # ---- command line -------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(usage="python tools/queue_batch.py WORKFLOW.json [options]", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Options, plus ``comfy_args``: everything after ``--comfy-args``, split off by hand because those are
+    ComfyUI's own options (``--lowvram``, ``--base-directory DIR``) that argparse would try to read as ours."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    comfy_args = []
+    if "--comfy-args" in argv:
+        i = argv.index("--comfy-args")
+        argv, comfy_args = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(usage="python tools/queue_batch.py WORKFLOW.json [options] [--comfy-args ARG...]",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workflow", help="API-format workflow JSON (Workflow > Export (API))")
     p.add_argument("--jobs", action="append", metavar="FILE", help="jobs file: JSON list, .jsonl or .csv")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="value for every job")
@@ -545,7 +746,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", action="append", nargs="+", metavar=("NODE.INPUT", "N"), help="one job per value")
     p.add_argument("--combine", choices=("product", "zip"), default="product",
                    help="how job sources combine (default: product)")
-    p.add_argument("--server", action="append", metavar="URL", help="ComfyUI URL (repeatable; http://127.0.0.1:8188)")
+    p.add_argument("--server", action="append", metavar="URL",
+                   help="a running ComfyUI (repeatable, e.g. http://127.0.0.1:8188); without it one is started")
+    p.add_argument("--comfyui", metavar="DIR", help="ComfyUI folder to start (default: $COMFYUI_PATH, else the "
+                   "ComfyUI this pack is installed in)")
+    p.add_argument("--cpu", action="store_true", help="start ComfyUI with --cpu")
+    p.add_argument("--start-timeout", type=float, default=600, metavar="SEC",
+                   help="seconds to wait for a started ComfyUI to answer (default 600)")
+    p.add_argument("--comfy-args", dest="_comfy_args_help", nargs=argparse.REMAINDER, metavar="ARG",
+                   help="the rest of the command line goes to the started ComfyUI's main.py")
     p.add_argument("--max-in-flight", type=int, default=1, metavar="N", help="prompts queued at once per server")
     p.add_argument("--subfolder", default="", help="input subfolder for uploads")
     p.add_argument("--out", default="batch_outputs", metavar="DIR", help="download folder (default batch_outputs)")
@@ -554,24 +763,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--poll-interval", type=float, default=0.5, help="seconds between /history polls")
     p.add_argument("--no-websocket", action="store_true", help="poll /history instead of following the WebSocket")
     p.add_argument("--dry-run", action="store_true", help="print the resolved prompts as JSON and queue nothing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.comfy_args = comfy_args
+    if args.server and (args.comfyui or args.cpu or comfy_args):
+        p.error("--comfyui, --cpu and --comfy-args are for a ComfyUI this tool starts; they do nothing with --server")
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        graph = load_workflow(args.workflow)
-        jobs = build_jobs(graph, args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    runner = Runner(graph, args, upload_names(jobs))
-    if args.dry_run:
-        print(json.dumps([{"name": j.name, "prompt": runner.prompt_for(j, None),
-                           "uploads": {runner.names[v.path]: str(v.path) for v in j.settings.values()
-                                       if isinstance(v, Upload)}} for j in jobs], indent=1))
-        return 0
-    urls = [u if "://" in u else f"http://{u}" for u in args.server or ["http://127.0.0.1:8188"]]
+def local_comfy(args) -> LocalComfy:
+    root = find_comfyui(args.comfyui)
+    extra = (["--cpu"] if args.cpu else []) + args.comfy_args
+    return LocalComfy(root, comfy_python(root), extra, Path(args.out).absolute() / "comfyui_server.log")
+
+
+def run_batch(args, runner: Runner, jobs: list[Job], urls: list[str]) -> int:
     servers = reachable([Server(u.rstrip("/")) for u in urls])
     if not servers:
         print("error: no ComfyUI server answered", file=sys.stderr)
@@ -591,6 +796,40 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary).write_text(json.dumps(summary, indent=1))
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        graph = load_workflow(args.workflow)
+        jobs = build_jobs(graph, args)
+        local = None if args.server or args.dry_run else local_comfy(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runner = Runner(graph, args, upload_names(jobs))
+    if args.dry_run:
+        print(json.dumps([{"name": j.name, "prompt": runner.prompt_for(j, None),
+                           "uploads": {runner.names[v.path]: str(v.path) for v in j.settings.values()
+                                       if isinstance(v, Upload)}} for j in jobs], indent=1))
+        return 0
+    if local is None:
+        return run_batch(args, runner, jobs, [u if "://" in u else f"http://{u}" for u in args.server])
+    with _StopOnTerm():
+        try:
+            local.start(args.start_timeout)
+            rc = run_batch(args, runner, jobs, [local.url])
+            if rc and local.exited() is not None:
+                log(f"ComfyUI exited during the run (status {local.exited()}); the end of its log "
+                    f"({local.log_path}):\n{local.log_tail()}", sys.stderr)
+            elif rc:
+                log(f"ComfyUI's log: {local.log_path}", sys.stderr)
+            return rc
+        except ServerStartError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        finally:
+            local.stop()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,12 @@ browser load), using a server's ``/object_info`` to know each node's inputs, wid
     python tools/workflow_ui.py to-ui   workflows/api/x.json  workflows/x.json  --server http://127.0.0.1:8188
     python tools/workflow_ui.py to-api  workflows/x.json      x_api.json        --object-info info.json
 
-UI format: ``widgets_values`` are positional in the node's input order; an INT widget with
-``control_after_generate`` carries an extra "fixed" value; upload combos carry the upload widget's value.
+UI format, as the ComfyUI frontends write it (checked against frontends 1.27.10 and 1.49.6 by
+``tests/integration/test_browser.py``): ``widgets_values`` are positional in the node's input order; an INT widget
+with ``control_after_generate`` is followed by its "fixed" value; a dynamic combo (``COMFY_DYNAMICCOMBO_V3``, e.g.
+SaveVideo's ``format`` in ComfyUI 0.33) is followed by the widgets of its selected option, named
+``parent.child`` in the API graph; an upload button (``image_upload`` ...) comes after ALL other widgets of the node,
+not after its combo, because the frontends add it once the node's other widgets exist.
 """
 from __future__ import annotations
 
@@ -16,40 +20,79 @@ import urllib.request
 from collections import defaultdict
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 UPLOAD_FLAGS = {"image_upload": "image", "video_upload": "video", "audio_upload": "audio"}
+
+
+def _section_inputs(section_specs: dict, order: dict | None = None) -> list[tuple[str, object, dict]]:
+    """(name, type, options) for the required then optional inputs of one ``input`` dict."""
+    specs = {}
+    for section in ("required", "optional"):
+        for name, spec in section_specs.get(section, {}).items():
+            specs[name] = (spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+    names = [n for s in ("required", "optional") for n in (order or {}).get(s, [])] or list(specs)
+    return [(n, *specs[n]) for n in names if n in specs]
 
 
 def _inputs(info: dict) -> list[tuple[str, object, dict]]:
     """(name, type, options) for every required/optional input, in the node's input order."""
-    specs = {}
-    for section in ("required", "optional"):
-        for name, spec in info["input"].get(section, {}).items():
-            specs[name] = (spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
-    order = [n for s in ("required", "optional") for n in info.get("input_order", {}).get(s, [])] or list(specs)
-    return [(n, *specs[n]) for n in order if n in specs]
+    return _section_inputs(info["input"], info.get("input_order"))
 
 
 def is_widget(type_, opts: dict) -> bool:
     if opts.get("forceInput"):
         return False
-    return isinstance(type_, list) or type_ in WIDGET_TYPES
+    return isinstance(type_, list) or type_ in WIDGET_TYPES or type_ == DYNAMIC_COMBO
+
+
+def _dynamic_options(opts: dict) -> list[dict]:
+    return [o for o in opts.get("options") or [] if isinstance(o, dict) and "key" in o]
 
 
 def default_value(type_, opts: dict):
     """What the editor shows for a widget the API graph leaves out: its default, else a combo's first option."""
     if "default" in opts:
         return opts["default"]
+    if type_ == DYNAMIC_COMBO:
+        keys = [o["key"] for o in _dynamic_options(opts)]
+        return keys[0] if keys else None
     options = type_ if isinstance(type_, list) else opts.get("options")
     return options[0] if options else None
+
+
+def _nested(type_, opts: dict, value, prefix: str) -> list[tuple[str, object, dict]]:
+    """The inputs a dynamic combo adds for its selected option ``value``, named ``prefix.child``."""
+    if type_ != DYNAMIC_COMBO:
+        return []
+    for option in _dynamic_options(opts):
+        if option["key"] == value:
+            return [(f"{prefix}.{n}", t, o) for n, t, o in _section_inputs(option.get("inputs") or {})]
+    return []
+
+
+def widget_specs(info: dict) -> dict[str, tuple[object, dict]]:
+    """Every widget name a node can have in an API graph, nested dynamic-combo inputs of every option included."""
+    out = {}
+
+    def walk(items):
+        for name, type_, opts in items:
+            out[name] = (type_, opts)
+            for option in _dynamic_options(opts) if type_ == DYNAMIC_COMBO else []:
+                walk([(f"{name}.{n}", t, o) for n, t, o in _section_inputs(option.get("inputs") or {})])
+
+    walk(_inputs(info))
+    return out
+
+
+def _upload_values(info: dict) -> list:
+    """The upload buttons' values, which the frontends append after every other widget."""
+    return [kind for _, type_, opts in _inputs(info) for flag, kind in UPLOAD_FLAGS.items() if opts.get(flag)]
 
 
 def _widget_values(name, type_, opts, value) -> list:
     vals = [value]
     if type_ == "INT" and opts.get("control_after_generate"):
         vals.append("fixed")
-    for flag, kind in UPLOAD_FLAGS.items():
-        if opts.get(flag):
-            vals.append(kind)
     return vals
 
 
@@ -81,8 +124,12 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
         node = api[nid]
         info = object_info[node["class_type"]]
         ui_inputs, widgets = [], []
-        for name, type_, opts in _inputs(info):
+        pending = list(_inputs(info))
+        while pending:
+            name, type_, opts = pending.pop(0)
             value = node["inputs"].get(name)
+            if type_ == DYNAMIC_COMBO:  # its selected option's widgets follow it
+                pending[:0] = _nested(type_, opts, default_value(type_, opts) if value is None else value, name)
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
                 link_id += 1
                 src, slot = value
@@ -100,6 +147,7 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                 widgets.extend(_widget_values(name, type_, opts, value))
             elif value is None:
                 ui_inputs.append({"name": name, "type": type_ if isinstance(type_, str) else "COMBO", "link": None})
+        widgets.extend(_upload_values(info))
         col = depth[nid]
         row = column_rows[col]
         column_rows[col] += 1
@@ -130,7 +178,7 @@ def same_graph(api: dict, converted: dict, object_info: dict) -> bool:
         other = converted[nid]
         if node["class_type"] != other["class_type"] or node.get("_meta") != other.get("_meta"):
             return False
-        specs = {n: (t, o) for n, t, o in _inputs(object_info[node["class_type"]])}
+        specs = widget_specs(object_info[node["class_type"]])
         for name, value in other["inputs"].items():
             if name in node["inputs"]:
                 if node["inputs"][name] != value:
@@ -152,11 +200,18 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         by_name = {i["name"]: i for i in n.get("inputs", [])}
         values = list(n.get("widgets_values") or [])
         inputs = {}
-        for name, type_, opts in _inputs(info):
+        pending = list(_inputs(info))
+        while pending:
+            name, type_, opts = pending.pop(0)
             linked = by_name.get(name, {}).get("link")
             if is_widget(type_, opts):
                 consumed = _widget_values(name, type_, opts, None)
-                value, values = values[0] if values else None, values[len(consumed):]
+                # a file saved before a widget existed (e.g. by an older ComfyUI) has fewer values: the frontend
+                # then shows the widget's default
+                value = values[0] if values else default_value(type_, opts)
+                values = values[len(consumed):]
+                if type_ == DYNAMIC_COMBO:
+                    pending[:0] = _nested(type_, opts, value, name)
                 if linked is None:
                     inputs[name] = value
                     continue

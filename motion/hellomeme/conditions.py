@@ -47,7 +47,11 @@ class HelloMemeConditions:
     * ``angles`` / ``translations`` ``(F, 3)`` and ``ref_angles`` / ``ref_translation`` ``(3,)``: the head poses;
     * ``filled_frames``: ``{driving frame: frame it repeats}`` for frames without a face (with
       ``on_missing="fill_nearest"`` such a frame is replaced by its source frame: same pose, same expression);
-    * ``crop_box`` / ``reference_box``: ``(x0, y0, x1, y1)`` source regions of the crops.
+    * ``crop_box`` / ``reference_box``: ``(x0, y0, x1, y1)`` source regions of the crops; ``reference_size``
+      ``(H, W)`` of the reference input (so :meth:`reference_crop_info` can undo the crop);
+    * ``fps``: the frame rate of the driving frames used (after :func:`resample_indices`; 0 = unknown),
+      ``source_fps`` / ``source_frame_count`` those of the driving input, ``source_frames``: which input frame each
+      used frame is.
     """
 
     condition: torch.Tensor
@@ -70,6 +74,12 @@ class HelloMemeConditions:
     reference_box: tuple = ()
     trans_ratio: float = 0.0
     head_pose: str = "3dmm"
+    reference_size: tuple = ()
+    reference_cropped: bool = True
+    fps: float = 0.0
+    source_fps: float = 0.0
+    source_frames: tuple = ()
+    source_frame_count: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -81,16 +91,75 @@ class HelloMemeConditions:
             return {"condition": self.condition, "pd_fpg": self.pd_fpg, "neg_pd_fpg": self.neg_pd_fpg}
         return {"condition": self.condition, "drive_coeff": self.drive_coeff, "face_parts": self.face_parts}
 
+    def reference_crop_info(self):
+        """:class:`~...face.crop.CropInfo` of the reference crop, in the reference input's pixels, so that
+        ``paste_back(generated, info, reference)`` puts a generated image exactly where the crop came from.
+
+        The crop is square (``clip_crop_box``), so it is one ``(x0, y0, side)`` box. Without ``crop_reference`` the
+        whole reference was resized to a square: exact for a square reference; a non-square one was stretched,
+        which a square box cannot undo, so the info then describes a ``side`` x ``side`` frame (its own size) and
+        paste-back into the original refuses the mismatched aspect ratio instead of pasting a distorted face.
+        """
+        from ...face.crop import CropInfo
+
+        h, w = self.reference_size
+        x0, y0, x1, y1 = (int(v) for v in self.reference_box)
+        side = x1 - x0
+        params = {"source": "HelloMeme Driving Conditions", "face_scale": geo.CROP_FACE_SCALE,
+                  "shift_up": geo.CROP_SHIFT_UP, "cropped": self.reference_cropped}
+        if not self.reference_cropped and h != w:
+            return CropInfo(height=CROP_SIZE, width=CROP_SIZE, boxes=[[0, 0, CROP_SIZE]], size=CROP_SIZE,
+                            params=dict(params, stretched_from=[h, w]))
+        return CropInfo(height=int(h), width=int(w), boxes=[[x0, y0, side]], size=CROP_SIZE, params=params)
+
     def report(self) -> str:
-        """One line per notable fact (frames, pose source, filled frames)."""
+        """One line per notable fact (frames, frame rate, pose source, filled frames, crop)."""
         lines = [f"{self.num_frames} driving frame(s), expression {self.expression}, head pose {self.head_pose}, "
                  f"trans_ratio {self.trans_ratio:g}"]
+        if self.source_frames and list(self.source_frames) != list(range(self.source_frame_count)):
+            lines.append(f"driving at {self.fps:g} fps: {self.num_frames} frame(s) picked (nearest in time) from the "
+                         f"{self.source_frame_count} input frames at {self.source_fps:g} fps")
+        elif self.fps:
+            lines.append(f"driving at {self.fps:g} fps (every input frame)")
+        if self.reference_size:
+            x0, y0, x1, y1 = self.reference_box
+            h, w = self.reference_size
+            if self.reference_cropped:
+                lines.append(f"reference crop: {x1 - x0} px square at ({x0}, {y0}) of the {w}x{h} reference")
+            elif h != w:
+                lines.append(f"reference not cropped: the {w}x{h} reference was stretched to a square; its crop "
+                             "info cannot be pasted back into the original (use crop_reference)")
         if self.filled_frames:
             from ...face.track import format_ranges
 
             lines.append(f"frames without a face, filled from the nearest face frame: "
                          f"{format_ranges(sorted(self.filled_frames))}")
         return "\n".join(lines)
+
+
+# ---- frame rate ----------------------------------------------------------------------------------------------------------
+def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
+    """Which of ``num_frames`` input frames (at ``source_fps``) drive a clip at ``target_fps``.
+
+    The original re-encodes the driving video to 8 fps (``ffmpeg -r 8``, libx264 crf 18) before reading it: a
+    constant-rate conversion that keeps, for each output instant ``k / target_fps``, (up to ffmpeg's timestamp
+    rounding, which is not reproduced) the input frame nearest in time. This is that pick without the lossy
+    re-encode: output frame ``k`` is input frame ``floor(k * source_fps / target_fps + 0.5)``
+    (clamped to the last frame), for ``round(num_frames * target_fps / source_fps)`` output frames (at least one),
+    so the clip keeps its duration (and stays aligned with its audio) to within half an output frame. A target above
+    the source rate repeats frames, as the re-encode does. ``target_fps <= 0`` keeps every frame.
+    """
+    if num_frames < 1:
+        raise ValueError("no driving frames")
+    if target_fps <= 0 or num_frames == 1:
+        return list(range(num_frames))
+    if source_fps <= 0:
+        raise ValueError(f"resampling {num_frames} driving frames to {target_fps:g} fps needs their frame rate: "
+                         "connect Load Video (Frames)'s fps to input 'fps', or set 'driving_fps' to 0 to use every "
+                         "frame")
+    ratio = float(source_fps) / float(target_fps)
+    count = max(1, int(np.floor(num_frames / ratio + 0.5)))
+    return [min(num_frames - 1, int(np.floor(k * ratio + 0.5))) for k in range(count)]
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------------------
@@ -190,6 +259,7 @@ def hellomeme_conditions(reference, driving, expression: str = "pdfgc", trans_ra
                          crop_reference: bool = True, on_missing: str = "error", head_pose: str = "3dmm",
                          toolkit: Optional[tk.HelloFaceToolkit] = None, pdfgc_encoder=None, clip_encoder=None,
                          face_detector=None, store=None, download: bool = False, device: Optional[str] = None,
+                         fps: float = 0.0, driving_fps: float = 0.0,
                          progress: Optional[Callable[[str, int, int], None]] = None) -> HelloMemeConditions:
     """Drive parameters for HelloMeme from ``reference`` (one RGB image: IMAGE tensor or uint8 array) and
     ``driving`` (RGB frames: IMAGE batch ``[F, H, W, 3]``, uint8 array or list).
@@ -198,6 +268,9 @@ def hellomeme_conditions(reference, driving, expression: str = "pdfgc", trans_ra
     ``trans_ratio``: how much of the driving head's translation (relative to frame 0) moves the pose square.
     ``crop_reference``: crop the reference around its face like the driving frames (else resize it whole).
     ``on_missing``: "error" (default: raise naming the frames without a face) or "fill_nearest".
+    ``fps``: the driving frames' rate (0 = unknown); ``driving_fps``: resample them in time to this rate first
+    (:func:`resample_indices`; the original drives at 8; 0 keeps every frame). Frames not picked are never
+    analysed; frame numbers in errors and reports are those of the picked clip.
     ``head_pose``: "3dmm" (official ONNX toolkit) or "approximate" (MediaPipe + solvePnP; PD-FGC only).
     Models not given are loaded from ``store`` (``ModelStore.default()``); ``device`` is "cpu", "cuda[:N]" or None
     (CUDA when available). ``progress(stage, done, total)`` is called as the work advances.
@@ -213,6 +286,10 @@ def hellomeme_conditions(reference, driving, expression: str = "pdfgc", trans_ra
     if len(ref_rgb) != 1:
         raise ValueError(f"input 'reference' must be one image, got a batch of {len(ref_rgb)}")
     drive_rgb = _uint8_rgb_frames(driving, "driving")
+    n_input = len(drive_rgb)
+    picked = resample_indices(n_input, fps, driving_fps)
+    drive_rgb = [drive_rgb[i] for i in picked]
+    used_fps = float(driving_fps) if driving_fps > 0 else float(fps)
     report = progress or (lambda stage, done, total: None)
     torch_device = _torch_device(device)
 
@@ -264,7 +341,8 @@ def hellomeme_conditions(reference, driving, expression: str = "pdfgc", trans_ra
                ref_translation=torch.from_numpy(np.asarray(ref_trans)).float().reshape(3),
                reference_landmarks=np.asarray(ref_lm512[0]), driving_landmarks=np.asarray(drive_lm512),
                filled_frames=filled, crop_box=box, reference_box=ref_box, trans_ratio=float(trans_ratio),
-               head_pose=head_pose)
+               head_pose=head_pose, reference_size=tuple(ref_rgb[0].shape[:2]), reference_cropped=bool(crop_reference),
+               fps=used_fps, source_fps=float(fps), source_frames=tuple(picked), source_frame_count=n_input)
 
     # 4./5. expression of the driving frames and of the reference
     if expression == "pdfgc":

@@ -151,22 +151,26 @@ def _config_kwargs(config: dict) -> dict:
     return {k: int(config[k]) for k in ("pose_dim", "eye_dim") if k in config}
 
 
+def load_policy():
+    """The loading rules of ``pd_fgc_motion``: BatchNorm counters may be absent (some exports omit them; inference does
+    not use them); the pose heads ``to_headpose.*`` / ``headpose_embed.*``, commented out of the original class, are
+    dropped with a log line if a file saved before their removal carries them."""
+    from ...loaders.policy import RELEASED_FOLDER, prefix_drop
+
+    return RELEASED_FOLDER.with_(name="pd_fgc_motion (FanEncoder)",
+                                 drops=(prefix_drop("to_headpose.", "unused head pose branch"),
+                                        prefix_drop("headpose_embed.", "unused head pose branch")))
+
+
 def load_fan_encoder(folder: str | Path, dtype: Optional[torch.dtype] = None,
                      device: Optional[torch.device | str] = None) -> FanEncoder:
-    """The released encoder from its folder (``config.json`` + ``diffusion_pytorch_model.safetensors``), loaded
-    strictly (every key, every shape), in eval mode. BatchNorm ``num_batches_tracked`` counters, which some exports
-    omit, are the only keys allowed to be absent (they do not affect inference)."""
-    from ...loaders.checkpoint import build_and_load, read_diffusers_folder
+    """The released encoder from its folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) under
+    :func:`load_policy`, in eval mode: every weight must be there with its shape; the report is ``load_report``."""
+    from ...loaders.checkpoint import load_with_policy, read_diffusers_folder
 
     config, sd = read_diffusers_folder(folder)
     kwargs = _config_kwargs(config)
-    with torch.device("meta"):
-        expected = FanEncoder(**kwargs).state_dict()
-    sd = dict(sd)
-    for k, v in expected.items():
-        if k.endswith("num_batches_tracked") and k not in sd:
-            sd[k] = torch.zeros((), dtype=torch.long)
-    enc = build_and_load(lambda: FanEncoder(**kwargs), sd, source=str(folder), dtype=dtype)
+    enc = load_with_policy(lambda: FanEncoder(**kwargs), sd, load_policy(), source=str(folder), dtype=dtype)
     if device is not None:
         enc = enc.to(device)
     return enc.eval().requires_grad_(False)

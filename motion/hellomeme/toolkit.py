@@ -19,7 +19,9 @@ keeps the largest face. Unlike the original, a frame without a face is never dro
 with a face.
 
 Sessions use onnxruntime's CUDA provider when it is available (and not disabled), else the CPU. onnxruntime is
-imported only when a session is created.
+imported only when a session is created. Sessions are shared (:func:`shared_session`): every owner asking for the same
+file with the same settings gets the same session, so a server that builds a toolkit per job holds one session per
+model file, not one per job.
 
 Offline fallback: :func:`approximate_head_pose` estimates the 3DMM-style head angles and translation from MediaPipe's
 478 landmarks (the pack's :mod:`face` package) with ``cv2.solvePnP`` against a small canonical 3D face defined here.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -98,14 +101,53 @@ def onnx_providers(device: Optional[str] = None) -> list:
     return providers
 
 
-def create_session(path: str | Path, device: Optional[str] = None):
-    """An ``onnxruntime.InferenceSession`` for ``path`` (CUDA when available, else CPU)."""
+SHARED_SESSIONS = 8  # sessions the cache keeps referenced; owners keep theirs alive beyond that
+_sessions: "OrderedDict[tuple, object]" = OrderedDict()
+_sessions_lock = threading.Lock()
+
+
+def shared_session(path: str | Path, providers: Sequence, log_severity_level: Optional[int] = None):
+    """The ``onnxruntime.InferenceSession`` for ``path`` with these providers, shared by every caller.
+
+    Keyed by the file (resolved path, size, modification time: a replaced file gets a new session) and the settings.
+    onnxruntime allows concurrent ``run`` calls on one session, so sharing is safe. The cache keeps the
+    ``SHARED_SESSIONS`` most recently used sessions referenced; one dropped from it lives on while an owner still holds
+    it and is freed with its last owner (sessions have no reference cycles, so that happens at once).
+    """
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
-    return ort.InferenceSession(str(path), providers=onnx_providers(device))
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, repr(list(providers)), log_severity_level)
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is not None:
+            _sessions.move_to_end(key)
+            return session
+    options = None
+    if log_severity_level is not None:
+        options = ort.SessionOptions()
+        options.log_severity_level = log_severity_level
+    session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    with _sessions_lock:
+        session = _sessions.setdefault(key, session)  # a concurrent caller may have built it first
+        _sessions.move_to_end(key)
+        while len(_sessions) > SHARED_SESSIONS:
+            _sessions.popitem(last=False)
+    return session
+
+
+def clear_shared_sessions() -> None:
+    """Drop the cache's references (sessions still held by owners stay alive until those are discarded)."""
+    with _sessions_lock:
+        _sessions.clear()
+
+
+def create_session(path: str | Path, device: Optional[str] = None):
+    """The shared ``onnxruntime.InferenceSession`` for ``path`` (CUDA when available, else CPU)."""
+    return shared_session(path, onnx_providers(device))
 
 
 class _OnnxModel:

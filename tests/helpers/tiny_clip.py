@@ -1,7 +1,12 @@
 """A random SD1.5 text encoder (CLIP ViT-L/14 text tower, 768-d) saved as ComfyUI's ``text_encoders/clip_l``.
 
-ComfyUI's CLIPLoader builds its own full-size CLIP-L, so the stand-in has the real shape (random values, fp16 to
-halve the file); with ComfyUI's bundled tokenizer, CLIPTextEncode then yields real (B, 77, 768) CONDITIONING.
+ComfyUI's CLIPLoader builds its own full-size CLIP-L and loads the file into it with ``strict=False``: keys it cannot
+map are dropped with only a warning and the weights they name stay uninitialised, so the conditioning (and every
+image made from it) turns NaN. The key names therefore must be exactly those of the released ``clip_l.safetensors``
+(``text_model.…`` plus ``text_projection.weight``). They are written here from the architecture's shapes instead of
+a transformers model's ``state_dict()``, whose names change between transformers releases (5.x drops the
+``text_model.`` prefix). Random values (fp16 to halve the file); with ComfyUI's bundled tokenizer, CLIPTextEncode
+then yields real (B, 77, 768) CONDITIONING.
 """
 from __future__ import annotations
 
@@ -11,18 +16,46 @@ import torch
 from safetensors.torch import save_file
 
 
-def write_clip_l(models_dir: Path, seed: int = 0) -> Path:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
+def clip_l_state_dict(seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """Released CLIP-L text-encoder keys and shapes, random weights at the usual initialisation scale."""
     from portrait_animation.loaders.checkpoint import embedded_config, strip_config
 
-    torch.manual_seed(seed)
-    cfg = CLIPTextConfig(**{k: v for k, v in strip_config(embedded_config("sd15_text_encoder")).items()
-                            if k not in ("architectures", "torch_dtype", "transformers_version")})
-    model = CLIPTextModel(cfg)
+    cfg = strip_config(embedded_config("sd15_text_encoder"))
+    dim, ffn, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    std = cfg.get("initializer_range", 0.02)
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(*shape, scale=std):
+        return torch.randn(*shape, generator=gen) * scale
+
+    def layer_norm(prefix):
+        return {f"{prefix}.weight": torch.ones(dim), f"{prefix}.bias": torch.zeros(dim)}
+
+    def linear(prefix, out_features, in_features, bias=True):
+        d = {f"{prefix}.weight": normal(out_features, in_features)}
+        if bias:
+            d[f"{prefix}.bias"] = torch.zeros(out_features)
+        return d
+
+    sd = {"text_model.embeddings.token_embedding.weight": normal(vocab, dim),
+          "text_model.embeddings.position_embedding.weight": normal(cfg["max_position_embeddings"], dim, scale=0.01)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"text_model.encoder.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            sd.update(linear(f"{p}.self_attn.{proj}", dim, dim))
+        sd.update(layer_norm(f"{p}.layer_norm1"))
+        sd.update(layer_norm(f"{p}.layer_norm2"))
+        sd.update(linear(f"{p}.mlp.fc1", ffn, dim))
+        sd.update(linear(f"{p}.mlp.fc2", dim, ffn))
+    sd.update(layer_norm("text_model.final_layer_norm"))
+    sd.update(linear("text_projection", cfg["projection_dim"], dim, bias=False))
+    return {k: v.to(dtype).contiguous() for k, v in sd.items()}
+
+
+def write_clip_l(models_dir: Path, seed: int = 0) -> Path:
     target = Path(models_dir) / "text_encoders" / "clip_l.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(target))
+    save_file(clip_l_state_dict(seed), str(target))
     return target
 
 

@@ -1,20 +1,98 @@
 """Small stand-in models laid out exactly like a user's ComfyUI models folder, for end-to-end runs without weights.
 
-The networks come from the parity cases (materialised with the shared ``materialize.py``), so they have the
-released key layout with tiny widths; the pack loads them through the same store and loaders as the real files.
-Single-file models whose architecture would otherwise come from an embedded config (the VAE, wav2vec2) get a
-``<name>.config.json`` beside them.
+The networks come from the parity cases (materialised with the shared ``materialize.py``), with tiny widths, and are
+then written in the layouts of the RELEASED files (``specs/real_files.md``), not of the original classes:
+sd-vae-ft-mse and the SD1.5 ``vae/`` folder with the pre-diffusers-0.14 attention names, wav2vec2-base-960h as the
+212-tensor ``Wav2Vec2ForCTC`` file (``wav2vec2.`` prefix, ``lm_head.*``, ``weight_g``/``weight_v``, no
+``masked_spec_embed``), HelloMeme configs with ``_name_or_path`` and one adapter in fp16. The pack loads them through
+the same store and loaders as the real files. Single-file models whose architecture would otherwise come from an
+embedded config (the VAE, wav2vec2) get a ``<name>.config.json`` beside them.
+
+The ``*_layout`` functions rewrite a state dict of the pack's modules into a released layout; the tests of
+``tests/test_real_files.py`` use them too.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+
+# ---- released layouts ---------------------------------------------------------------------------------------------
+_LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+
+def legacy_vae_layout(sd: dict) -> dict:
+    """diffusers AutoencoderKL keys -> the pre-0.14 names of sd-vae-ft-mse / the SD1.5 ``vae/`` folder
+    (``mid_block.attentions.0.{query,key,value,proj_attn}``, 2-D Linear weights)."""
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^(.*\.attentions\.\d+)\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)$", k)
+        out[f"{m[1]}.{_LEGACY[m[2]]}.{m[3]}" if m else k] = v
+    return out
+
+
+def ldm_vae_name(name: str, n_blocks: int) -> str:
+    """diffusers AutoencoderKL key -> ldm key (the inverse of diffusers' converter)."""
+    name = name.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    name = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)", r"encoder.down.\1.block.\2", name)
+    name = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", r"encoder.down.\1.downsample", name)
+    name = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)",
+                  lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.block.{m[2]}", name)
+    name = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0",
+                  lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.upsample", name)
+    name = re.sub(r"mid_block\.resnets\.(\d+)", lambda m: f"mid.block_{int(m[1]) + 1}", name)
+    name = name.replace("mid_block.attentions.0", "mid.attn_1")
+    for a, b in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+        name = name.replace(f"attn_1.{a}.", f"attn_1.{b}.")
+    return name
+
+
+def ldm_vae_layout(sd: dict, n_blocks: int, prefix: str = "") -> dict:
+    """diffusers AutoencoderKL keys -> ldm keys (``prefix`` ``first_stage_model.`` in a full checkpoint, none in
+    ``vae-ft-mse-840000-ema-pruned``); the attention projections become 1x1 convs ``[C, C, 1, 1]`` as in ldm."""
+    out = {}
+    for k, v in sd.items():
+        k2 = ldm_vae_name(k, n_blocks)
+        if ".attn_1." in k2 and k2.endswith(("q.weight", "k.weight", "v.weight", "proj_out.weight")):
+            v = v[:, :, None, None]
+        out[prefix + k2] = v
+    return out
+
+
+def released_wav2vec2_layout(sd: dict, hidden: int, vocab: int = 32, parametrizations: bool = False) -> dict:
+    """Encoder keys (parity case / the pack's module) -> facebook/wav2vec2-base-960h as released: ``wav2vec2.`` prefix,
+    the CTC head ``lm_head.{weight [vocab, hidden], bias}``, no ``masked_spec_embed`` (212 tensors for the base model);
+    ``parametrizations=True`` writes the weight norm as torch's parametrisation (files re-saved by newer
+    transformers / ComfyUI)."""
+    out = {}
+    for k, v in sd.items():
+        k = k[len("wav2vec2."):] if k.startswith("wav2vec2.") else k
+        if k == "masked_spec_embed":
+            continue
+        if parametrizations:
+            k = k.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
+            k = k.replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1")
+        out["wav2vec2." + k] = v
+    g = torch.Generator().manual_seed(1)
+    out["lm_head.weight"] = torch.randn(vocab, hidden, generator=g) * 0.02
+    out["lm_head.bias"] = torch.zeros(vocab)
+    return out
+
+
+def released_emotion2vec_layout(sd: dict, embed_dim: int) -> dict:
+    """Emotion2VecModel keys -> emotion2vec_plus_large ``model.pt`` as reported: ``{"model": {d2v_model.* ...}}``, no
+    pre-training decoder, the 9-way head ``proj.*`` kept."""
+    model = {"d2v_model." + k: v for k, v in sd.items()}
+    model["proj.weight"] = torch.zeros(9, embed_dim)
+    model["proj.bias"] = torch.zeros(9)
+    return {"model": model}
 
 RELEASED_CONFIG = {  # the released config.json of classes without registered arguments (72 bytes, as on the hub)
     "image_proj": '{\n  "_class_name": "ImageProjModel",\n  "_diffusers_version": "0.31.0"\n}\n',
@@ -41,15 +119,18 @@ def write_memo_models(models_dir: Path, parity_root: Path, seed: int = 0) -> dic
         (memo / "image_proj" / "config.json").write_text(RELEASED_CONFIG["image_proj"])
         vae_dir = models_dir / "vae"
         vae_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(nets / "vae" / "diffusion_pytorch_model.safetensors", vae_dir / "sd-vae-ft-mse.safetensors")
+        # stabilityai/sd-vae-ft-mse as released: pre-0.14 attention names
+        vae_sd = load_file(str(nets / "vae" / "diffusion_pytorch_model.safetensors"))
+        save_file(legacy_vae_layout(vae_sd), str(vae_dir / "sd-vae-ft-mse.safetensors"))
         shutil.copy(nets / "vae" / "config.json", vae_dir / "sd-vae-ft-mse.config.json")
 
         speech = _materialize(parity_root, "audio_features_speech", tmp / "w2v") / "wav2vec2-base-960h-tiny"
         enc_dir = models_dir / "audio_encoders"
         enc_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(speech / "model.safetensors", enc_dir / "wav2vec2-base-960h.safetensors")
-        shutil.copy(speech / "config.json", enc_dir / "wav2vec2-base-960h.config.json")
         w2v = json.loads((speech / "config.json").read_text())
+        save_file(released_wav2vec2_layout(load_file(str(speech / "model.safetensors")), w2v["hidden_size"]),
+                  str(enc_dir / "wav2vec2-base-960h.safetensors"))
+        shutil.copy(speech / "config.json", enc_dir / "wav2vec2-base-960h.config.json")
         net = json.loads((nets / "diffusion_net" / "config.json").read_text())
 
     layers, hidden, token_dim, inter = w2v["num_hidden_layers"], w2v["hidden_size"], net["audio_attention_dim"], 64
@@ -139,6 +220,17 @@ def write_hellomeme_models(models_dir: Path, parity_root: Path, seed: int = 0) -
             shutil.copytree(video / "songkey" / "stable-diffusion-v1-5" / part, hm / "stable-diffusion-v1-5" / part,
                             dirs_exist_ok=True)
             shutil.copytree(video / "checkpoint" / part, checkpoint / part, dirs_exist_ok=True)
+    # released layouts: the SD1.5 vae/ folder with pre-0.14 attention names; configs with _name_or_path; hm5_motion
+    # in fp16 (the released adapters are fp16 or fp32 by repository and revision)
+    sd15_vae = hm / "stable-diffusion-v1-5" / "vae" / "diffusion_pytorch_model.safetensors"
+    save_file(legacy_vae_layout(load_file(str(sd15_vae))), str(sd15_vae))
+    for part in ("hm5_reference", "hm5_motion", "hm5c_reference"):
+        cfg_path = hm / part / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.setdefault("_name_or_path", f"songkey/{part}")
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    motion = hm / "hm5_motion" / "diffusion_pytorch_model.safetensors"
+    save_file({k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(motion)).items()}, str(motion))
     unet = json.loads((hm / "stable-diffusion-v1-5" / "unet" / "config.json").read_text())
     vae = json.loads((hm / "stable-diffusion-v1-5" / "vae" / "config.json").read_text())
 
@@ -148,6 +240,7 @@ def write_hellomeme_models(models_dir: Path, parity_root: Path, seed: int = 0) -
                                                   token_dim=HELLOMEME_TOKEN_DIM, **encoder_fields))
     # the released config.json fields; the other widths are read from the weights' shapes when loading
     _save_module(encoder, hm / "hm5_control_base", {"_class_name": "HM5ControlNetBase", "_diffusers_version": "0.33.1",
+                                                    "_name_or_path": "songkey/hm5_control_base",
                                                     "cross_attention_dim": HELLOMEME_CONTEXT_DIM, "in_channels": 3})
     for repo in ("hm5_control_proj", "hm5c_control_proj"):
         _save_module(ControlProjector(projections), hm / repo,

@@ -25,13 +25,12 @@ PACK_LINK_NAME = "portrait_animation_under_test"
 
 
 def comfy_python(comfy_path: Path) -> str:
-    """Interpreter for the server: $COMFYUI_PYTHON, a venv inside the checkout, or this interpreter."""
-    if os.environ.get("COMFYUI_PYTHON"):
-        return os.environ["COMFYUI_PYTHON"]
+    """Interpreter for the server: the install's own venv (each version has its own), else $COMFYUI_PYTHON, else
+    this interpreter."""
     for cand in (comfy_path / ".venv/bin/python", comfy_path / "venv/bin/python"):
         if cand.exists():
             return str(cand)
-    return sys.executable
+    return os.environ.get("COMFYUI_PYTHON") or sys.executable
 
 
 def free_port() -> int:
@@ -222,3 +221,32 @@ def fast(graph: dict) -> dict:
     for node in out.values():
         node["inputs"].update(FAST_OVERRIDES.get(node["class_type"], {}))
     return out
+
+
+# ---- outputs ------------------------------------------------------------------------------------------------------
+def output_files(entry: dict) -> list[tuple[str, dict]]:
+    """(node id, file record) for every image/video file a finished prompt lists in its history entry."""
+    return [(nid, f) for nid, out in entry["outputs"].items() for key in ("images", "videos", "gifs", "animated")
+            for f in out.get(key, []) if isinstance(f, dict) and "filename" in f]
+
+
+def fetch_view(server: ComfyServer, f: dict) -> bytes:
+    """A file the server lists, fetched back through ``/view`` as a browser would."""
+    query = urllib.parse.urlencode({"filename": f["filename"], "subfolder": f.get("subfolder", ""),
+                                    "type": f.get("type", "output")})
+    with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=60) as r:
+        assert r.status == 200, f
+        return r.read()
+
+
+def decode_media(data: bytes, name: str):
+    """An image or a video file's frames as float32 [N, H, W, 3] in 0..1 (PyAV decodes both)."""
+    import io
+
+    import av
+    import numpy as np
+
+    with av.open(io.BytesIO(data)) as container:
+        frames = [fr.to_ndarray(format="rgb24") for fr in container.decode(video=0)]
+    assert frames, f"{name}: no frames"
+    return np.stack(frames).astype(np.float32) / 255.0

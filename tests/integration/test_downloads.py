@@ -42,32 +42,50 @@ def serve_group(hub, family: str, groups: list[str]):
 
 
 def test_download_lands_in_the_configured_folders(comfy_server, loopback_hub):
-    files = serve_group(loopback_hub, "hunyuan_portrait", ["motion", "core"])
-    entry = comfy_server.run(model_files_prompt("hunyuan_portrait", "motion,core", True))
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
-    for f in files:
-        if f.folder == "portrait_animation":
-            path = comfy_server.extra_models_dir / f.dest  # the extra_model_paths.yaml folder
-        else:
-            path = comfy_server.models_dir / f.folder / f.dest  # a standard ComfyUI folder
-        assert path.is_file(), f"{f.id} not at {path}"
-        assert path.read_bytes() == loopback_hub.files[(f.repo_id, f.path)].data
-    assert any(f.folder == "vae" for f in files) and any(f.folder == "portrait_animation" for f in files)
-    report = entry["outputs"]["1"]["text"][0]
-    assert report.count("ok ") == len(files) and "MISSING" not in report
-    leftovers = [p for p in comfy_server.workdir.rglob("*") if p.name.startswith(".download-")]
-    assert leftovers == []
+    # a group no other test stages or expects missing: its files are removed again below (the server is shared)
+    files = serve_group(loopback_hub, "hellomeme", ["expression_arkit"])
+    paths = {f.id: (comfy_server.extra_models_dir / f.dest if f.folder == "portrait_animation"  # extra_model_paths
+                    else comfy_server.models_dir / f.folder / f.dest) for f in files}  # a standard ComfyUI folder
+    try:
+        entry = comfy_server.run(model_files_prompt("hellomeme", "expression_arkit", True))
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+        for f in files:
+            assert paths[f.id].is_file(), f"{f.id} not at {paths[f.id]}"
+            assert paths[f.id].read_bytes() == loopback_hub.files[(f.repo_id, f.path)].data
+        assert any(f.folder == "clip_vision" for f in files) and any(f.folder == "portrait_animation" for f in files)
+        report = entry["outputs"]["1"]["text"][0]
+        assert report.count("ok ") == len(files) and "MISSING" not in report
+        assert report.count("[canonical destination]") == len(files)
+        leftovers = [p for p in comfy_server.workdir.rglob("*") if p.name.startswith(".download-")]
+        assert leftovers == []
+    finally:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+
+
+def test_hunyuan_portrait_is_not_offered_for_download(comfy_server, loopback_hub):
+    serve_group(loopback_hub, "hunyuan_portrait", ["motion"])
+    before = len(loopback_hub.requests)
+    status, body = comfy_server.queue(model_files_prompt("hunyuan_portrait", "motion", True))
+    if status == 200:
+        # ComfyUI 0.3.64 queues a V3 combo value outside its options; the store then refuses the download
+        entry = comfy_server.wait(body["prompt_id"])
+        assert entry["status"]["status_str"] == "error", entry["status"]
+        assert "execution_error" in status_messages(entry), entry
+    else:
+        assert status == 400, body  # not in the node's family list (0.33+ validates combo values)
+    assert len(loopback_hub.requests) == before
 
 
 def test_corrupt_download_is_reported_and_not_installed(comfy_server, loopback_hub):
-    f = load_manifest("hunyuan_portrait").file("arcface")
+    f = load_manifest("memo").file("insightface_scrfd_10g_bnkps")
     good = b"onnx model bytes" * 64
     loopback_hub.add(f.repo_id, f.path, b"tampered" + good[8:], advertised_sha256=hashlib.sha256(good).hexdigest())
-    for other in load_manifest("hunyuan_portrait").select(groups=["arcface"]):
+    for other in load_manifest("memo").select(groups=["face"]):
         if other.id != f.id:
             loopback_hub.add(other.repo_id, other.path, b"onnx" * 100)
-    entry = comfy_server.run(model_files_prompt("hunyuan_portrait", "arcface", True))
+    entry = comfy_server.run(model_files_prompt("memo", "face", True))
     assert entry["status"]["status_str"] == "error"
     msg = status_messages(entry)["execution_error"]["exception_message"]
-    assert "hunyuan_portrait/arcface" in msg and "corrupt" in msg and "sha256" in msg, msg
+    assert "memo/insightface_scrfd_10g_bnkps" in msg and "corrupt" in msg and "sha256" in msg, msg
     assert not (comfy_server.extra_models_dir / f.dest).exists()

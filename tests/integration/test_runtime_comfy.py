@@ -31,10 +31,24 @@ SCRIPT = textwrap.dedent('''
             return self.weight.device
 
     h = rt.manage("toy", ReadOnlyDevice(64, 64), torch.float32)
+    import comfy.model_patcher
+    from pa.runtime.comfy import whole_model_patcher
+    patcher = h.extra["patcher"]
+    assert type(patcher) is whole_model_patcher() and isinstance(patcher, comfy.model_patcher.ModelPatcher)
+    assert type(patcher.clone()) is type(patcher), "a clone must unload whole too"
+    rt.load([h, h])  # the same model twice in one stage: loaded once
+    assert sum(m is patcher for m in mm.loaded_models()) == 1, "not loaded (once) through model management"
+    rt.offload([h])  # after a stage: stays until ComfyUI needs the room (smart memory is on by default)
+    assert any(m is patcher for m in mm.loaded_models()), "offload evicted eagerly with smart memory on"
+    mm.DISABLE_SMART_MEMORY = True  # --disable-smart-memory: the user asked for aggressive freeing
+    try:
+        rt.offload([h])
+    finally:
+        mm.DISABLE_SMART_MEMORY = False
+    assert not any(m is patcher for m in mm.loaded_models()), "still loaded after offload with smart memory off"
     rt.load([h])
-    assert any(m is h.extra["patcher"] for m in mm.loaded_models()), "not loaded through model management"
-    rt.offload([h])
-    assert not any(m is h.extra["patcher"] for m in mm.loaded_models()), "still loaded after offload"
+    assert patcher.partially_unload(patcher.offload_device, 1) == patcher.model_size(), "not reported freed whole"
+    assert patcher.loaded_size() == 0 and h.device == patcher.offload_device
     with rt.progress(3) as bar:
         bar.update(1)
     mm.interrupt_current_processing(True)
@@ -48,8 +62,8 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_comfy_runtime_under_model_management(tmp_path):
-    comfy = Path(os.environ["COMFYUI_PATH"])
+def test_comfy_runtime_under_model_management(tmp_path, comfy_install):
+    comfy = Path(comfy_install)
     script = tmp_path / "check.py"
     script.write_text(SCRIPT.replace("sys.argv_root", repr(str(ROOT))))
     r = subprocess.run([comfy_python(comfy), str(script)], cwd=comfy, capture_output=True, text=True, timeout=300,
