@@ -6,6 +6,7 @@ Importing this package does no heavy work: ComfyUI calls :func:`comfy_entrypoint
 """
 
 __version__ = "0.1.0"
+WEB_DIRECTORY = "./web"  # frontend touches (error dialogs titled with display names); no node logic lives there
 
 
 async def comfy_entrypoint():

@@ -22,6 +22,7 @@ holds a bounded number of graphs.
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import zipfile
@@ -39,6 +40,7 @@ from .frames import Frames, as_batch, frame_size, frame_uint8
 from .track import Face, FaceTrack, NoFaceError
 
 TASK_FAMILY, TASK_FILE_ID = "face", "face_landmarker"
+log = logging.getLogger("portrait_animation")
 
 _MESH_CROP = 384          # side of the square crop the bundled mesh runs on (the face fills about half of it)
 _MESH_CROP_SCALE = 2.0    # crop side / largest side of the detector's box
@@ -311,10 +313,13 @@ class GraphPool:
 
 def _build_backend(key: tuple):
     """The backend a pool key describes (see :meth:`FaceDetector.graph_key`)."""
+    version = getattr(_import_mediapipe(), "__version__", "?")
     if key[0] == "bundled":
         _, max_faces, min_confidence = key
+        log.info("face detection: MediaPipe %s, bundled face models", version)
         return _BundledBackend(max_faces, min_confidence)
     _, path, _size, _mtime, max_faces, min_confidence = key
+    log.info("face detection: MediaPipe %s, task backend (%s)", version, path)
     return _TaskBackend(Path(path), max_faces, min_confidence)
 
 

@@ -657,10 +657,35 @@ class ModelStore:
         from huggingface_hub.file_download import http_get
 
         target = staging / Path(file.dest).name
+        url = mirrored_url(file.url)
+        if url != file.url:
+            log.info("downloading %s/%s from the mirror %s", file.family, file.id, url)
         with open(target, "wb") as fh:
-            http_get(file.url, fh, expected_size=file.size, displayed_filename=target.name,
+            http_get(url, fh, expected_size=file.size, displayed_filename=target.name,
                      tqdm_class=_tqdm_forwarding(file, progress))
         return target
+
+
+URL_MIRRORS_ENV = "PORTRAIT_ANIMATION_URL_MIRRORS"
+
+
+def mirrored_url(url: str) -> str:
+    """``url`` with the longest matching prefix replaced per ``PORTRAIT_ANIMATION_URL_MIRRORS``.
+
+    The variable holds ``prefix=replacement`` pairs separated by whitespace or ``;``, e.g.
+    ``https://storage.googleapis.com/=https://mirror.example/gcs/``. It is the plain-URL counterpart of
+    ``HF_ENDPOINT`` (which redirects the Hub files) for the few files that are not on the Hub (MediaPipe's
+    ``face_landmarker.task``), for a company mirror or an offline test server."""
+    rules = []
+    for pair in os.environ.get(URL_MIRRORS_ENV, "").replace(";", " ").split():
+        prefix, sep, replacement = pair.partition("=")
+        if not sep or not prefix:
+            raise ValueError(f"{URL_MIRRORS_ENV}: {pair!r} is not 'prefix=replacement'")
+        rules.append((prefix, replacement))
+    for prefix, replacement in sorted(rules, key=lambda r: -len(r[0])):
+        if url.startswith(prefix):
+            return replacement + url[len(prefix):]
+    return url
 
 
 def _logged(err: MissingModelFiles) -> MissingModelFiles:

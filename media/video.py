@@ -96,7 +96,10 @@ def iter_video_frames(path, max_frames: Optional[int] = None, start: int = 0, st
     container = _open(path, "a video")
     try:
         stream, _ = _video_stream(container, path)
-        stream.thread_type = "AUTO"
+        # no frame threading ("AUTO"/"FRAME"): closing a frame-threaded decoder that stopped mid-stream (a frame cap,
+        # a start offset) can deadlock inside avcodec_free_context (seen with PyAV 18 / FFmpeg 8 under load, the
+        # server's worker thread hung for good). Slice threading has no such state and is what PyAV uses by default.
+        stream.thread_type = "SLICE"
         index = taken = 0
         if limit == 0:
             return

@@ -7,6 +7,7 @@
 #
 # Archives unpack to $COMFYUI_HOME/ComfyUI-<version>/ (default ~/.cache/portrait-animation/comfyui) with the venv in
 # ComfyUI-<version>/.venv. The tests find every prepared install there (or take COMFYUI_PATH, a ':'-separated list).
+# The newest MediaPipe goes to $COMFYUI_HOME/overlays/mediapipe-<version> for the fresh-install test (see below).
 # A finished install is marked with .pa-ready holding a stamp of what it was built from (the archive, ComfyUI's and
 # the pack's requirements, the torch trio, the Python version); a matching stamp skips it, so CI reuses the installs
 # (they live outside the clone) and pip reuses its download cache for everything else.
@@ -45,6 +46,20 @@ setup_tree() {  # $1: ComfyUI folder, $2: the archive it came from (optional)
   echo "ComfyUI ready: $comfy"
 }
 
+# The newest MediaPipe, which carries no face models, for the fresh-install test: installed once into an overlay folder
+# that the test puts first on the server's PYTHONPATH (the venvs keep 0.10.21, whose bundled models the offline tests
+# use). Pure --no-deps install: the venvs already hold what it needs but absl-py/flatbuffers at its versions.
+MEDIAPIPE_CURRENT=${MEDIAPIPE_CURRENT:-1.2.3}
+setup_mediapipe_overlay() {
+  local overlay="$COMFYUI_HOME/overlays/mediapipe-$MEDIAPIPE_CURRENT"
+  [ -f "$overlay/.pa-ready" ] && { echo "MediaPipe $MEDIAPIPE_CURRENT overlay ready (cached): $overlay"; return; }
+  rm -rf "$overlay"
+  "$PYTHON" -m pip --disable-pip-version-check -q install --target "$overlay" --no-deps \
+      "mediapipe==$MEDIAPIPE_CURRENT" 'absl-py~=2.3' 'flatbuffers~=25.9'
+  touch "$overlay/.pa-ready"
+  echo "MediaPipe $MEDIAPIPE_CURRENT overlay ready: $overlay"
+}
+
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   for a in "$SHARED_DIR"/comfyui/ComfyUI-*.tar.gz; do
@@ -69,3 +84,4 @@ for t in "${targets[@]}"; do
     setup_tree "$tree" "$archive"
   fi
 done
+setup_mediapipe_overlay

@@ -33,7 +33,7 @@ from test_hellomeme_pipeline import (TEXT, computed_controls, reference_image, r
                                      tiny_unet)
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ("hellomeme_image", "hellomeme_video", "hellomeme_style_transfer")
+WORKFLOWS = ("HelloMeme image", "HelloMeme video", "HelloMeme style transfer")
 
 
 # ---- driving frame rate ----------------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_workflow_pastes_back_with_the_conditions_crop(name):
 
 
 def test_video_workflow_drives_at_8_fps_and_writes_that_rate():
-    g = _api("hellomeme_video")
+    g = _api("HelloMeme video")
     cid = _one(g, "PortraitAnim_HelloMemeConditions")
     load = _one(g, "PortraitAnim_LoadVideoFrames")
     assert g[cid]["inputs"]["fps"] == [load, 1] and g[cid]["inputs"]["driving"] == [load, 0]

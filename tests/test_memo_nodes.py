@@ -102,10 +102,10 @@ def test_node_defaults_are_the_released_ones(memo_nodes):
 
 
 def test_example_workflows_use_the_released_batching():
-    api = json.loads((ROOT / "workflows" / "api" / "memo_talking_portrait.json").read_text())
+    api = json.loads((ROOT / "workflows" / "api" / "MEMO talking portrait.json").read_text())
     samplers = [n for n in api.values() if n.get("class_type") == "PortraitAnim_MemoSampler"]
     assert samplers and all(n["inputs"]["faithful"] is True for n in samplers)
-    ui = json.loads((ROOT / "workflows" / "memo_talking_portrait.json").read_text())
+    ui = json.loads((ROOT / "workflows" / "MEMO talking portrait.json").read_text())
     nodes = [n for n in ui["nodes"] if n["type"] == "PortraitAnim_MemoSampler"]
     # widgets in input order: seed, control_after_generate, steps, cfg, past_frames, resolution, on_missing_face,
     # faithful

@@ -245,3 +245,18 @@ def test_manifest_validation_rejects_bad_entries():
         parse_manifest({"family": "t", "files": [good, good]})
     with pytest.raises(ValueError, match="exactly one"):
         parse_manifest({"family": "t", "files": [dict(good, url="http://x")]})
+
+
+def test_url_mirrors_rewrite_the_longest_matching_prefix(monkeypatch):
+    from portrait_animation.loaders.store import URL_MIRRORS_ENV, mirrored_url
+
+    url = "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
+    monkeypatch.delenv(URL_MIRRORS_ENV, raising=False)
+    assert mirrored_url(url) == url
+    monkeypatch.setenv(URL_MIRRORS_ENV, "https://storage.googleapis.com/=http://m/gcs/ ; "
+                                        "https://storage.googleapis.com/mediapipe-models/=http://m/mp/")
+    assert mirrored_url(url) == "http://m/mp/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
+    assert mirrored_url("https://example.com/x") == "https://example.com/x"
+    monkeypatch.setenv(URL_MIRRORS_ENV, "no-equals-sign")
+    with pytest.raises(ValueError, match=URL_MIRRORS_ENV):
+        mirrored_url(url)

@@ -92,6 +92,13 @@ def test_nodes_have_titles(path):
 
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_file_name_reads_as_a_template_title(path):
+    """The template browser shows a custom node pack's template under its file name (frontends 1.27 and 1.49 have
+    no other title for them), so the name is the title: words, not an identifier."""
+    assert "_" not in path.stem and " " in path.stem and path.stem[0].isupper(), path.name
+    assert (path.parent / "api" / path.name).is_file(), f"no API twin api/{path.name}"
+
+
 def test_thumbnail_next_to_the_workflow(path):
     """The template browser asks ``/api/workflow_templates/<pack>/<name>.jpg``."""
     jpg = path.with_suffix(".jpg")

@@ -58,28 +58,28 @@ CLIP_L_WHERE = ("clip_l.safetensors (OpenAI CLIP ViT-L/14 text encoder, the one 
                 "huggingface.co/comfyanonymous/flux_text_encoders -> models/text_encoders/ (the Load CLIP node "
                 "offers the download when it is missing).")
 NOTES = {
-    "face_crop_paste_back": (
+    "Face crop and paste back": (
         "What to change: pick your portrait in Portrait. Face Crop's size/scale/offset_y frame the face; "
         "the ImageSharpen node stands in for a face model: replace it with an animation node. Face Paste Back's "
         "feather and mask_shape control the seam. No model download beyond MediaPipe's face model "
         "(Face Detector fetches it when needed)."),
-    "video_face_crop_paste_back": (
+    "Face crop and paste back (video)": (
         "What to change: pick your video in Load Video and an audio file in Soundtrack (it is fitted to the "
         "video's length). Face Crop's stability=smooth keeps the box steady; replace the ImageSharpen stand-in "
         "with an animation node. No model download beyond MediaPipe's face model."),
-    "hellomeme_image": (
+    "HelloMeme image": (
         "What to change: Reference Portrait (who) and Driving Face (pose and expression). HelloMeme Loader: "
         "version v5c, any SD1.5 checkpoint; its files download on first use. Steps/cfg on HelloMeme Image. "
         "CLIP: " + CLIP_L_WHERE),
-    "hellomeme_video": (
+    "HelloMeme video": (
         "What to change: Reference Portrait and the Driving Video (frame_cap limits the length). HelloMeme Loader "
         "(v5, video) downloads its files on first use. Steps/cfg on HelloMeme Video; the result keeps the "
         "driving video's audio. CLIP: " + CLIP_L_WHERE),
-    "hellomeme_style_transfer": (
+    "HelloMeme style transfer": (
         "What to change: Portrait, and in HelloMeme Loader a stylised SD1.5 checkpoint or LoRA "
         "(models/checkpoints, models/loras); the Style Prompt describes the look, cfg 1.2 keeps the face. "
         "CLIP: " + CLIP_L_WHERE),
-    "memo_talking_portrait": (
+    "MEMO talking portrait": (
         "What to change: Portrait and Speech (any audio or video file in ComfyUI's input folder). "
         "MEMO Loader downloads its files on first use (Check MEMO files lists them); MEMO Talking Portrait's "
         "steps, cfg and frames per window set speed and quality."),

@@ -1,9 +1,9 @@
 """A minimal Hugging Face Hub look-alike on 127.0.0.1, enough for ``huggingface_hub.hf_hub_download``.
 
-Serves ``/{repo_id}/resolve/{revision}/{path}`` (HEAD and GET, with Range) from an in-memory file table, with the
-headers the client reads (X-Repo-Commit, ETag/X-Linked-Etag as the sha256, Content-Length/X-Linked-Size). Files can
-be registered as corrupt (served bytes differ from the advertised checksum) or truncated (the connection drops
-early), and every request is logged so tests can assert what was fetched.
+Serves ``/{repo_id}/resolve/{revision}/{path}`` (HEAD and GET, with Range) and plain URL paths (``add_plain``) from an
+in-memory file table, with the headers the client reads (X-Repo-Commit, ETag/X-Linked-Etag as the sha256,
+Content-Length/X-Linked-Size). Files can be registered as corrupt (served bytes differ from the advertised checksum)
+or truncated (the connection drops early), and every request is logged so tests can assert what was fetched.
 """
 from __future__ import annotations
 
@@ -28,8 +28,14 @@ class LoopbackHub:
     files: dict[tuple[str, str], HubFile] = field(default_factory=dict)  # (repo_id, path) -> file
     requests: list[tuple[str, str]] = field(default_factory=list)
 
+    plain: dict[str, HubFile] = field(default_factory=dict)  # URL path -> file, served as is
+
     def add(self, repo_id: str, path: str, data: bytes, **kw) -> None:
         self.files[(repo_id, path)] = HubFile(data, **kw)
+
+    def add_plain(self, url_path: str, data: bytes, **kw) -> None:
+        """Serve ``data`` at ``url_path`` (starting with ``/``), for files the pack fetches by plain URL."""
+        self.plain[url_path] = HubFile(data, **kw)
 
     def start(self) -> str:
         hub = self
@@ -41,7 +47,10 @@ class LoopbackHub:
                 pass
 
             def _lookup(self):
-                m = re.match(r"^/(?:models/)?(.+?)/resolve/([^/]+)/(.+)$", self.path.split("?")[0])
+                path = self.path.split("?")[0]
+                if path in hub.plain:  # a plain URL (a mirror of a file that is not on the Hub)
+                    return hub.plain[path]
+                m = re.match(r"^/(?:models/)?(.+?)/resolve/([^/]+)/(.+)$", path)
                 if not m:
                     return None
                 return hub.files.get((m.group(1), m.group(3)))

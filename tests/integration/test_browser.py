@@ -31,8 +31,6 @@ CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 PACK_MARKERS = ("portraitanim", "portrait_animation", "portrait animation")
-# The examples' layout is being redone (issue 8 item 3); until then their nodes may overlap.
-LAYOUT_PENDING: set[str] = set()  # every example is laid out without overlaps (issue 8 item 3)
 
 
 def _need_browser():
@@ -246,12 +244,42 @@ def test_workflow_loads_cleanly_and_runs_from_the_ui(frontend, comfy_server, pat
     assert not pack_errors, f"{path.name}: console errors from the pack: {pack_errors}"
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=False, reason="workflow layout pending (issue 8 item 3)"))
-    if p.stem in LAYOUT_PENDING else p for p in UI_WORKFLOWS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_nodes_do_not_overlap(frontend, path):
     """Node boxes (title bar included) as the frontend lays them out after loading do not overlap."""
     frontend.load(json.loads(path.read_text()))
     found = overlaps(frontend.nodes())
     print(f"{path.stem}: {len(found)} overlapping pairs")
     assert not found, f"{path.name} ({frontend.version()}): overlapping nodes: {found}"
+
+
+DIALOG_JS = """() => Array.from(document.querySelectorAll('.p-dialog, [role=dialog]'))
+    .filter(e => e.offsetParent !== null).map(e => e.innerText.trim())"""
+
+
+def test_error_dialog_is_titled_with_the_node_name(frontend, comfy_server):
+    """A run that stops in a pack node (a picture without a face) opens the frontend's error dialog titled with the
+    node's name as shown on the canvas, not its class id, and with the pack's plain error message."""
+    from PIL import Image
+
+    Image.new("RGB", (256, 256), (128, 140, 150)).save(comfy_server.input_dir / "no_face.png")
+    workflow = json.loads((ROOT / "workflows" / "Face crop and paste back.json").read_text())
+    frontend.load(workflow)
+    frontend.set_widgets({"LoadImage": {"image": "no_face.png"}})
+    detect = next(n for n in frontend.nodes() if n["type"] == "PortraitAnim_DetectFaceLandmarks")
+    before = history_ids(comfy_server)
+    frontend.queue()
+    entry = wait_new_prompt(comfy_server, before, rejected=frontend.node_errors, timeout=120)
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    frontend.page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.p-dialog, [role=dialog]')).some(e => e.offsetParent !== null"
+        " && /face/i.test(e.innerText))", timeout=30_000)
+    dialogs = [t for t in frontend.page.evaluate(DIALOG_JS) if "face" in t.lower()]
+    try:
+        assert dialogs, "no error dialog"
+        title, *rest = [line.strip() for line in dialogs[0].splitlines() if line.strip()]
+        assert title == detect["title"], f"dialog titled {title!r}, not the node's name {detect['title']!r}"
+        assert "PortraitAnim_" not in title and rest and "no face found" in rest[0], dialogs[0][:400]
+    finally:
+        frontend.page.keyboard.press("Escape")
+        frontend.page.wait_for_timeout(500)

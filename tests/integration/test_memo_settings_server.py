@@ -9,7 +9,7 @@ from .comfy import ROOT, fast, load_api_workflow, status_messages
 
 
 def _memo_graph() -> dict:
-    return fast(load_api_workflow(ROOT / "workflows" / "api" / "memo_talking_portrait.json"))
+    return fast(load_api_workflow(ROOT / "workflows" / "api" / "MEMO talking portrait.json"))
 
 
 def _node(graph: dict, class_type: str) -> str:

@@ -74,7 +74,7 @@ def test_ui_workflow_with_old_ids_is_offered_the_fix(comfy_server, comfy_install
 
 
 def test_api_workflow_with_old_ids_runs(comfy_server, comfy_install, data_dir, tmp_path):
-    graph = json.loads((WORKFLOWS / "api" / "face_crop_paste_back.json").read_text())
+    graph = json.loads((WORKFLOWS / "api" / "Face crop and paste back.json").read_text())
     for node in graph.values():
         if isinstance(node, dict):
             node["class_type"] = OLD.get(node["class_type"], node["class_type"])

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = Path("workflows") / "api" / "face_crop_paste_back.json"  # relative to the pack
+EXAMPLE = Path("workflows") / "api" / "Face crop and paste back.json"  # relative to the pack
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OWN_FOLDERS = {"custom_nodes", "input", "output", "temp", "user", "models"}
 

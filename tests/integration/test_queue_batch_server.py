@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "queue_batch.py"
-FACE_WORKFLOW = ROOT / "workflows" / "api" / "face_crop_paste_back.json"
+FACE_WORKFLOW = ROOT / "workflows" / "api" / "Face crop and paste back.json"
 MEDIA = ("harris.jpg", "dicaprio.jpg", "source_image.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,23 +1,82 @@
-"""A fresh install offers the example workflows' inputs: a real ComfyUI whose input folder starts empty lists the
-shipped samples in core Load Image / Load Video / Load Audio and in the pack's loaders, and runs an example as is.
+"""A fresh install runs the examples as shipped: a real ComfyUI whose input and models folders start empty, with the
+newest MediaPipe (no bundled face models) and only a loopback server reachable for downloads.
 
-The shared ``comfy_server`` stages the sample media into its input folder, so it cannot show the fresh-install
-path; this module starts its own server on an empty input folder (a user's file of a sample's name in it)."""
+* The example workflows' inputs are offered: the shipped samples are listed in core Load Image / Load Video / Load
+  Audio and in the pack's loaders (a user's file of a sample's name is never touched).
+* The face example runs without a switch to toggle: its Face Detector fetches ``face_landmarker.task`` on first use
+  (through ``PORTRAIT_ANIMATION_URL_MIRRORS``, the loopback server standing in for Google's model storage).
+
+The server runs with ``PYTHONPATH`` set to the overlay ``scripts/setup_comfyui.sh`` installs the newest MediaPipe into
+(``$COMFYUI_HOME/overlays/mediapipe-<version>``), so it imports that MediaPipe instead of the venv's 0.10.21. The
+served task bundle is assembled from 0.10.21's tflite models (the official file cannot be fetched here): the real
+Tasks API runs it, and the landmarks are checked only for landing on the face.
+"""
 from __future__ import annotations
 
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 
+from portrait_animation.loaders.manifest import load_manifest
 from portrait_animation.media.samples import SAMPLES_DIR, sample_names
 
-from .comfy import ROOT, ComfyServer, fast, load_api_workflow
+from .comfy import ROOT, ComfyServer, decode_media, fetch_view, load_api_workflow, output_files
+from .conftest import DEFAULT_COMFYUI_HOME, IN_CI
 
 USERS_OWN = b"not a sample: the user's own file under a sample's name"
+GCS = "https://storage.googleapis.com/"
+
+
+def current_mediapipe_overlay() -> Path | None:
+    """The newest MediaPipe overlay prepared by ``scripts/setup_comfyui.sh`` (None when there is none)."""
+    home = Path(os.environ.get("COMFYUI_HOME") or DEFAULT_COMFYUI_HOME).expanduser()
+    found = sorted((p.parent for p in home.glob("overlays/mediapipe-*/.pa-ready")),
+                   key=lambda p: tuple(int(x) for x in p.name.split("-", 1)[1].split(".") if x.isdigit()))
+    return found[-1] if found else None
+
+
+def stand_in_task_bundle() -> bytes:
+    """A ``.task`` zip in the official layout, from the face models bundled with this process's MediaPipe 0.10.21."""
+    import mediapipe
+
+    modules = Path(mediapipe.__file__).parent / "modules"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.write(modules / "face_detection" / "face_detection_short_range.tflite", "face_detector.tflite")
+        z.write(modules / "face_landmark" / "face_landmark.tflite", "face_landmarks_detector.tflite")
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
-def fresh_server(comfy_install, tmp_path_factory):
+def mirror():
+    from helpers.loopback_hub import LoopbackHub
+
+    hub = LoopbackHub()
+    base = hub.start()
+    url = load_manifest("face").file("face_landmarker").url
+    assert url.startswith(GCS), url
+    hub.add_plain("/gcs/" + url[len(GCS):], stand_in_task_bundle())
+    yield hub, base
+    hub.stop()
+
+
+@pytest.fixture(scope="module")
+def fresh_server(comfy_install, tmp_path_factory, mirror):
+    overlay = current_mediapipe_overlay()
+    if overlay is None:
+        reason = "no current-MediaPipe overlay: run 'bash scripts/setup_comfyui.sh'"
+        pytest.fail(reason, pytrace=False) if IN_CI else pytest.skip(reason)
+    hub, base = mirror
     workdir = tmp_path_factory.mktemp("fresh-install")
-    server = ComfyServer(comfy_install, workdir, env={"HF_ENDPOINT": "http://127.0.0.1:9"})  # nothing to fetch
+    server = ComfyServer(comfy_install, workdir, env={
+        "PYTHONPATH": str(overlay),
+        "HF_ENDPOINT": base,  # nothing on the Hub is needed; a request there would show in hub.requests
+        "PORTRAIT_ANIMATION_URL_MIRRORS": f"{GCS}={base}/gcs/"})
     server.input_dir.mkdir(parents=True)
     (server.input_dir / "dicaprio.jpg").write_bytes(USERS_OWN)
     assert sorted(p.name for p in server.input_dir.iterdir()) == ["dicaprio.jpg"]
@@ -57,7 +116,31 @@ def test_core_and_pack_loaders_list_the_samples(fresh_server):
         assert "speech.wav" in core_audio
 
 
-def test_an_example_runs_as_shipped(fresh_server):
-    graph = fast(load_api_workflow(ROOT / "workflows" / "api" / "face_crop_paste_back.json"))
+def test_the_face_example_runs_as_shipped_with_current_mediapipe(fresh_server, mirror):
+    """No override and no switch: the shipped face example on an empty models folder, MediaPipe without bundled
+    models; the task file comes from the (loopback) download source on first use and the result is a real picture."""
+    hub, _ = mirror
+    before = len(hub.requests)
+    graph = load_api_workflow(ROOT / "workflows" / "api" / "Face crop and paste back.json")
     entry = fresh_server.run(graph, timeout=300)
-    assert entry["status"]["status_str"] == "success", str(entry["status"])[:3000]
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+
+    log = fresh_server.log_text()
+    task = fresh_server.extra_models_dir / "face" / "face_landmarker.task"
+    assert task.is_file() and zipfile.is_zipfile(task), f"face_landmarker.task not installed at {task}"
+    fetched = [path for method, path in hub.requests[before:] if method == "GET"]
+    assert fetched == ["/gcs/" + load_manifest("face").file("face_landmarker").url[len(GCS):]], hub.requests
+    versions = [line for line in log.splitlines() if "face detection: MediaPipe" in line]
+    assert versions and "task backend" in versions[0], versions
+    overlay_version = current_mediapipe_overlay().name.split("-", 1)[1]
+    assert f"MediaPipe {overlay_version}," in versions[0], f"the server did not run the overlay's MediaPipe: {versions}"
+
+    from .test_server import change_inside_outside, face_box
+
+    saved = [f for nid, f in output_files(entry) if graph[nid]["class_type"] == "SaveImage"]
+    assert len(saved) == 1, entry["outputs"]
+    result = decode_media(fetch_view(fresh_server, saved[0]), saved[0]["filename"])
+    original = decode_media((SAMPLES_DIR / graph["1"]["inputs"]["image"]).read_bytes(), "original")
+    assert result.shape == original.shape and np.isfinite(result).all() and result.std() > 0.01
+    inside, border = change_inside_outside(result[0], original[0], face_box(original[0]))
+    assert inside > 0.004 and inside > 3 * border, f"face change {inside:.4f}, border {border:.4f}"

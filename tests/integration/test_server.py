@@ -246,8 +246,8 @@ def model_job(workflow: str, sampler_class: str, **sampler_inputs) -> tuple[dict
 
 JOBS = {
     "face_crop": long_face_crop_job,
-    "memo_sampler": lambda: model_job("memo_talking_portrait", "PortraitAnim_MemoSampler", steps=6),
-    "hellomeme_video": lambda: model_job("hellomeme_video", "PortraitAnim_HelloMemeVideo", steps=6),
+    "memo_sampler": lambda: model_job("MEMO talking portrait", "PortraitAnim_MemoSampler", steps=6),
+    "hellomeme_video": lambda: model_job("HelloMeme video", "PortraitAnim_HelloMemeVideo", steps=6),
 }
 
 
@@ -288,3 +288,23 @@ def test_interrupt_stops_a_running_job_and_server_keeps_serving(comfy_server, jo
     quick = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     assert comfy_server.run(quick)["status"]["status_str"] == "success"
+
+
+def test_templates_are_served_with_titles_and_thumbnails(comfy_server):
+    """The template browser's sources: /api/workflow_templates lists the pack's examples under their titles (the
+    file names), and each one's workflow and thumbnail come back from the URLs the frontends build."""
+    import urllib.parse
+    import urllib.request
+
+    from .comfy import PACK_LINK_NAME
+
+    listed = comfy_server.get("/api/workflow_templates")
+    ui = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    assert sorted(listed.get(PACK_LINK_NAME, [])) == ui, listed
+    for name in ui:
+        base = f"{comfy_server.url}/api/workflow_templates/{PACK_LINK_NAME}/{urllib.parse.quote(name)}"
+        with urllib.request.urlopen(base + ".json", timeout=30) as r:
+            assert json.loads(r.read())["nodes"], name
+        with urllib.request.urlopen(base + ".jpg", timeout=30) as r:
+            data = r.read()
+            assert r.status == 200 and data[:3] == b"\xff\xd8\xff" and len(data) > 10_000, name

@@ -29,7 +29,7 @@ from .comfy import ComfyServer, status_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "queue_batch.py"
-FACE_WORKFLOW = ROOT / "workflows" / "api" / "face_crop_paste_back.json"
+FACE_WORKFLOW = ROOT / "workflows" / "api" / "Face crop and paste back.json"
 PORTRAIT = "soak_portrait_256.png"   # harris.jpg scaled to 256 px
 BLANK = "soak_blank.png"             # no face
 WARMUP_JOBS = 20
