@@ -1,0 +1,1 @@
+"""HunyuanPortrait: implicit-motion portrait animation on Stable Video Diffusion (networks, pre-processing, sampler)."""
