@@ -99,6 +99,7 @@ def test_file_name_reads_as_a_template_title(path):
     assert (path.parent / "api" / path.name).is_file(), f"no API twin api/{path.name}"
 
 
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_thumbnail_next_to_the_workflow(path):
     """The template browser asks ``/api/workflow_templates/<pack>/<name>.jpg``."""
     jpg = path.with_suffix(".jpg")

@@ -49,6 +49,11 @@ DONE: dict[str, str | tuple[str, ...]] = {
         "hellomeme.geom_arkit_align", "hellomeme.geom_face_parts", "hellomeme.geom_pdfgc_warp",
         "hellomeme.geom_coeff_tokens",
     ),
+    "hunyuan_portrait": (
+        # appearance and pre-processing
+        "hunyuan_portrait.dino_appearance", "hunyuan_portrait.arcface_preprocess",
+        "hunyuan_portrait.preprocess_geometry", "hunyuan_portrait.paste_back",
+    ),
 }
 
 Handler = Callable[["Case", Path], dict]
