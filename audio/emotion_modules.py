@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..memo.layers import Attention, FeedForward, multihead_attention
+from ..layers.attention import Attention, multihead_attention
+from ..layers.feedforward import FeedForward
 
 NUM_EMOTIONS = 9
 NULL_EMOTION = 9

@@ -213,7 +213,7 @@ def onnx_spec_model(model_path: str | Path, device: Optional[torch.device] = Non
     except ImportError as e:
         raise VocalSeparationUnavailable("vocal separation needs onnxruntime (pip install onnxruntime or "
                                          "onnxruntime-gpu)") from e
-    from ..motion.hellomeme.toolkit import shared_session
+    from ..runtime.onnx import shared_session
 
     providers = ["CPUExecutionProvider"]
     if device is not None and torch.device(device).type == "cuda" and \

@@ -65,7 +65,7 @@ class ArcFaceEncoder:
 
 def _create_session(path: str | Path, device: Optional[str]):
     from ..loaders.store import ModelFileError
-    from ..motion.hellomeme.toolkit import create_session
+    from ..runtime.onnx import create_session
 
     try:
         return create_session(path, device)

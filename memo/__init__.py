@@ -2,8 +2,8 @@
 
 Light on import: the modules are imported where they are used.
 
-* :mod:`.layers` -- building blocks both MEMO UNets share (attention, GEGLU feed-forward, resnet, timestep
-  embedding, down/up-sampling, per-frame group norm).
+* :mod:`.layers` -- building blocks both MEMO UNets share (resnet, down/up-sampling, per-frame group norm, config
+  checks); attention, feed-forward and timestep embeddings come from the pack's :mod:`..layers`.
 * :mod:`.reference_net` -- the Reference Net (SD1.5-shaped 2D UNet returning per-layer features).
 * :mod:`.diffusion_net` -- the Diffusion Net (3D UNet with reference self-attention, emotion-aware audio modules from
   :mod:`..audio.emotion_modules` and memory-guided temporal modules from :mod:`..motion.memory_attention`).

@@ -36,9 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..audio.emotion_modules import AudioModule
+from ..layers.attention import Attention
+from ..layers.embeddings import TimestepEmbedding, timestep_embedding, timesteps_for_batch
+from ..layers.feedforward import FeedForward
 from ..motion.memory_attention import MemoryLinearAttention, MemoryState, MemoryTemporalModule, MotionModuleConfig
-from .layers import (Attention, Downsample, FeedForward, ResnetBlock, TimestepEmbedding, Upsample, check_block_types,
-                     check_config_values, clip_group_norm, dataclass_from_config, heads_per_block, timestep_embedding, timesteps_for_batch)
+from .layers import (Downsample, ResnetBlock, Upsample, check_block_types, check_config_values, clip_group_norm,
+                     dataclass_from_config, heads_per_block)
 
 _UNSUPPORTED_3D = {
     "class_embed_type": None, "num_class_embeds": None, "dual_cross_attention": False,

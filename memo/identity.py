@@ -29,7 +29,7 @@ No face: the original silently uses a zero vector (identity conditioning then eq
 Inputs are RGB: ``uint8 (H, W, 3)`` arrays, or ComfyUI ``IMAGE`` tensors / float arrays in 0..1 (``(H, W, 3)`` or
 ``(1, H, W, 3)``), which are rounded to uint8 first (what the original reads from the image file). onnxruntime is
 imported only when a session is created; sessions come from the pack's shared helper
-(:func:`..motion.hellomeme.toolkit.create_session`: CUDA when available, else the CPU; one session per file and
+(:func:`..runtime.onnx.create_session`: CUDA when available, else the CPU; one session per file and
 settings, shared by every embedder).
 """
 from __future__ import annotations
@@ -397,7 +397,7 @@ def arcface_input_normalisation(path: str | Path) -> tuple[float, float]:
 
 def _create_session(path: str | Path, device: Optional[str]):
     from ..loaders.store import ModelFileError
-    from ..motion.hellomeme.toolkit import create_session
+    from ..runtime.onnx import create_session
 
     try:
         return create_session(path, device)

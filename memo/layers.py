@@ -1,127 +1,16 @@
-"""Building blocks shared by the MEMO networks (Reference Net, Diffusion Net, audio and motion modules).
-
-Multi-head attention, the GEGLU feed-forward, the SD resnet block with frame-pooled GroupNorm, timestep embeddings,
-down/up-samplers and small config helpers. Module and parameter names follow diffusers (``to_q``/``to_k``/``to_v``/
-``to_out.0``, ``ff.net.0.proj``/``ff.net.2``, ``linear_1``/``linear_2``, ...), so the released checkpoints load
-strictly into the modules built from them.
+"""Building blocks of the two MEMO UNets (Reference Net, Diffusion Net): the SD resnet block with frame-pooled
+GroupNorm, down/up-samplers and small config helpers. Module and parameter names follow diffusers, so the released
+checkpoints load strictly into the modules built from them. Attention, feed-forward and timestep embeddings are the
+pack's shared :mod:`...layers`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# ------------------------------------------------------------------------------------------------------------------
-# Shared building blocks (key names as in diffusers: to_q/to_k/to_v/to_out.0, ff.net.0.proj/ff.net.2, linear_1/2, ...)
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
-                       max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (float) timesteps ``(B,)`` -> ``(B, dim)`` in float32 (cosine half first if flipped)."""
-    half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
-    freqs = torch.exp(exponent / (half - freq_shift))
-    args = timesteps[:, None].float() * freqs[None, :]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
-    if flip_sin_to_cos:
-        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
-    if dim % 2 == 1:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-def timesteps_for_batch(timestep, batch: int, device: torch.device) -> torch.Tensor:
-    """A python number or a 0-d/1-d tensor -> float tensor ``(batch,)`` on ``device``."""
-    t = torch.as_tensor(timestep, device=device)
-    if t.ndim == 0:
-        t = t[None]
-    return t.to(device).expand(batch)
-
-
-class TimestepEmbedding(nn.Module):
-    """``linear_1 -> SiLU -> linear_2``: (B, in) -> (B, out)."""
-
-    def __init__(self, in_channels: int, time_embed_dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
-        self.act = nn.SiLU()
-        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
-
-    def forward(self, t_emb: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(t_emb)))
-
-
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, L, heads*d) -> (B, heads, L, d)."""
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, L, d) -> (B, L, heads*d)."""
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Scaled dot-product attention (scale 1/sqrt(head_dim)) on projected tokens (B, L, heads*d) -> (B, Lq, heads*d)."""
-    out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
-    return merge_heads(out)
-
-
-class Attention(nn.Module):
-    """Multi-head attention with diffusers key names: ``to_q``, ``to_k``, ``to_v`` (no bias), ``to_out.0`` (bias).
-
-    ``query_dim`` -> inner width ``heads * dim_head`` -> ``out_dim`` (default ``query_dim``); keys/values come from
-    ``context`` (width ``context_dim``, default ``query_dim``) or, without context, from the queries' tokens.
-    """
-
-    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None,
-                 out_dim: int | None = None, bias: bool = False):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=bias)
-        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=bias)
-        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner, out_dim or query_dim), nn.Dropout(0.0)])
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (B, Lq, query_dim), context: (B, Lk, context_dim) -> (B, Lq, out_dim)
-        context = x if context is None else context
-        out = multihead_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
-        return self.to_out[0](out)
-
-
-class GEGLU(nn.Module):
-    """``proj`` to 2 x inner, ``a * gelu(g)`` with the exact (erf) GELU."""
-
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, gate = self.proj(x).chunk(2, dim=-1)
-        return a * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU feed-forward ``net.0`` (dim -> 4 dim, gated), ``net.1`` dropout, ``net.2`` (4 dim -> dim)."""
-
-    def __init__(self, dim: int, mult: int = 4):
-        super().__init__()
-        inner = dim * mult
-        self.net = nn.ModuleList([GEGLU(dim, inner), nn.Dropout(0.0), nn.Linear(inner, dim)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
 
 
 def clip_group_norm(norm: nn.GroupNorm, x: torch.Tensor, frames: int | None) -> torch.Tensor:

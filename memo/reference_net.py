@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import (Attention, Downsample, FeedForward, ResnetBlock, TimestepEmbedding, Upsample,
-                     check_block_types, check_config_values, dataclass_from_config, heads_per_block, timestep_embedding,
-                     timesteps_for_batch)
+from ..layers.attention import Attention
+from ..layers.embeddings import TimestepEmbedding, timestep_embedding, timesteps_for_batch
+from ..layers.feedforward import FeedForward
+from .layers import (Downsample, ResnetBlock, Upsample, check_block_types, check_config_values, dataclass_from_config,
+                     heads_per_block)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -34,14 +34,14 @@ well inside the parity tolerances).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from ..memo.layers import FeedForward
+from ..layers.embeddings import SinusoidalTable
+from ..layers.feedforward import FeedForward
 
 MEMORY_DECAY = 0.9
 NORMALISER_FLOOR = 1e-10  # the original's clamp on q . Zt (applied in fp32, see the module docstring)
@@ -80,29 +80,6 @@ class MemoryState:
         return self.kv.numel() * self.kv.element_size() + self.z.numel() * self.z.element_size()
 
 
-def sinusoid_table(max_len: int, dim: int) -> torch.Tensor:
-    """``(1, max_len, dim)``: sin on even channels, cos on odd channels (the stored ``pos_encoder.pe``)."""
-    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-    div_term = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(1, max_len, dim)
-    pe[0, :, 0::2] = torch.sin(position * div_term)
-    pe[0, :, 1::2] = torch.cos(position * div_term)[:, : dim // 2]
-    return pe
-
-
-class PositionalEncoding(nn.Module):
-    """Adds ``pe[0, f]`` to frame ``f`` of a temporal sequence ``(R, F, C)``."""
-
-    def __init__(self, dim: int, max_len: int):
-        super().__init__()
-        self.register_buffer("pe", sinusoid_table(max_len, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] > self.pe.shape[1]:
-            raise ValueError(f"{x.shape[1]} frames exceed the temporal positional table ({self.pe.shape[1]} rows)")
-        return x + self.pe[:, : x.shape[1]].to(x.dtype)
-
-
 def memory_read(q: torch.Tensor, kv: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``out_f = q_f KVt / max(q_f . Zt, 1e-10)``: ``q (rows, F, d)``, ``kv (rows, d, d)``, ``z (rows, 1, d)`` ->
     ``(rows, F, d)`` in ``q``'s dtype.
@@ -127,7 +104,7 @@ class MemoryLinearAttention(nn.Module):
         self.to_k = nn.Linear(dim, inner, bias=False)
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
-        self.pos_encoder = PositionalEncoding(dim, max_len) if positional_encoding else None
+        self.pos_encoder = SinusoidalTable(dim, max_len) if positional_encoding else None  # x + pe[:, :F]
         self.memory = MemoryState()
 
     def reset_memory(self) -> None:

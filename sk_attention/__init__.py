@@ -1,8 +1,8 @@
 """HelloMeme spatial-knitting modules (v5 / v5b / v5c): reference adapters, motion adapter, control networks.
 
-Nothing heavy is imported here; import the submodules:
+Nothing heavy is imported here; import the submodules (attention, feed-forward, position tables and coefficient
+tokens are the pack's shared :mod:`..layers`):
 
-* :mod:`.embeddings`: position tables (stored interleaved / computed ``[sin | cos]``) and coefficient tokens;
 * :mod:`.knitting`: knitted (row + column) attention blocks;
 * :mod:`.motion`: the keyframe-anchored temporal module;
 * :mod:`.control`: control encoder (pose + expression -> features) and control projector;

@@ -19,9 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import ARKIT_SCALE, PDFGC_SCALE, MLPEmbedding, SinCosHalves, SinusoidalTable, coefficient_tokens
-from .knitting import Attention, FeedForward, KnittedAttention
+from ..layers.attention import Attention
+from ..layers.embeddings import SinCosHalves, SinusoidalTable, TimestepEmbedding, coefficient_tokens
+from ..layers.feedforward import FeedForward
+from .knitting import KnittedAttention
 
+ARKIT_SCALE = 500.0  # ARKit blendshape coefficients (in [0, 1]) are multiplied by this before encoding
+PDFGC_SCALE = 20.0  # PD-FGC motion codes are multiplied by this before encoding
 ARKIT_COEFFICIENTS = 51  # ARKit blendshapes per frame
 FACE_PARTS = 3  # CLIP image embeddings of the two eye regions and the mouth
 PDFGC_COEFFICIENTS = 548  # PD-FGC motion code: eye 6 | emotion 30 | mouth 512
@@ -233,12 +237,12 @@ class ControlEncoder(nn.Module):
         config = config or ControlEncoderConfig(**overrides)
         self.config = config
         d, n, ctx = config.token_dim, config.num_tokens, config.cross_attention_dim
-        self.emo_pre_proj = MLPEmbedding(PDFGC_COEFFICIENTS, n)
-        self.emo_proj = MLPEmbedding(d, ctx)
-        self.exp_pre_proj = MLPEmbedding(ARKIT_COEFFICIENTS, n)
-        self.face_pre_proj = MLPEmbedding(FACE_PARTS, n)
-        self.exp_proj = MLPEmbedding(d, ctx)
-        self.face_proj = MLPEmbedding(d, ctx)
+        self.emo_pre_proj = TimestepEmbedding(PDFGC_COEFFICIENTS, n)
+        self.emo_proj = TimestepEmbedding(d, ctx)
+        self.exp_pre_proj = TimestepEmbedding(ARKIT_COEFFICIENTS, n)
+        self.face_pre_proj = TimestepEmbedding(FACE_PARTS, n)
+        self.exp_proj = TimestepEmbedding(d, ctx)
+        self.face_proj = TimestepEmbedding(d, ctx)
         self.ctrl_attn = KnittedControlUNet(config.in_channels, config.out_channels, ctx, config.mid_channels)
 
     @property

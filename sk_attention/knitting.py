@@ -30,65 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import MLPEmbedding, SinCosHalves, SinusoidalTable
-
-
-class Attention(nn.Module):
-    """Multi-head (cross-)attention with diffusers ``Attention`` keys: ``to_q/to_k/to_v`` (no bias), ``to_out.0``.
-
-    ``query_dim`` -> ``heads * dim_head`` -> ``query_dim``; keys/values from ``context_dim`` (self-attention when
-    None). Scaled dot-product attention with scale ``dim_head ** -0.5``, no internal residual.
-    """
-
-    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None,
-                 out_bias: bool = True):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(0.0)])
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (N, L, query_dim); context: (N, T, context_dim) or None
-        context = x if context is None else context
-        n, length, _ = x.shape
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        head_dim = q.shape[-1] // self.heads
-        q, k, v = (t.reshape(n, -1, self.heads, head_dim).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, head_dim)
-        out = out.transpose(1, 2).reshape(n, length, self.heads * head_dim)
-        return self.to_out[1](self.to_out[0](out))
-
-
-class GEGLU(nn.Module):
-    """``proj`` to 2*inner, split into value and gate, ``value * gelu(gate)``."""
-
-    def __init__(self, dim: int, inner_dim: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, inner_dim * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU feed-forward with diffusers keys ``net.0.proj`` (dim -> 2*inner) and ``net.2`` (inner -> dim)."""
-
-    def __init__(self, dim: int, inner_dim: int):
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, inner_dim), nn.Dropout(0.0), nn.Linear(inner_dim, dim)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
+from ..layers.attention import Attention
+from ..layers.embeddings import SinCosHalves, SinusoidalTable, TimestepEmbedding
 
 
 def self_attention(dim: int, heads: int) -> Attention:
-    """The released SK attention: ``heads`` heads of ``dim // heads`` channels, output bias only."""
+    """The released SK attention: ``heads`` heads of ``dim // heads`` channels, output bias only (the shared
+    :class:`...layers.attention.Attention`)."""
     return Attention(dim, heads=heads, dim_head=dim // heads)
 
 
@@ -197,7 +145,7 @@ class KnittedAttention(nn.Module):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1)
         if time_embed_dim is not None:
-            self.emb_proj = MLPEmbedding(time_embed_dim, mid_channels)
+            self.emb_proj = TimestepEmbedding(time_embed_dim, mid_channels)
         self.attnx = self_attention(mid_channels, num_attention_heads)  # rows (along w)
         self.attny = self_attention(mid_channels, num_attention_heads)  # columns (along h)
         self.norm = nn.LayerNorm(mid_channels, eps=norm_eps)

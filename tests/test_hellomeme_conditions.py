@@ -18,6 +18,7 @@ from portrait_animation.motion.hellomeme import geometry as geo
 from portrait_animation.motion.hellomeme import pdfgc
 from portrait_animation.motion.hellomeme import pose_image
 from portrait_animation.motion.hellomeme import toolkit as tk
+from portrait_animation.runtime.onnx import onnx_providers
 
 
 def _rotation(deg: float) -> np.ndarray:
@@ -420,7 +421,7 @@ def test_onnx_models_run_through_onnxruntime(tmp_path):
                                                          {"bs": np.linspace(0, 1, 51)[None]}), "cpu")
     bs = arkit.coefficients(np.zeros((512, 512, 3), np.uint8), _template_face((200, 180, 320, 330)))
     assert bs.shape == (51,) and bs[-1] == pytest.approx(1.0)
-    assert tk.onnx_providers("cpu") == ["CPUExecutionProvider"]
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
 
 
 def test_model_files_reports_missing_toolkit_files(tmp_path):

@@ -13,6 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from portrait_animation.motion.hellomeme import toolkit  # noqa: E402
+from portrait_animation.runtime import onnx as onnx_sessions  # noqa: E402
 
 
 def write_scale_model(path, factor: float):
@@ -31,9 +32,9 @@ def write_scale_model(path, factor: float):
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    toolkit.clear_shared_sessions()
+    onnx_sessions.clear_shared_sessions()
     yield
-    toolkit.clear_shared_sessions()
+    onnx_sessions.clear_shared_sessions()
 
 
 def run(session, value: float = 1.0) -> float:
@@ -42,10 +43,11 @@ def run(session, value: float = 1.0) -> float:
 
 def test_identical_settings_share_a_session(tmp_path):
     path = write_scale_model(tmp_path / "a.onnx", 2.0)
-    first = toolkit.create_session(path, "cpu")
-    assert toolkit.create_session(tmp_path / "." / "a.onnx", "cpu") is first  # same file, other spelling
+    first = onnx_sessions.create_session(path, "cpu")
+    assert onnx_sessions.create_session(tmp_path / "." / "a.onnx", "cpu") is first  # same file, other spelling
     other = write_scale_model(tmp_path / "b.onnx", 3.0)
-    assert toolkit.create_session(other, "cpu") is not first and run(toolkit.create_session(other, "cpu")) == 3.0
+    assert onnx_sessions.create_session(other, "cpu") is not first
+    assert run(onnx_sessions.create_session(other, "cpu")) == 3.0
     # the wrappers the toolkit builds per owner share it too
     a = toolkit.LandmarkModel.from_file(path, "cpu")
     b = toolkit.LandmarkModel.from_file(path, "cpu")
@@ -54,24 +56,24 @@ def test_identical_settings_share_a_session(tmp_path):
 
 def test_a_replaced_file_gets_a_new_session(tmp_path):
     path = write_scale_model(tmp_path / "m.onnx", 2.0)
-    old = toolkit.create_session(path, "cpu")
+    old = onnx_sessions.create_session(path, "cpu")
     write_scale_model(path, 5.0)
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a distinct modification time
-    new = toolkit.create_session(path, "cpu")
+    new = onnx_sessions.create_session(path, "cpu")
     assert new is not old and run(new) == 5.0 and run(old) == 2.0
 
 
 def test_sessions_are_freed_with_their_last_owner(tmp_path):
     """The cache keeps a bounded number of sessions referenced; one it dropped lives while an owner holds it and is
     freed at once (no garbage collection needed) when the owner goes."""
-    limit = toolkit.SHARED_SESSIONS
+    limit = onnx_sessions.SHARED_SESSIONS
     path = write_scale_model(tmp_path / "held.onnx", 2.0)
     owner = toolkit.LandmarkModel.from_file(path, "cpu")
     ref = weakref.ref(owner.session)
     for i in range(limit + 2):  # push it out of the cache
-        toolkit.create_session(write_scale_model(tmp_path / f"m{i}.onnx", float(i)), "cpu")
-    assert len(toolkit._sessions) == limit
+        onnx_sessions.create_session(write_scale_model(tmp_path / f"m{i}.onnx", float(i)), "cpu")
+    assert len(onnx_sessions._sessions) == limit
     assert ref() is not None and run(owner.session) == 2.0  # the owner still holds it
     gc.disable()
     try:

@@ -24,6 +24,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .cubic_resize import resize_cubic_u8
+
 # ---- landmark indices and templates (222-point layout) -----------------------------------------------------------
 LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 74, 96
 
@@ -361,7 +363,7 @@ def crop_and_resize(frames, landmarks: np.ndarray, size: int = CROP_SIZE, crop: 
         regions = list(frames)
         out_lm = lm * (size / w, size / h)
         box = (0, 0, int(w), int(h))
-    out = np.stack([cv2.resize(r, (size, size), interpolation=cv2.INTER_CUBIC) for r in regions], axis=0)
+    out = np.stack([resize_cubic_u8(r, (size, size)) for r in regions], axis=0)
     return out, out_lm, box
 
 
@@ -464,7 +466,7 @@ def face_part_crops(images_bgr, landmarks: np.ndarray, size: int = FACE_PART_SIZ
     for p, m in enumerate(parts):
         for f, img in enumerate(aligned_imgs):
             part = cv2.GaussianBlur(warp_affine(img, m, (size, size)), (5, 5), 0)
-            part = cv2.resize(part, (CLIP_SIZE, CLIP_SIZE), interpolation=cv2.INTER_CUBIC)
+            part = resize_cubic_u8(part, (CLIP_SIZE, CLIP_SIZE))
             crops[f, p] = cv2.cvtColor(part, cv2.COLOR_BGR2RGB)
     return crops, np.stack(align, axis=0), parts
 
@@ -504,12 +506,12 @@ def bgr_to_signed_rgb(image_bgr: np.ndarray):
 def coefficient_tokens(coeffs, dim: int, multiplier: float):
     """Each scalar coefficient -> its own sinusoidal "timestep" token: ``(..., C)`` -> float32 ``(..., C, dim)``.
 
-    The formula lives in :func:`...sk_attention.embeddings.coefficient_tokens` (what the control networks compute);
-    this keeps the coefficient axes (ARKit x500, PD-FGC x20).
+    The formula lives in :func:`...layers.embeddings.coefficient_tokens` (what the control networks compute); this
+    keeps the coefficient axes (ARKit x500, PD-FGC x20).
     """
     import torch
 
-    from ...sk_attention.embeddings import coefficient_tokens as tokens
+    from ...layers.embeddings import coefficient_tokens as tokens
 
     c = torch.as_tensor(coeffs).to(torch.float32)
     return tokens(c, dim, multiplier).reshape(*c.shape, dim)

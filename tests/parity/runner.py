@@ -53,6 +53,9 @@ DONE: dict[str, str | tuple[str, ...]] = {
         # appearance and pre-processing
         "hunyuan_portrait.dino_appearance", "hunyuan_portrait.arcface_preprocess",
         "hunyuan_portrait.preprocess_geometry", "hunyuan_portrait.paste_back",
+        # denoiser: SVD UNet with the identity/motion cross-attention, its blocks, the EDM Euler scheduler, TAESD-style VAE
+        "hunyuan_portrait.ip_attention", "hunyuan_portrait.transformer_spatiotemporal", "hunyuan_portrait.unet_forward",
+        "hunyuan_portrait.scheduler_euler", "hunyuan_portrait.vae_tiny",
     ),
 }
 

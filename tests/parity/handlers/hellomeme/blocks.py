@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from parity.runner import Case, handler
+from portrait_animation.layers.embeddings import coefficient_tokens
 from portrait_animation.loaders.checkpoint import build_and_load, read_state_dict
 from portrait_animation.sk_attention.adapters import load_hellomeme_module
-from portrait_animation.sk_attention.control import KnittedControlUNet, KnittedCrossAttention
-from portrait_animation.sk_attention.embeddings import ARKIT_SCALE, PDFGC_SCALE, coefficient_tokens
+from portrait_animation.sk_attention.control import ARKIT_SCALE, PDFGC_SCALE, KnittedControlUNet, KnittedCrossAttention
 from portrait_animation.sk_attention.knitting import (KnittedAttention, KnittedReferenceAttention,
                                                        KnittedReferenceModule)
 from portrait_animation.sk_attention.motion import AnchoredMotionModule
