@@ -53,9 +53,12 @@ DONE: dict[str, str | tuple[str, ...]] = {
         # appearance and pre-processing
         "hunyuan_portrait.dino_appearance", "hunyuan_portrait.arcface_preprocess",
         "hunyuan_portrait.preprocess_geometry", "hunyuan_portrait.paste_back",
-        # denoiser: SVD UNet with the identity/motion cross-attention, its blocks, the EDM Euler scheduler, TAESD-style VAE
+        # denoiser: SVD UNet with the identity/motion cross-attention, its blocks, the EDM Euler scheduler, the temporal VAE, the window sampler
         "hunyuan_portrait.ip_attention", "hunyuan_portrait.transformer_spatiotemporal", "hunyuan_portrait.unet_forward",
-        "hunyuan_portrait.scheduler_euler", "hunyuan_portrait.vae_tiny",
+        "hunyuan_portrait.scheduler_euler", "hunyuan_portrait.vae_tiny", "hunyuan_portrait.pipeline_sampler",
+        # motion side: coarse encoders, intensity ids, refiner, pose guider
+        "hunyuan_portrait.expression_encoder", "hunyuan_portrait.head_pose", "hunyuan_portrait.intensity_ids",
+        "hunyuan_portrait.motion_refiner", "hunyuan_portrait.pose_guider",
     ),
 }
 
