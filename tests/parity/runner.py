@@ -59,6 +59,8 @@ DONE: dict[str, str | tuple[str, ...]] = {
         # motion side: coarse encoders, intensity ids, refiner, pose guider
         "hunyuan_portrait.expression_encoder", "hunyuan_portrait.head_pose", "hunyuan_portrait.intensity_ids",
         "hunyuan_portrait.motion_refiner", "hunyuan_portrait.pose_guider",
+        # the whole inference script (hunyuan_portrait/pipeline.py)
+        "hunyuan_portrait.e2e_inference",
     ),
 }
 
