@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..loaders.checkpoint import load_with_policy, read_state_dict
+from ..loaders.checkpoint import load_file_with_policy, load_with_policy, read_state_dict
 from ..loaders.policy import BN_COUNTERS, Conversion, LoadPolicy
 from .dino import DinoConfig, DinoV2IdEncoder
 from .image_proj import ImageProjector
@@ -38,10 +38,8 @@ IMAGE_PROJ_POLICY = LoadPolicy("HunyuanPortrait image projector (image_proj.pth)
 def load_dino(path: str | Path, dtype: Optional[torch.dtype] = None,
               config: DinoConfig = DinoConfig()) -> DinoV2IdEncoder:
     """The appearance encoder from ``dino.pth`` (eval mode; the file's float16 unless ``dtype`` is given)."""
-    sd = read_state_dict(path)
-    model = load_with_policy(lambda: DinoV2IdEncoder(config), sd, DINO_POLICY, str(path), dtype=dtype,
-                             what="HunyuanPortrait DINOv2 + IMAdapter")
-    return model.eval()
+    return load_file_with_policy(path, lambda: DinoV2IdEncoder(config), DINO_POLICY, dtype=dtype,
+                                 what="HunyuanPortrait DINOv2 + IMAdapter")
 
 
 def load_image_proj(path: str | Path, dtype: Optional[torch.dtype] = None) -> ImageProjector:

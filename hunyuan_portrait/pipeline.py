@@ -39,24 +39,25 @@ UNET_FILE = "hyportrait/unet.pth"
 
 @dataclass
 class PortraitSettings:
-    """Generation settings; defaults are the official inference values."""
+    """Generation settings under the official yaml names; defaults are the official inference values (the sampler's
+    ones come from :class:`SamplerSettings`)."""
 
     width: int = 512
     height: int = 512
-    num_inference_steps: int = 25
+    num_inference_steps: int = SamplerSettings.steps
     pad_frames: int = 15
-    n_sample_frames: int = 25            # window length and intensity-id chunk
-    overlap: int = 3
-    shift_offset: int = 3
-    fps: float = 12.5                    # SVD added-time id (not the output rate)
-    motion_bucket_id: float = 0.0
-    noise_aug_strength: float = 0.0
+    n_sample_frames: int = SamplerSettings.window  # window length and intensity-id chunk
+    overlap: int = SamplerSettings.overlap
+    shift_offset: int = SamplerSettings.shift_offset
+    fps: float = SamplerSettings.fps  # SVD added-time id (not the output rate)
+    motion_bucket_id: float = SamplerSettings.motion_bucket_id
+    noise_aug_strength: float = SamplerSettings.noise_aug_strength
     decode_chunk_size: int = 8
-    min_appearance_guidance_scale: float = 2.0
-    max_appearance_guidance_scale: float = 2.0
-    min_motion_guidance_scale: float = 2.0
-    max_motion_guidance_scale: float = 2.0
-    i2i_noise_strength: float = 1.0
+    min_appearance_guidance_scale: float = SamplerSettings.min_appearance_guidance
+    max_appearance_guidance_scale: float = SamplerSettings.max_appearance_guidance
+    min_motion_guidance_scale: float = SamplerSettings.min_motion_guidance
+    max_motion_guidance_scale: float = SamplerSettings.max_motion_guidance
+    i2i_noise_strength: float = SamplerSettings.i2i_strength
     border_ratio: float = 0.1            # paste-back ramp width
 
     def __post_init__(self):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loaders.checkpoint import load_with_policy, read_state_dict
+from ..loaders.checkpoint import load_file_with_policy
 from ..loaders.policy import EMA_DROP, OPTIMIZER_DROPS, LoadPolicy
 
 POSE_GUIDER_FILE = "hyportrait/pose_guider.pth"
@@ -73,11 +73,9 @@ def pose_feature_map(guider: PoseGuider, height: int, width: int) -> torch.Tenso
 def load_pose_guider(path: str | Path, dtype: Optional[torch.dtype] = None,
                      config: Optional[PoseGuiderConfig] = None) -> PoseGuider:
     """The pose guider from ``pose_guider.pth`` (eval mode; the file's dtype unless ``dtype`` is given)."""
-    sd = read_state_dict(path)
     cfg = config or PoseGuiderConfig()
-    model = load_with_policy(lambda: PoseGuider(cfg), sd, POSE_GUIDER_POLICY, str(path), dtype=dtype,
-                             what="HunyuanPortrait PoseGuider")
-    return model.eval()
+    return load_file_with_policy(path, lambda: PoseGuider(cfg), POSE_GUIDER_POLICY, dtype=dtype,
+                                 what="HunyuanPortrait PoseGuider")
 
 
 __all__ = ["POSE_GUIDER_FILE", "POSE_GUIDER_POLICY", "PoseGuider", "PoseGuiderConfig", "load_pose_guider",

@@ -14,14 +14,12 @@ positionally (it breaks on diffusers >= 0.32); the arithmetic here follows the s
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..loaders.checkpoint import embedded_config
+from ..loaders.checkpoint import config_dict
 
 
 @dataclass(frozen=True)
@@ -45,17 +43,13 @@ class EulerConfig:
 
 def scheduler_config(config=None) -> EulerConfig:
     """``None`` (SVD-xt), a dict, a ``scheduler_config.json`` path or a folder holding one (``scheduler/``)."""
-    if config is None:
-        return EulerConfig.from_dict(embedded_config("svd_xt_scheduler"))
     if isinstance(config, EulerConfig):
         return config
-    if isinstance(config, dict):
-        return EulerConfig.from_dict(config)
-    path = Path(config)
-    if path.is_dir():
-        path = next((p for p in (path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json")
-                     if p.is_file()), path)
-    return EulerConfig.from_dict(json.loads(path.read_text()))
+    raw, source = config_dict(config, "svd_xt_scheduler", "scheduler_config.json", subfolder="scheduler")
+    try:
+        return EulerConfig.from_dict(raw)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:

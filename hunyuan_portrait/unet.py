@@ -14,14 +14,13 @@ The resnets and transformer blocks are diffusers' (``SpatioTemporalResBlock``, `
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..loaders.checkpoint import embedded_config, load_with_policy, read_state_dict
+from ..loaders.checkpoint import config_dict, load_file_with_policy
 from ..loaders.policy import LoadPolicy
 from .attention import install_motion_processors, split_context
 
@@ -97,22 +96,14 @@ class UNetConfig:
 
 def unet_config(config=None) -> UNetConfig:
     """A :class:`UNetConfig` from ``None`` (SVD-xt, the official default), a dict, a ``config.json`` path or a folder
-    holding one (``<root>/unet/config.json`` or ``<folder>/config.json``)."""
-    if config is None:
-        return UNetConfig.from_dict(embedded_config("svd_xt_unet"))
+    holding one (``<folder>/config.json`` or ``<root>/unet/config.json``)."""
     if isinstance(config, UNetConfig):
         return config
-    if isinstance(config, dict):
-        return UNetConfig.from_dict(config)
-    path = Path(config)
-    if path.is_dir():
-        path = next((p for p in (path / "config.json", path / "unet" / "config.json") if p.is_file()), path)
-    if not path.is_file():
-        raise FileNotFoundError(f"UNet config not found: {config}")
+    raw, source = config_dict(config, "svd_xt_unet", subfolder="unet")
     try:
-        return UNetConfig.from_dict(json.loads(path.read_text()))
+        return UNetConfig.from_dict(raw)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise ValueError(f"{source}: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -362,9 +353,8 @@ def load_unet(path: str | Path, config=None, dtype: torch.dtype | None = None) -
     """``hyportrait/unet.pth`` (fp32 pickled flat state dict, read with ``weights_only``) into a :class:`PortraitUNet`
     built from ``config`` (default SVD-xt; a dict, a ``config.json`` path or a folder) under :data:`UNET_POLICY`."""
     cfg = unet_config(config)
-    sd = read_state_dict(path)
-    model = load_with_policy(lambda: PortraitUNet(cfg), sd, UNET_POLICY, str(path), dtype=dtype)
-    return model.eval().requires_grad_(False)
+    model = load_file_with_policy(path, lambda: PortraitUNet(cfg), UNET_POLICY, dtype=dtype)
+    return model.requires_grad_(False)
 
 
 __all__ = ["DownBlock", "MidBlock", "PortraitUNet", "SpatioTemporalTransformer", "UNET_POLICY", "UNetConfig", "UpBlock",

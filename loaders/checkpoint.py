@@ -5,10 +5,12 @@
 * :func:`load_strict` loads a state dict into a module and raises :class:`CheckpointKeyError` naming the file and the
   missing, unexpected and mis-shaped keys. Modules can be built on the meta device and materialised by the load
   (``assign=True``), so the weights are held in memory once.
-* :func:`embedded_config` returns the configs the official loaders would fetch from the hub, shipped with the pack.
+* :func:`embedded_config` returns the configs the official loaders would fetch from the hub, shipped with the pack;
+  :func:`config_dict` resolves a config argument (``None`` -> the embedded one, a dict, a JSON file or a folder).
 * :func:`load_with_policy` is what the family loaders use for released files: it applies a
   :class:`~.policy.LoadPolicy` (known layouts converted, known extras dropped and logged, uncovered extras warned
   about, missing keys an error) and attaches the :class:`~.policy.LoadReport` to the module as ``load_report``.
+  :func:`load_file_with_policy` reads the file first and returns the module in eval mode.
   :func:`load_strict` / :func:`build_and_load` without a policy keep the exact-match semantics (parity code paths).
 """
 from __future__ import annotations
@@ -177,6 +179,23 @@ def embedded_config(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def config_dict(config, embedded: str, file_name: str = "config.json", subfolder: str = "") -> tuple[dict, str]:
+    """``(dict, where it came from)`` for a model-config argument: ``None`` -> the embedded config ``embedded``; a
+    dict as given; a JSON file; a folder holding ``file_name`` directly or under ``subfolder/``. A file that is not
+    there raises ``FileNotFoundError`` naming it."""
+    if config is None:
+        return embedded_config(embedded), f"the embedded {embedded} config"
+    if isinstance(config, dict):
+        return config, "the given config dict"
+    path = Path(config)
+    if path.is_dir():
+        candidates = [path / file_name] + ([path / subfolder / file_name] if subfolder else [])
+        path = next((p for p in candidates if p.is_file()), candidates[0])
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    return json.loads(path.read_text()), str(path)
+
+
 def diff_keys(module: torch.nn.Module, sd: Mapping[str, torch.Tensor]):
     """``(missing, unexpected, mismatched)`` between a module's state dict and ``sd``."""
     own = module.state_dict()
@@ -261,6 +280,13 @@ def load_with_policy(factory: Callable[[], torch.nn.Module], sd: Mapping, policy
     log_report(report)
     module.load_report = report
     return module
+
+
+def load_file_with_policy(path: str | Path, factory: Callable[[], torch.nn.Module], policy: LoadPolicy,
+                          dtype: torch.dtype | None = None, what: str = "") -> torch.nn.Module:
+    """:func:`load_with_policy` on the state dict of the file ``path`` (:func:`read_state_dict`), in eval mode."""
+    module = load_with_policy(factory, read_state_dict(path), policy, str(path), dtype=dtype, what=what)
+    return module.eval()
 
 
 def _materialise_leftovers(module: torch.nn.Module, factory: Callable[[], torch.nn.Module],

@@ -10,11 +10,12 @@ size-agnostic). Output: one 512-d feature per image.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .resnet import Bottleneck, GroupNormResNet
 
 
 @dataclass(frozen=True)
@@ -26,70 +27,19 @@ class ExpressionEncoderConfig:
     norm_groups: int = 1
 
 
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride) -> 1x1 convs, each followed by GroupNorm, with a projected shortcut when the shape changes."""
-
-    def __init__(self, in_ch: int, planes: int, stride: int, groups: int, expansion: int):
-        super().__init__()
-        out_ch = planes * expansion
-        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
-        self.gn1 = nn.GroupNorm(groups, planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.gn2 = nn.GroupNorm(groups, planes)
-        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
-        self.gn3 = nn.GroupNorm(groups, out_ch)
-        self.downsample: Optional[nn.Sequential] = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                            nn.GroupNorm(groups, out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.gn1(self.conv1(x)))
-        out = F.relu(self.gn2(self.conv2(out)))
-        out = self.gn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
-
-
-class GroupNormResNet50(nn.Module):
-    """Stem (7x7/2 conv, GroupNorm, ReLU, 3x3/2 max-pool), four bottleneck stages, global average pool, ``fc``."""
-
-    def __init__(self, config: ExpressionEncoderConfig = ExpressionEncoderConfig()):
-        super().__init__()
-        c, g = config, config.norm_groups
-        self.conv1 = nn.Conv2d(3, c.stem_width, 7, stride=2, padding=3, bias=False)
-        self.gn1 = nn.GroupNorm(g, c.stem_width)
-        in_ch = c.stem_width
-        for i, n in enumerate(c.blocks):
-            planes = c.stem_width * 2 ** i
-            stage = []
-            for j in range(n):
-                stage.append(Bottleneck(in_ch, planes, 2 if (i > 0 and j == 0) else 1, g, c.expansion))
-                in_ch = planes * c.expansion
-            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
-        self.num_stages = len(c.blocks)
-        self.fc = nn.Linear(in_ch, c.out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, 3, H, W) -> (B, out_dim)
-        x = F.relu(self.gn1(self.conv1(x)))
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.fc(x.mean(dim=(2, 3)))
-
-
 class ExpressionEncoder(nn.Module):
     """``HeadExpression``: the ResNet-50-GN under the released prefix ``resnet50``."""
 
     def __init__(self, config: ExpressionEncoderConfig = ExpressionEncoderConfig()):
         super().__init__()
         self.config = config
-        self.resnet50 = GroupNormResNet50(config)
+        g, e = config.norm_groups, config.expansion
+        self.resnet50 = GroupNormResNet(partial(Bottleneck, groups=g, expansion=e), config.blocks, config.out_dim, g,
+                                        stem_width=config.stem_width, expansion=e, stem_norm="gn1")
 
     def forward(self, face: torch.Tensor) -> torch.Tensor:
         # face: (B, 3, H, W) RGB in [0, 1] -> (B, 512)
         return self.resnet50(face.to(self.resnet50.fc.weight.dtype))
 
 
-__all__ = ["Bottleneck", "ExpressionEncoder", "ExpressionEncoderConfig", "GroupNormResNet50"]
+__all__ = ["ExpressionEncoder", "ExpressionEncoderConfig"]

@@ -11,11 +11,13 @@ degrees).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .resnet import BasicBlock, GroupNormResNet
 
 
 @dataclass(frozen=True)
@@ -33,54 +35,6 @@ class HeadPose(NamedTuple):
     translation: torch.Tensor    # (B, 3)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with GroupNorm; a 1x1 projected shortcut (``shortcut.{0,1}``) when the shape changes."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, groups: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.GroupNorm(groups, out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.bn2 = nn.GroupNorm(groups, out_ch)
-        self.shortcut = nn.Sequential()      # identity (no keys) unless projected
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                          nn.GroupNorm(groups, out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class GroupNormResNet18(nn.Module):
-    """Stem (7x7/2 conv, GroupNorm, ReLU, 3x3/2 max-pool), four basic-block stages, global average pool, ``fc``."""
-
-    def __init__(self, config: HeadPoseConfig = HeadPoseConfig()):
-        super().__init__()
-        c, g = config, config.norm_groups
-        self.conv1 = nn.Conv2d(3, c.stem_width, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.GroupNorm(g, c.stem_width)
-        in_ch = c.stem_width
-        for i, n in enumerate(c.blocks):
-            out_ch = c.stem_width * 2 ** i
-            stage = []
-            for j in range(n):
-                stage.append(BasicBlock(in_ch, out_ch, 2 if (i > 0 and j == 0) else 1, g))
-                in_ch = out_ch
-            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
-        self.num_stages = len(c.blocks)
-        self.fc = nn.Linear(in_ch, c.outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, 3, H, W) -> (B, 6) raw logits
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.fc(x.mean(dim=(2, 3)))
-
-
 def head_pose_input(crop: torch.Tensor) -> torch.Tensor:
     """The official network input: the [0, 1] head crop mapped to ``crop * 2 + 1`` (range [1, 3])."""
     return crop * 2 + 1
@@ -92,7 +46,9 @@ class HeadPoseNet(nn.Module):
     def __init__(self, config: HeadPoseConfig = HeadPoseConfig()):
         super().__init__()
         self.config = config
-        self.head_pose_net = GroupNormResNet18(config)
+        g = config.norm_groups
+        self.head_pose_net = GroupNormResNet(partial(BasicBlock, groups=g), config.blocks, config.outputs, g,
+                                             stem_width=config.stem_width, stem_norm="bn1")
 
     def forward(self, x: torch.Tensor) -> HeadPose:
         # x: (B, 3, H, W) network input (see head_pose_input) -> rotation (B, 3) degrees, translation (B, 3)
@@ -114,5 +70,4 @@ def pose_embedding(pose: HeadPose) -> torch.Tensor:
     return torch.cat([pose.rotation, pose.translation * 0], dim=-1)
 
 
-__all__ = ["BasicBlock", "GroupNormResNet18", "HeadPose", "HeadPoseConfig", "HeadPoseNet", "head_pose_input",
-           "pose_embedding"]
+__all__ = ["HeadPose", "HeadPoseConfig", "HeadPoseNet", "head_pose_input", "pose_embedding"]

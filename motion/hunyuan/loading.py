@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ...loaders.checkpoint import load_with_policy, read_state_dict
+from ...loaders.checkpoint import load_file_with_policy
 from ...loaders.policy import BN_COUNTERS, EMA_DROP, OPTIMIZER_DROPS, Drop, LoadPolicy
 from .expression import ExpressionEncoder, ExpressionEncoderConfig
 from .head_pose import HeadPoseConfig, HeadPoseNet
@@ -40,28 +40,22 @@ MOTION_REFINER_POLICY = _policy("HunyuanPortrait motion refiner (motion_proj.pth
 def load_expression_encoder(path: str | Path, dtype: Optional[torch.dtype] = None,
                             config: ExpressionEncoderConfig = ExpressionEncoderConfig()) -> ExpressionEncoder:
     """The ResNet-50-GN expression encoder from ``expression.pth`` (eval mode)."""
-    sd = read_state_dict(path)
-    model = load_with_policy(lambda: ExpressionEncoder(config), sd, EXPRESSION_POLICY, str(path), dtype=dtype,
-                             what="HunyuanPortrait HeadExpression (ResNet-50-GN)")
-    return model.eval()
+    return load_file_with_policy(path, lambda: ExpressionEncoder(config), EXPRESSION_POLICY, dtype=dtype,
+                                 what="HunyuanPortrait HeadExpression (ResNet-50-GN)")
 
 
 def load_head_pose(path: str | Path, dtype: Optional[torch.dtype] = None,
                    config: HeadPoseConfig = HeadPoseConfig()) -> HeadPoseNet:
     """The ResNet-18-GN head-pose net from ``headpose.pth`` (eval mode)."""
-    sd = read_state_dict(path)
-    model = load_with_policy(lambda: HeadPoseNet(config), sd, HEAD_POSE_POLICY, str(path), dtype=dtype,
-                             what="HunyuanPortrait HeadPose (ResNet-18-GN)")
-    return model.eval()
+    return load_file_with_policy(path, lambda: HeadPoseNet(config), HEAD_POSE_POLICY, dtype=dtype,
+                                 what="HunyuanPortrait HeadPose (ResNet-18-GN)")
 
 
 def load_motion_refiner(path: str | Path, dtype: Optional[torch.dtype] = None,
                         config: MotionRefinerConfig = MotionRefinerConfig()) -> IntensityAwareMotionRefiner:
     """The intensity-aware motion refiner from ``motion_proj.pth`` (eval mode)."""
-    sd = read_state_dict(path)
-    model = load_with_policy(lambda: IntensityAwareMotionRefiner(config), sd, MOTION_REFINER_POLICY, str(path),
-                             dtype=dtype, what="HunyuanPortrait IntensityAwareMotionRefiner")
-    return model.eval()
+    return load_file_with_policy(path, lambda: IntensityAwareMotionRefiner(config), MOTION_REFINER_POLICY,
+                                 dtype=dtype, what="HunyuanPortrait IntensityAwareMotionRefiner")
 
 
 __all__ = ["EXPRESSION_FILE", "EXPRESSION_POLICY", "HEAD_POSE_FILE", "HEAD_POSE_POLICY", "MOTION_REFINER_FILE",
