@@ -183,17 +183,64 @@ def _draw(shape: Sequence[int], generator: Optional[torch.Generator]) -> torch.T
 
 
 @torch.no_grad()
+def initial_draws(settings: PortraitSettings, driving_frames: int,
+                  generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two Gaussian draws in the official order, on the CPU: noise augmentation (1, 3, H, W), then the latents
+    (1, F, 4, h, w) over the padded sequence."""
+    s = settings
+    noise_aug = _draw((1, 3, s.height, s.width), generator)
+    latents = _draw((1, s.padded_length(driving_frames), 4, s.height // 8, s.width // 8), generator)
+    return noise_aug, latents
+
+
+@torch.no_grad()
+def denoise(models: PortraitModels, ref_img: torch.Tensor, appearance: torch.Tensor, motion: torch.Tensor,
+            settings: PortraitSettings, noise_aug_noise: torch.Tensor, initial_noise: torch.Tensor, *,
+            state_device: torch.device | str = "cpu", on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
+            on_window: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+            interrupt: Optional[Callable[[], None]] = None) -> torch.Tensor:
+    """ref_img (1, 3, H, W) in [-1, 1]; appearance (1, 64, 1024); motion (1, F, 64, 1024) padded -> final latents
+    (1, F, 4, h, w) on ``state_device``.
+
+    The sequence state (latents, the per-frame sums) and the motion tokens stay on ``state_device`` (the host by
+    default); one window of ``n_sample_frames`` moves to the UNet's device at a time, so accelerator memory does not
+    depend on the number of frames."""
+    s = settings
+    pose = hp_pose_guider.pose_feature_map(models.pose_guider, s.height, s.width)            # (320, h, w)
+    scheduler = hp_scheduler.EulerVScheduler(models.scheduler_config, s.num_inference_steps)
+    ref_latents, image_latents = hp_vae.encode_reference(models.vae, ref_img, s.noise_aug_strength, noise_aug_noise)
+    state_device = torch.device(state_device)
+    ref_latents = ref_latents.to(state_device)
+    init = scheduler.add_noise(ref_latents, initial_noise.to(ref_latents),
+                               scheduler.start_index(s.i2i_noise_strength))                  # (1, F, 4, h, w)
+    return sample(models.unet, scheduler, init, image_latents, appearance, motion.to(state_device), pose,
+                  s.sampler_settings(), on_window=on_window, on_step=on_step, interrupt=interrupt)
+
+
+@torch.no_grad()
+def decode(models: PortraitModels, latents: torch.Tensor, settings: PortraitSettings,
+           progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+    """Final latents (1, F, 4, h, w) -> (1, 3, N, H, W) float32 in [0, 1] on the host, pads trimmed; decoded in
+    independent chunks of ``decode_chunk_size`` frames, each moved to the host as it is done."""
+    decoded = hp_vae.decode_latents(models.vae, latents, chunk=settings.decode_chunk_size, out_device="cpu",
+                                    progress=progress)                                       # (1, 3, F, H, W)
+    return trim_pads(hp_vae.to_video(decoded), settings.pad_frames)
+
+
+@torch.no_grad()
 def generate(models: PortraitModels, ref_img: torch.Tensor, dino_image: torch.Tensor, id_embedding: torch.Tensor,
              face_crops: torch.Tensor, pose_crops: torch.Tensor, landmarks: np.ndarray,
              settings: PortraitSettings | None = None, *, generator: Optional[torch.Generator] = None,
              noise_aug_noise: Optional[torch.Tensor] = None, initial_noise: Optional[torch.Tensor] = None,
+             state_device: torch.device | str = "cpu",
              on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
              interrupt: Optional[Callable[[], None]] = None) -> PortraitResult:
     """The whole animation of one source by N driving frames.
 
     ref_img (3, H, W) or (1, 3, H, W) in [-1, 1]; dino_image (3, 224, 224); id_embedding (1, 512); face_crops,
     pose_crops (N, 3, M, M) in [0, 1]; landmarks (N, 5, 2) pixels. The Gaussian draws, when not given, come from
-    ``generator`` on the CPU in the official order: noise augmentation (1, 3, H, W), then the latents (1, F, 4, h, w).
+    ``generator`` on the CPU in the official order (:func:`initial_draws`). The sequence state lives on
+    ``state_device`` (see :func:`denoise`); the video comes back on the host.
     """
     s = settings or PortraitSettings()
     n = len(face_crops)
@@ -205,25 +252,16 @@ def generate(models: PortraitModels, ref_img: torch.Tensor, dino_image: torch.Te
     ref = ref_img if ref_img.ndim == 4 else ref_img[None]                     # (1, 3, H, W)
     if tuple(ref.shape[-2:]) != (s.height, s.width):
         raise ValueError(f"ref_img is {tuple(ref.shape[-2:])}, settings ask for {(s.height, s.width)}")
-    frames = s.padded_length(n)
-    latent_shape = (1, frames, 4, s.height // 8, s.width // 8)
-    if noise_aug_noise is None:
-        noise_aug_noise = _draw(ref.shape, generator)
-    if initial_noise is None:
-        initial_noise = _draw(latent_shape, generator)
+    if noise_aug_noise is None or initial_noise is None:
+        drawn_aug, drawn_latents = initial_draws(s, n, generator)
+        noise_aug_noise = drawn_aug if noise_aug_noise is None else noise_aug_noise
+        initial_noise = drawn_latents if initial_noise is None else initial_noise
 
     appearance = appearance_tokens(models, dino_image, id_embedding)                       # (1, 64, 1024)
     motion, ids = padded_motion_tokens(models, face_crops, pose_crops, landmarks, s)        # (1, F, 64, 1024)
-    pose = hp_pose_guider.pose_feature_map(models.pose_guider, s.height, s.width)           # (320, h, w)
-
-    scheduler = hp_scheduler.EulerVScheduler(models.scheduler_config, s.num_inference_steps)
-    ref_latents, image_latents = hp_vae.encode_reference(models.vae, ref, s.noise_aug_strength, noise_aug_noise)
-    init = scheduler.add_noise(ref_latents, initial_noise.to(ref_latents), scheduler.start_index(s.i2i_noise_strength))
-    final = sample(models.unet, scheduler, init, image_latents, appearance, motion, pose, s.sampler_settings(),
-                   on_step=on_step, interrupt=interrupt)                                    # (1, F, 4, h, w)
-
-    decoded = hp_vae.decode_latents(models.vae, final, chunk=s.decode_chunk_size)           # (1, 3, F, H, W)
-    video = trim_pads(hp_vae.to_video(decoded), s.pad_frames)                               # (1, 3, N, H, W)
+    final = denoise(models, ref, appearance, motion, s, noise_aug_noise, initial_noise, state_device=state_device,
+                    on_step=on_step, interrupt=interrupt)                                   # (1, F, 4, h, w)
+    video = decode(models, final, s)                                                        # (1, 3, N, H, W)
     return PortraitResult(video=video, intensity_ids=ids, motion_tokens=motion, final_latents=final)
 
 
@@ -239,5 +277,6 @@ def iter_pasted_frames(original: np.ndarray, video: torch.Tensor, crop_bbox: Seq
         yield paste_back.paste_back_frame(original, crop, (x1, y1, x2, y2), mask)
 
 
-__all__ = ["PortraitModels", "PortraitResult", "PortraitSettings", "UNET_FILE", "appearance_tokens", "generate",
-           "identity_embedding", "iter_pasted_frames", "load_models", "padded_motion_tokens", "trim_pads"]
+__all__ = ["PortraitModels", "PortraitResult", "PortraitSettings", "UNET_FILE", "appearance_tokens", "decode",
+           "denoise", "generate", "identity_embedding", "initial_draws", "iter_pasted_frames", "load_models",
+           "padded_motion_tokens", "trim_pads"]

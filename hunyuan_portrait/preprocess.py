@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 Detector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+NO_FACE_HINT = ("HunyuanPortrait needs one clearly visible face (YOLOv5-face, confidence 0.5): use a portrait where "
+                "the face is not tiny, cut off or strongly turned away")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -262,32 +264,39 @@ def _detect_largest(detect: Detector, image: np.ndarray, what: str, index: int =
     if boxes.size == 0:
         from ..face.track import NoFaceError
 
-        raise NoFaceError([index], total, input_name=what)
+        raise NoFaceError([index], total, input_name=what, hint=NO_FACE_HINT)
     i = largest_face(boxes)
     return boxes[i], np.asarray(landmarks)[i]
 
 
 def prepare_source(image: np.ndarray, detect: Detector, image_size: int = 512, dino_size: int = 224,
-                   expand_ratio: float = 1.0) -> SourceInputs:
+                   expand_ratio: float = 1.0, input_name: str = "source_image") -> SourceInputs:
     """Source-image inputs from a uint8 RGB image (two detector calls: the image, then the resized crop)."""
     image = np.asarray(image)
-    box, _ = _detect_largest(detect, image, "source_image")
+    box, _ = _detect_largest(detect, image, input_name)
     crop_bbox = square_crop_box(xywh_to_xyxy(box), expand_ratio, image.shape[0], image.shape[1])
     crop = crop_resize(Image.fromarray(image), crop_bbox, image_size)
-    _, crop_landmarks = _detect_largest(detect, np.array(crop), "source_image (crop)")
+    _, crop_landmarks = _detect_largest(detect, np.array(crop), f"{input_name} (its face crop)")
     aligned, _ = align_face(np.array(crop), crop_landmarks)
     return SourceInputs(crop_bbox=crop_bbox, crop=crop, ref_img=vae_input(crop), dino_image=dino_input(crop, dino_size),
                         arcface_face=aligned, crop_landmarks=np.asarray(crop_landmarks))
 
 
 def prepare_driving(frames: Sequence[np.ndarray] | np.ndarray, detect: Detector, image_size: int = 512,
-                    motion_size: int = 256, motion_scale: float = 0.45, expand_ratio: float = 1.0) -> DrivingInputs:
-    """Motion inputs from uint8 RGB driving frames (one detector call per frame)."""
+                    motion_size: int = 256, motion_scale: float = 0.45, expand_ratio: float = 1.0,
+                    detections: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> DrivingInputs:
+    """Motion inputs from uint8 RGB driving frames (one detector call per frame, or the largest face's
+    ``(box xywh, landmarks)`` of every frame given as ``detections``)."""
+    if detections is not None and len(detections) != len(frames):
+        raise ValueError(f"{len(detections)} detections for {len(frames)} driving frames")
     landmarks, face_boxes, motion_boxes, faces, poses = [], [], [], [], []
     head_box = face_box = None
     for index, frame in enumerate(frames):
         frame = np.asarray(frame)
-        box, lmk = _detect_largest(detect, frame, "driving frames", index, len(frames))
+        if detections is None:
+            box, lmk = _detect_largest(detect, frame, "driving frames", index, len(frames))
+        else:
+            box, lmk = detections[index]
         landmarks.append(np.asarray(lmk))
         if head_box is None:
             face_box = xywh_to_xyxy(box)

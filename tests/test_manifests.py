@@ -84,12 +84,9 @@ def test_manifest_parses(family):
     assert m.description
     assert len(m.files) >= 8
     data = raw(family)
-    # HunyuanPortrait is not downloadable while nothing in the pack can run it; the other families are
-    expected = {"family", "description", "notes", "files"}
-    if family == "hunyuan_portrait":
-        expected.add("unavailable")
-    assert set(data) == expected
-    assert (m.unavailable is not None) == (family == "hunyuan_portrait")
+    # every family runs in the pack, so every family is offered for download (no "unavailable" marking)
+    assert set(data) == {"family", "description", "notes", "files"}
+    assert m.unavailable is None
     assert len(data["files"]) == len(m.files)
 
 

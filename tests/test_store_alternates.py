@@ -8,14 +8,16 @@ antelopev2 pack) are found where users keep them. The Model Files report is prod
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import save
 
-from portrait_animation.loaders.manifest import available_families, load_manifest, parse_manifest
+from portrait_animation.loaders.manifest import MANIFEST_DIR, available_families, load_manifest, parse_manifest
 from portrait_animation.loaders.store import (HubCaches, Located, MissingModelFiles, ModelFileError, ModelStore,
                                               check_model_files, model_files_report)
 
@@ -387,21 +389,37 @@ def hub(monkeypatch):
     h.stop()
 
 
-def test_hunyuan_portrait_is_never_downloaded(tmp_path, hub):
-    m = load_manifest("hunyuan_portrait")
-    assert m.unavailable and "hunyuan_portrait" in available_families()
-    assert "hunyuan_portrait" not in available_families(downloadable_only=True)  # the Model Files node's list
-    assert {"hellomeme", "memo"} <= set(available_families(downloadable_only=True))
+def test_unavailable_family_is_never_downloaded(tmp_path, hub):
+    """A manifest marked "unavailable" (the gate for a family no node can run) is never fetched, whichever node asks."""
+    data = json.loads((MANIFEST_DIR / "hunyuan_portrait.json").read_text())
+    m = parse_manifest(dict(data, unavailable="held back for this test"))
     store = ModelStore.at(tmp_path, caches=NO_CACHES)
-    with pytest.raises(MissingModelFiles, match="not downloaded: HunyuanPortrait cannot run"):
+    with pytest.raises(MissingModelFiles, match="not downloaded: held back for this test"):
         store.ensure(m.select(groups=["motion"]), download=True)
     with pytest.raises(ModelFileError, match="hunyuan_portrait/unet is not downloaded"):
         store.download(m.file("unet"))
     assert hub.requests == [] and not any(tmp_path.rglob("*.pth"))
-    assert "not offered for download" in model_files_report("hunyuan_portrait", "motion", store)
-    # files users already have are still found
-    have = write(store.destination(m.file("headpose")), b"pickle" * 20)
-    assert store.locate(m.file("headpose")).path == have
+
+
+def test_hunyuan_portrait_downloads_and_finds_other_packs_files(tmp_path, hub):
+    """HunyuanPortrait runs in the pack now: offered by Model Files, downloaded into the official layout, and the
+    files of ComfyUI_HunyuanPortrait / ComfyUI_Sonic users are found first (nothing fetched for them)."""
+    assert "hunyuan_portrait" in available_families(downloadable_only=True)
+    m = load_manifest("hunyuan_portrait")
+    bob = tmp_path / "HunyuanPortrait"
+    (bob / "hyportrait").mkdir(parents=True)
+    torch.save({"w": torch.zeros(2)}, bob / "hyportrait" / "expression.pth")
+    (tmp_path / "sonic").mkdir()
+    shutil.copy(bob / "hyportrait" / "expression.pth", tmp_path / "sonic" / "yoloface_v5m.pt")
+    store = ModelStore.at(tmp_path, caches=NO_CACHES)
+    located = store.ensure_located(m.select(groups=["motion", "face"]), download=True)
+    assert located["expression"].path == bob / "hyportrait" / "expression.pth"
+    assert located["yoloface_v5m"].path == tmp_path / "sonic" / "yoloface_v5m.pt"
+    canonical = tmp_path / "portrait_animation" / "hunyuan_portrait" / "hyportrait"
+    assert located["headpose"].path == canonical / "headpose.pth"
+    asked = " ".join(str(r) for r in hub.requests)
+    assert "headpose.pth" in asked and "expression.pth" not in asked and "yoloface_v5m.pt" not in asked, asked
+    assert "not offered for download" not in model_files_report("hunyuan_portrait", "motion", store)
 
 
 def test_located_stands_in_for_a_path(tmp_path):

@@ -44,6 +44,8 @@ STAGE_BY_TYPE = {
     "PortraitAnim_PrepareAudio": "Inputs",
     "PortraitAnim_FaceDetector": "Face", "PortraitAnim_DetectFaceLandmarks": "Face", "PortraitAnim_FaceCrop": "Face",
     "PortraitAnim_HelloMemeToolkit": "Face", "PortraitAnim_HelloMemeConditions": "Face",
+    "PortraitAnim_HunyuanPortraitConditions": "Face", "PortraitAnim_HunyuanPortraitLoader": "Model",
+    "PortraitAnim_HunyuanPortraitSampler": "Sampling",
     "PortraitAnim_HelloMemeLoader": "Model", "CLIPLoader": "Model", "PortraitAnim_MemoLoader": "Model",
     "PortraitAnim_ModelFiles": "Model",
     "CLIPTextEncode": "Sampling", "PortraitAnim_HelloMemeImage": "Sampling", "PortraitAnim_HelloMemeVideo": "Sampling",
@@ -79,6 +81,11 @@ NOTES = {
         "What to change: Portrait, and in HelloMeme Loader a stylised SD1.5 checkpoint or LoRA "
         "(models/checkpoints, models/loras); the Style Prompt describes the look, cfg 1.2 keeps the face. "
         "CLIP: " + CLIP_L_WHERE),
+    "HunyuanPortrait video": (
+        "What to change: Reference Portrait (who) and Driving Video (the motion; frame_cap limits the length). "
+        "HunyuanPortrait Loader downloads its files on first use (Check HunyuanPortrait files lists them; the SVD-xt "
+        "VAE repository needs an accepted license and an HF token). The sampler pastes the face back into the whole "
+        "portrait and keeps the driving audio; its identity outputs score each window."),
     "MEMO talking portrait": (
         "What to change: Portrait and Speech (any audio or video file in ComfyUI's input folder). "
         "MEMO Loader downloads its files on first use (Check MEMO files lists them); MEMO Talking Portrait's "

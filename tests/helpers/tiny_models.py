@@ -252,3 +252,57 @@ def write_hellomeme_models(models_dir: Path, parity_root: Path, seed: int = 0) -
     return {"image_size": int(unet["sample_size"]) * factor, "text_dim": int(unet["cross_attention_dim"]),
             "checkpoint": checkpoint, "hellomeme": hm, "unet_channels": tuple(unet["block_out_channels"]),
             "control_context_dim": HELLOMEME_CONTEXT_DIM}
+
+
+# ---- HunyuanPortrait ------------------------------------------------------------------------------------------------
+def write_arcface_standin(path: Path, seed: int = 0) -> Path:
+    """A small ONNX network with ArcFace's interface: input ``data`` (1, 3, 112, 112) -> (1, 512). 8 x 8 average
+    pooling, then a random linear map with a tanh in between, so different faces give different embeddings."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((14 * 14 * 3, 256)).astype(np.float32) * (3 / (14 * 14 * 3)) ** 0.5
+    w2 = rng.standard_normal((256, 512)).astype(np.float32) * (1 / 256) ** 0.5
+    nodes = [helper.make_node("AveragePool", ["data"], ["pool"], kernel_shape=[8, 8], strides=[8, 8]),
+             helper.make_node("Flatten", ["pool"], ["flat"], axis=1),
+             helper.make_node("Sub", ["flat", "half"], ["centred"]),
+             helper.make_node("MatMul", ["centred", "w1"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "w2"], ["fc1"])]
+    graph = helper.make_graph(nodes, "arcface_standin",
+                              [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])],
+                              [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, 512])],
+                              [numpy_helper.from_array(np.float32(0.5).reshape(()), "half"),
+                               numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_hunyuan_models(models_dir: Path, parity_root: Path) -> dict:
+    """Write HunyuanPortrait in the manifest layout under ``models_dir`` from the parity case ``e2e_inference``
+    (the official file layout: ``hyportrait/*.pth`` as pickled state dicts with a small UNet, real-size DINOv2 and
+    motion networks; the small UNet's ``unet/config.json`` beside ``hyportrait/``), the SVD VAE stand-in as
+    ``vae/svd_xt_vae.fp16.safetensors`` with a ``svd_xt_vae.config.json`` sidecar, the YOLOv5-face TorchScript
+    stand-in and a small ArcFace ONNX network. Returns the crop ``size`` the small UNet works at."""
+    from helpers.tiny_hunyuan import write_yolo_standin
+
+    models_dir = Path(models_dir)
+    root = models_dir / "portrait_animation" / "hunyuan_portrait"
+    case = _materialize_case(parity_root, "hunyuan_portrait", "e2e_inference", root)
+    assert case == root or Path(case) == root
+    vae_dir = models_dir / "vae"
+    vae_dir.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(root / "vae" / "diffusion_pytorch_model.fp16.safetensors"), vae_dir / "svd_xt_vae.fp16.safetensors")
+    shutil.move(str(root / "vae" / "config.json"), vae_dir / "svd_xt_vae.config.json")
+    shutil.rmtree(root / "vae")
+    write_yolo_standin(root / "yoloface_v5m.pt")
+    write_arcface_standin(root / "arcface.onnx")
+    settings = json.loads((parity_root / "hunyuan_portrait" / "e2e_inference" / "case.json").read_text())["settings"]
+    return {"root": root, "size": int(settings["width"])}

@@ -213,6 +213,10 @@ FAST_OVERRIDES = {
     "PortraitAnim_HelloMemeImage": {"steps": 1, "width": 128, "height": 128},
     "PortraitAnim_HelloMemeVideo": {"steps": 1, "width": 128, "height": 128},
     "PortraitAnim_LoadVideoFrames": {"frame_cap": 14},
+    "PortraitAnim_HunyuanPortraitLoader": {"dtype": "fp32"},
+    "PortraitAnim_HunyuanPortraitConditions": {"size": 64, "intensity_chunk": 8},
+    "PortraitAnim_HunyuanPortraitSampler": {"steps": 1, "window": 8, "overlap": 1, "pad_frames": 2,
+                                            "decode_chunk": 4},
 }
 
 

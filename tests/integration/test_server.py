@@ -102,7 +102,8 @@ def test_no_face_is_a_clear_runtime_error_naming_the_frame(comfy_server):
 
 
 SAVE_NODES = ("SaveImage", "SaveVideo")
-MODEL_NODES = ("PortraitAnim_HelloMemeImage", "PortraitAnim_HelloMemeVideo", "PortraitAnim_MemoSampler")
+MODEL_NODES = ("PortraitAnim_HelloMemeImage", "PortraitAnim_HelloMemeVideo", "PortraitAnim_MemoSampler",
+               "PortraitAnim_HunyuanPortraitSampler")
 
 
 def expected_frames(graph: dict, media_dir, original_frames: int) -> tuple[float, float]:
@@ -116,6 +117,11 @@ def expected_frames(graph: dict, media_dir, original_frames: int) -> tuple[float
     if "PortraitAnim_MemoAudio" in by_class:
         audio = by_class["PortraitAnim_LoadAudio"]["audio_file"]
         return audio_duration(load_audio(media_dir / audio)) * float(by_class["PortraitAnim_MemoAudio"]["fps"]), 1
+    if "PortraitAnim_HunyuanPortraitSampler" in by_class:  # one output frame per driving frame, no resampling
+        loader = by_class["PortraitAnim_LoadVideoFrames"]
+        info = video_info(media_dir / loader["video"])
+        n = len(range(loader["start_frame"], info["frames"], loader["select_every_nth"]))
+        return min(n, loader["frame_cap"] or n), 0
     if "PortraitAnim_HelloMemeVideo" in by_class:
         loader = by_class["PortraitAnim_LoadVideoFrames"]
         info = video_info(media_dir / loader["video"])
@@ -166,9 +172,14 @@ def test_example_workflow_runs(comfy_server, path):
 
 
 def paste_back_original(graph: dict) -> str:
-    """The media file that reaches the paste-back node's ``original`` (through frame extraction, if any)."""
-    paste = next(v for v in graph.values() if v["class_type"] == "PortraitAnim_FacePasteBack")
-    node = graph[paste["inputs"]["original"][0]]
+    """The media file that reaches the paste-back node's ``original`` (through frame extraction, if any), or the
+    reference of a sampler that pastes back itself (HunyuanPortrait)."""
+    paste = next((v for v in graph.values() if v["class_type"] == "PortraitAnim_FacePasteBack"), None)
+    if paste is not None:
+        node = graph[paste["inputs"]["original"][0]]
+    else:
+        cond = next(v for v in graph.values() if v["class_type"] == "PortraitAnim_HunyuanPortraitConditions")
+        node = graph[cond["inputs"]["reference"][0]]
     while True:
         files = [v for k, v in node["inputs"].items() if k in ("image", "video", "file") and isinstance(v, str)]
         if files:
