@@ -18,7 +18,8 @@ inference. On the CPU it works but is very slow. ``--size small``: the tiny UNet
 ``hunyuan_portrait/e2e_inference`` (UNet block_out_channels (320, 320), one layer per block; VAE widths 32-64), a
 2-block DINOv2 of the real width (1024, the UNet's context width), the real pose guider and the real-size motion nets
 on 64 px crops, at 64x64, 3 steps, window 8, overlap 2, pad 4, float32. The figures show the pipeline's scaling, not
-the released model's quality (random weights). ``--steps``, ``--window``, ... override the preset.
+the released model's quality (random weights). ``--steps``, ``--window``, ... override the preset. The official
+settings at 750 frames mean F = 780, 36 windows per step, 900 UNet calls on 75 frames of 64x64 latents each.
 
 Columns: ``padded`` = F; ``windows/step`` = ceil(F / (window - overlap)); ``UNet calls`` counted by a forward hook
 (one window, three guidance branches, one step each); ``build s`` = building the random networks (no file I/O);
@@ -26,9 +27,12 @@ Columns: ``padded`` = F; ``windows/step`` = ceil(F / (window - overlap)); ``UNet
 ``torch.cuda.max_memory_allocated`` per phase (motion tokens, denoise, decode), reset at each phase, and the weights
 resident after building (CUDA only); ``host peak MB`` = the process's RSS high-water mark (whole run, building
 included); ``host +MB`` = the RSS high-water mark during generation above the RSS right after building (the mark is
-reset through ``/proc/self/clear_refs``; the driving inputs are allocated after it, see ``inputs MB``); ``state MB``
-= the tensors the pipeline keeps per frame (padded motion tokens, final latents, decoded video). glibc may keep freed
-blocks in the heap (see benchmarks/hellomeme_video.py); ``--mmap-threshold 131072`` makes the RSS follow live memory.
+reset through ``/proc/self/clear_refs`` at each phase; the JSON has it per phase as ``host_<phase>_mb``; the driving
+inputs are allocated after the baseline, see ``inputs MB``); ``state MB`` = the tensors the pipeline keeps per frame
+(padded motion tokens, final latents, decoded video), wherever they are. glibc may keep freed blocks in the heap
+(see benchmarks/hellomeme_video.py); ``--mmap-threshold 131072`` makes the RSS follow live memory.
+On a CPU that other processes also use, ``--threads 1`` avoids OpenMP oversubscription (on 2 busy cores, 2 threads
+ran the small UNet about 7x slower than 1); the load average is printed with the table.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ import shlex
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,7 +59,7 @@ from _common import import_pack, run_isolated  # noqa: E402
 # ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class Preset:
-    size: int                 # square image side
+    image: int                # square image side
     steps: int
     window: int               # n_sample_frames (also the intensity-id chunk)
     overlap: int
@@ -65,8 +70,8 @@ class Preset:
 
 
 PRESETS = {
-    "real": Preset(size=512, steps=25, window=25, overlap=3, shift=3, pad=15, decode_chunk=8, crop=256),
-    "small": Preset(size=64, steps=3, window=8, overlap=2, shift=3, pad=4, decode_chunk=4, crop=64),
+    "real": Preset(image=512, steps=25, window=25, overlap=3, shift=3, pad=15, decode_chunk=8, crop=256),
+    "small": Preset(image=64, steps=3, window=8, overlap=2, shift=3, pad=4, decode_chunk=4, crop=64),
 }
 
 # parity case hunyuan_portrait/e2e_inference, files/unet/config.json and files/vae/config.json
@@ -78,10 +83,6 @@ SMALL_VAE = dict(block_out_channels=[32, 32, 64, 64], down_block_types=["DownEnc
                  in_channels=3, latent_channels=4, layers_per_block=1, out_channels=3, sample_size=64,
                  scaling_factor=0.18215)
 SMALL_DINO = dict(depth=2, adapter_blocks=(1,))  # real width 1024 = the UNet's context width
-
-FIELDS = ("frames", "padded_frames", "windows_per_step", "unet_calls", "build_s", "motion_s", "s_per_frame",
-          "gpu_weights_mb", "gpu_motion_mb", "gpu_denoise_mb", "gpu_decode_mb", "peak_gpu_mb", "peak_host_mb",
-          "host_increase_mb", "state_mb", "inputs_mb")
 
 
 def windows_per_step(padded: int, window: int, overlap: int) -> int:
@@ -145,6 +146,31 @@ class GpuPeaks:
             return None
         self.torch.cuda.synchronize()
         return self.torch.cuda.max_memory_allocated() / 2**20
+
+
+class Phases:
+    """Wall time, accelerator peak and host RSS high-water mark above ``host_base`` of each phase of one run:
+    ``with phases("denoise"): ...``. Resetting the kernel's mark also resets ``ru_maxrss``, so the whole-process
+    peak is kept here (``whole_peak_mb``)."""
+
+    def __init__(self, gpu: GpuPeaks, host_base: float):
+        self.gpu, self.host_base = gpu, host_base
+        self.seconds, self.gpu_mb, self.host_mb = {}, {}, {}
+        self.whole_peak_mb, self.reset_ok = peak_rss_mb(), True
+
+    @contextmanager
+    def __call__(self, name: str):
+        self.gpu.start()
+        self.whole_peak_mb = max(self.whole_peak_mb, peak_rss_mb())
+        self.reset_ok &= reset_peak_rss()
+        t0 = time.perf_counter()
+        yield
+        self.gpu.sync()
+        self.seconds[name] = time.perf_counter() - t0
+        self.gpu_mb[name] = self.gpu.peak_mb()
+        peak = peak_rss_mb()
+        self.host_mb[name] = peak - self.host_base
+        self.whole_peak_mb = max(self.whole_peak_mb, peak)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -266,7 +292,6 @@ def measure(args) -> dict:
     gc.collect()
     gpu_weights = gpu.allocated_mb()
     host_base = rss_mb()
-    hwm_reset = reset_peak_rss()
 
     n = args.frames
     face, pose, landmarks = driving_inputs(n, args.crop)
@@ -274,39 +299,32 @@ def measure(args) -> dict:
     noise_aug, initial_noise = initial_draws(settings, n, torch.Generator().manual_seed(2))
     inputs_mb = nbytes(face, pose, noise_aug, initial_noise) / 2**20 + landmarks.nbytes / 2**20
 
+    phase = Phases(gpu, host_base)
     # the order and the references of pipeline.generate
-    gpu.start()
-    t0 = time.perf_counter()
-    appearance = appearance_tokens(models, dino_image, ident)                      # (1, 64, 1024)
-    motion, _ids = padded_motion_tokens(models, face, pose, landmarks, settings)   # (1, F, 64, 1024)
-    gpu.sync()
-    motion_s, gpu_motion = time.perf_counter() - t0, gpu.peak_mb()
-
-    gpu.start()
-    t0 = time.perf_counter()
-    final = denoise(models, ref, appearance, motion, settings, noise_aug, initial_noise)  # (1, F, 4, h, w), host
-    gpu.sync()
-    denoise_s, gpu_denoise = time.perf_counter() - t0, gpu.peak_mb()
-
-    gpu.start()
-    t0 = time.perf_counter()
-    video = decode(models, final, settings)                                        # (1, 3, N, H, W), host
-    decode_s, gpu_decode = time.perf_counter() - t0, gpu.peak_mb()
+    with phase("motion"):
+        appearance = appearance_tokens(models, dino_image, ident)                      # (1, 64, 1024)
+        motion, _ids = padded_motion_tokens(models, face, pose, landmarks, settings)   # (1, F, 64, 1024)
+    with phase("denoise"):
+        final = denoise(models, ref, appearance, motion, settings, noise_aug, initial_noise)  # (1, F, 4, h, w) host
+    with phase("decode"):
+        video = decode(models, final, settings)                                        # (1, 3, N, H, W), host
 
     padded = settings.padded_length(n)
     assert video.shape[2] == n and final.shape[1] == padded and motion.shape[1] == padded
-    gpu_peaks = [p for p in (gpu_motion, gpu_denoise, gpu_decode) if p is not None]
-    return {
-        "frames": n, "padded_frames": padded, "windows_per_step": windows_per_step(padded, args.window, args.overlap),
-        "unet_calls": calls[0], "steps": args.steps, "build_s": build_s, "motion_s": motion_s,
-        "denoise_s": denoise_s, "decode_s": decode_s, "s_per_frame": (denoise_s + decode_s) / n,
-        "gpu_weights_mb": gpu_weights, "gpu_motion_mb": gpu_motion, "gpu_denoise_mb": gpu_denoise,
-        "gpu_decode_mb": gpu_decode, "peak_gpu_mb": max(gpu_peaks) if gpu_peaks else None,
-        "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "host_base_mb": host_base, "host_increase_mb": peak_rss_mb() - host_base, "host_peak_reset": hwm_reset,
-        "state_mb": nbytes(motion, final, video) / 2**20, "inputs_mb": inputs_mb,
-        "motion_device": str(motion.device), "video_shape": list(video.shape),
-    }
+    gpu_peaks = [p for p in phase.gpu_mb.values() if p is not None]
+    row = {"frames": n, "padded_frames": padded,
+           "windows_per_step": windows_per_step(padded, args.window, args.overlap), "unet_calls": calls[0],
+           "steps": args.steps, "build_s": build_s, "motion_s": phase.seconds["motion"],
+           "denoise_s": phase.seconds["denoise"], "decode_s": phase.seconds["decode"],
+           "s_per_frame": (phase.seconds["denoise"] + phase.seconds["decode"]) / n,
+           "gpu_weights_mb": gpu_weights, "peak_gpu_mb": max(gpu_peaks) if gpu_peaks else None,
+           "peak_host_mb": phase.whole_peak_mb, "host_base_mb": host_base,
+           "host_increase_mb": max(phase.host_mb.values()), "host_peak_reset": phase.reset_ok,
+           "state_mb": nbytes(motion, final, video) / 2**20, "inputs_mb": inputs_mb,
+           "motion_device": str(motion.device), "video_shape": list(video.shape), "threads": torch.get_num_threads()}
+    for name in phase.seconds:
+        row[f"gpu_{name}_mb"], row[f"host_{name}_mb"] = phase.gpu_mb[name], phase.host_mb[name]
+    return row
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -353,7 +371,8 @@ def markdown(report: dict) -> str:
     lines = [f"HunyuanPortrait generation, `--size {s['size']}` (random weights) on {m['device']}: {where}; "
              f"torch {m['torch']}, diffusers {m['diffusers']}",
              f"{s['image']}x{s['image']}, {s['steps']} steps, window {s['window']}, overlap {s['overlap']}, "
-             f"shift {s['shift']}, pad {s['pad']}, decode chunk {s['decode_chunk']}, dtype {s['dtype']}; motion: "
+             f"shift {s['shift']}, pad {s['pad']}, decode chunk {s['decode_chunk']}, dtype {s['dtype']}, "
+             f"{report['rows'][0]['threads']} CPU threads; motion: "
              f"real-size expression / head-pose / refiner nets (float32) on random {s['crop']}x{s['crop']} crops "
              f"and landmarks",
              f"command: `{report['command']}`; load average (1/5/15 min) {m['load_average_start']} at the start, "
@@ -375,9 +394,8 @@ def resolve(args) -> None:
 
     preset = PRESETS[args.size]
     for name, value in asdict(preset).items():
-        key = "image" if name == "size" else name
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.dtype == "auto":

@@ -110,7 +110,7 @@ def denoise_window(unet, scheduler: EulerVScheduler, step: int, latents: torch.T
                    time_ids: torch.Tensor, g_appearance, g_motion) -> torch.Tensor:
     """One window, one step. latents (B, W, 4, h, w); motion (B, W, N, C); pose_features (B, W, C0, h, w) or
     broadcastable to (3B*W, C0, h, w); all on the UNet's device -> latents after the Euler step."""
-    x_in = cfg_model_input(scheduler.scale_model_input(latents, step), image_latents)
+    x_in = cfg_model_input(scheduler.scale_model_input(latents, step).to(image_latents.dtype), image_latents)
     if pose_features is not None and pose_features.ndim == 5:
         pose_features = torch.cat([pose_features] * 3)
     pred = unet(x_in, scheduler.timesteps[step], cfg_context(appearance, motion), time_ids, pose_features)
@@ -145,7 +145,9 @@ def sample(unet, scheduler: EulerVScheduler, latents: torch.Tensor, image_latent
     appearance = appearance.to(device, dtype)
     if pose_features is not None and pose_features.ndim != 5:
         pose_features = pose_features.to(device, dtype)
-    state = latents.to(dtype)
+    # the sequence state and its per-frame sums in the UNet's dtype, as the original (fp16: bit-exact Euler
+    # arithmetic); bf16's 8-bit mantissa would round every window average, so a bf16 UNet keeps them in fp32
+    state = latents.to(torch.float32 if dtype == torch.bfloat16 else dtype)
 
     shift = 0
     for i in range(n_steps):

@@ -301,3 +301,22 @@ def test_sampler_short_sequence_repeats_frames_like_the_original():
     out = sampler.sample(_EchoUNet(), sched, latents, torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 8),
                          torch.zeros(1, 3, 3, 8), None, settings)
     assert out.shape == latents.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype, state_dtype", [(torch.float16, torch.float16), (torch.bfloat16, torch.float32)])
+def test_sampler_state_precision(dtype, state_dtype):
+    """The sequence state follows an fp16 UNet (the original's fp16 Euler arithmetic, bit for bit) but stays fp32
+    under a bf16 UNet: rounding every window average to bf16's 8-bit mantissa cost about 30 dB of PSNR against fp32
+    on the stand-in models (11.5 dB instead of 42.6 dB over a whole run)."""
+    sched = scheduler.EulerVScheduler(steps=3)
+    settings = sampler.SamplerSettings(steps=3, window=4, overlap=1, shift_offset=3)
+    latents = torch.randn(1, 10, 4, 2, 2, generator=torch.Generator().manual_seed(0)) * 700
+    model = _EchoUNet().to(dtype)
+    states = []
+    out = sampler.sample(model, sched, latents, torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 8),
+                         torch.zeros(1, 10, 3, 8), None, settings, on_step=lambda i, s: states.append(s.dtype))
+    assert out.dtype == state_dtype and set(states) == {state_dtype}
+    reference = sampler.sample(_EchoUNet(), sched, latents, torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 8),
+                               torch.zeros(1, 10, 3, 8), None, settings)
+    rel = float((out.float() - reference).abs().max() / reference.abs().max())
+    assert rel < (2e-3 if state_dtype == torch.float16 else 1e-5), rel

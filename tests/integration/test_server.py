@@ -259,6 +259,8 @@ JOBS = {
     "face_crop": long_face_crop_job,
     "memo_sampler": lambda: model_job("MEMO talking portrait", "PortraitAnim_MemoSampler", steps=6),
     "hellomeme_video": lambda: model_job("HelloMeme video", "PortraitAnim_HelloMemeVideo", steps=6),
+    "hunyuan_portrait_sampler": lambda: model_job("HunyuanPortrait video", "PortraitAnim_HunyuanPortraitSampler",
+                                                  steps=6),
 }
 
 
