@@ -172,19 +172,12 @@ def portrait_conditions(bundle, reference: torch.Tensor, driving: torch.Tensor, 
 
 
 def _motion_tokens(bundle, inputs: preprocess.DrivingInputs, chunk: int, step) -> tuple[torch.Tensor, np.ndarray]:
-    """Motion tokens chunk by chunk on the motion nets' device -> (N, 64, 1024) float32 on the host, ids (K, 2)."""
-    device = bundle.expression.device
-    out, ids = [], []
-    n = len(inputs.motion_face)
-    for start in range(0, n, chunk):
-        sl = slice(start, min(start + chunk, n))
-        t, k = motion_tokens(bundle.expression.module, bundle.head_pose.module, bundle.refiner.module,
-                             inputs.motion_face[sl].to(device), inputs.motion_pose[sl].to(device),
-                             inputs.landmarks[sl], IntensitySettings(chunk=chunk))
-        out.append(t.float().cpu())
-        ids.append(np.asarray(k).reshape(-1, 2))
-        step(sl.stop - sl.start)
-    return torch.cat(out), np.concatenate(ids)
+    """Motion tokens, one chunk of crops on the motion nets' device at a time -> (N, 64, 1024) float32 on the host,
+    ids (K, 2)."""
+    tokens, ids = motion_tokens(bundle.expression.module, bundle.head_pose.module, bundle.refiner.module,
+                                inputs.motion_face, inputs.motion_pose, inputs.landmarks,
+                                IntensitySettings(chunk=chunk), out_device="cpu", progress=step)
+    return tokens.float(), ids
 
 
 __all__ = ["DEFAULT_SIZE", "ON_MISSING", "PortraitConditions", "SIZE_MULTIPLE", "Uint8Frames", "check_size",

@@ -166,10 +166,9 @@ def appearance_tokens(models: PortraitModels, dino_image: torch.Tensor, id_embed
 def padded_motion_tokens(models: PortraitModels, face_crops: torch.Tensor, pose_crops: torch.Tensor,
                          landmarks: np.ndarray, settings: PortraitSettings) -> tuple[torch.Tensor, np.ndarray]:
     """face_crops, pose_crops (N, 3, M, M) in [0, 1]; landmarks (N, 5, 2) -> (1, F, 64, 1024) faded-padded tokens
-    and the intensity ids (K, 2)."""
-    device = _device_of(models.expression)
-    tokens, ids = motion_tokens(models.expression, models.head_pose, models.refiner, face_crops.to(device),
-                                pose_crops.to(device), landmarks, settings.intensity_settings())   # (N, 64, 1024)
+    on the host and the intensity ids (K, 2). One chunk of crops at a time is on the motion nets' device."""
+    tokens, ids = motion_tokens(models.expression, models.head_pose, models.refiner, face_crops, pose_crops,
+                                landmarks, settings.intensity_settings(), out_device="cpu")     # (N, 64, 1024)
     return pad_motion(tokens[None], settings.pad_frames), ids
 
 
@@ -224,7 +223,7 @@ def decode(models: PortraitModels, latents: torch.Tensor, settings: PortraitSett
     independent chunks of ``decode_chunk_size`` frames, each moved to the host as it is done."""
     decoded = hp_vae.decode_latents(models.vae, latents, chunk=settings.decode_chunk_size, out_device="cpu",
                                     progress=progress)                                       # (1, 3, F, H, W)
-    return trim_pads(hp_vae.to_video(decoded), settings.pad_frames)
+    return trim_pads(hp_vae.to_video(decoded, inplace=True), settings.pad_frames)
 
 
 @torch.no_grad()

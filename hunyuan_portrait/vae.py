@@ -108,18 +108,23 @@ def decode_latents(vae, latents: torch.Tensor, chunk: int = 8, out_device: torch
     out_device = latents.device if out_device is None else torch.device(out_device)
     flat = latents.flatten(0, 1)
     scale = getattr(vae.config, "scaling_factor", SCALING_FACTOR)
-    frames = []
+    frames = torch.empty(0)
     for start in range(0, flat.shape[0], chunk):
         z = ((1 / scale) * flat[start:start + chunk]).to(device=param.device, dtype=param.dtype)
-        frames.append(vae.decode(z, num_frames=z.shape[0]).sample.float().to(out_device))
+        decoded = vae.decode(z, num_frames=z.shape[0]).sample                     # (c, 3, H, W)
+        if start == 0:  # one output buffer, filled chunk by chunk (no list + concatenation: one copy at the peak)
+            frames = torch.empty((flat.shape[0], *decoded.shape[1:]), dtype=torch.float32, device=out_device)
+        frames[start:start + z.shape[0]] = decoded.float().to(out_device)
+        del decoded
         if progress is not None:
             progress(z.shape[0])
-    frames = torch.cat(frames)  # (B*F, 3, H, W)
     return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
-def to_video(frames: torch.Tensor) -> torch.Tensor:
-    """Raw decoder output -> [0, 1] (``x * 0.5 + 0.5`` clamped)."""
+def to_video(frames: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Raw decoder output -> [0, 1] (``x * 0.5 + 0.5`` clamped); ``inplace`` reuses ``frames``' memory."""
+    if inplace:
+        return frames.mul_(0.5).add_(0.5).clamp_(0, 1)
     return (frames * 0.5 + 0.5).clamp(0, 1)
 
 

@@ -6,6 +6,8 @@ same 6 pose values repeated over the 64 tokens of a frame (the official ``driven
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 import torch
 
@@ -23,17 +25,26 @@ def append_pose(refined: torch.Tensor, pose6: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def motion_tokens(expression: ExpressionEncoder, head_pose: HeadPoseNet, refiner: IntensityAwareMotionRefiner,
                   face_crops: torch.Tensor, pose_crops: torch.Tensor, landmarks: np.ndarray,
-                  settings: IntensitySettings = IntensitySettings()) -> tuple[torch.Tensor, np.ndarray]:
-    """face_crops, pose_crops (N, 3, H, W) in [0, 1]; landmarks (N, 5, 2) -> tokens (N, Q, 1024) and the intensity
-    ids (K, 2) [head, exp] per chunk."""
+                  settings: IntensitySettings = IntensitySettings(), out_device: torch.device | str | None = None,
+                  progress: Optional[Callable[[int], None]] = None) -> tuple[torch.Tensor, np.ndarray]:
+    """face_crops, pose_crops (N, 3, H, W) in [0, 1] (anywhere: one chunk at a time moves to the nets' device);
+    landmarks (N, 5, 2) -> tokens (N, Q, 1024) on ``out_device`` (default: the nets' device) and the intensity ids
+    (K, 2) [head, exp] per chunk. ``progress(n)`` after each chunk of n frames."""
+    device = next(expression.parameters()).device
+    out_device = device if out_device is None else torch.device(out_device)
     ids, _ = chunk_intensity_ids(landmarks, settings)
-    out = []
+    out = torch.empty(0)
     for k, start in enumerate(range(0, len(face_crops), settings.chunk)):
         sl = slice(start, start + settings.chunk)
-        feat = expression(face_crops[sl])                                       # (T, 512)
-        refined = refiner(feat, torch.tensor([ids[k, 0]]), torch.tensor([ids[k, 1]]))   # (T, Q, 1018)
-        out.append(append_pose(refined, head_pose.pose_embedding(pose_crops[sl])))
-    return torch.cat(out), ids
+        feat = expression(face_crops[sl].to(device))                                       # (T, 512)
+        refined = refiner(feat, torch.tensor([ids[k, 0]]), torch.tensor([ids[k, 1]]))     # (T, Q, 1018)
+        chunk = append_pose(refined, head_pose.pose_embedding(pose_crops[sl].to(device)))  # (T, Q, 1024)
+        if k == 0:
+            out = torch.empty((len(face_crops), *chunk.shape[1:]), dtype=chunk.dtype, device=out_device)
+        out[sl] = chunk.to(out_device)
+        if progress is not None:
+            progress(chunk.shape[0])
+    return out, ids
 
 
 __all__ = ["append_pose", "motion_tokens"]
