@@ -2,8 +2,8 @@
 
 * loading: a diffusers folder (a root with ``vae/`` or the ``vae`` folder itself: ``config.json`` +
   ``diffusion_pytorch_model.fp16.safetensors`` or the fp32 ``diffusion_pytorch_model.safetensors``), or one weights
-  file with an explicit or the embedded SVD-xt config. The LDM single file ``svd_xt*.safetensors`` is not accepted:
-  diffusers (up to 0.42) has no converter for the temporal decoder layout;
+  file with an explicit or the embedded SVD-xt config, or the Stable Video Diffusion single file
+  ``svd_xt.safetensors`` (its VAE tensors only, renamed by :mod:`.svd_vae_ldm`);
 * :func:`encode_reference`: the encoder runs in float32 (``force_upcast``); ``ref_latents`` = mean x 0.18215 (the
   sampler's init), ``image_latents`` = the unscaled mode of ``image + noise_aug * noise`` (the concat conditioning);
 * :func:`decode_latents`: ``latents / 0.18215`` decoded in independent chunks of ``chunk`` frames (the temporal layers
@@ -19,7 +19,8 @@ from typing import Iterator
 import torch
 
 from ..loaders.checkpoint import embedded_config, load_with_policy, read_state_dict, strip_config
-from ..loaders.policy import LoadPolicy
+from ..loaders.policy import Conversion, LoadPolicy
+from .svd_vae_ldm import convert_svd_vae, is_svd_checkpoint, read_svd_vae
 
 VAE_POLICY = LoadPolicy("SVD-xt temporal VAE", unwrap=("state_dict",))
 WEIGHT_NAMES = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors",
@@ -56,13 +57,40 @@ def load_vae(path: str | Path, config=None, dtype: torch.dtype | None = None):
         config = json.loads(Path(config).read_text())
     cfg = strip_config(config)
     cfg.pop("_name_or_path", None)
-    sd = read_state_dict(weights)
-    if any(k.startswith(("first_stage_model.", "model.diffusion_model.")) for k in sd):
-        raise ValueError(f"{weights} is an LDM (single-file SVD) checkpoint; load the diffusers SVD-xt VAE folder "
-                         "(vae/config.json + diffusion_pytorch_model.fp16.safetensors) instead")
-    vae = load_with_policy(lambda: AutoencoderKLTemporalDecoder.from_config(cfg), sd, VAE_POLICY, str(weights),
+    policy = VAE_POLICY
+    if _is_svd_single_file(weights):
+        sd = read_svd_vae(weights)                               # the VAE's tensors only, not the 9 GB UNet
+        policy = VAE_POLICY.with_(conversions=(SVD_LDM_CONVERSION,))
+    else:
+        sd = read_state_dict(weights)
+        if any(k.startswith(("first_stage_model.", "model.diffusion_model.")) for k in sd):
+            raise ValueError(f"{weights} is an LDM checkpoint without the SVD temporal decoder (an image-only decoder "
+                             "or another model); use svd_xt.safetensors or the diffusers SVD-xt VAE "
+                             "(vae/diffusion_pytorch_model.fp16.safetensors)")
+    vae = load_with_policy(lambda: AutoencoderKLTemporalDecoder.from_config(cfg), sd, policy, str(weights),
                            dtype=dtype)
     return vae.eval().requires_grad_(False)
+
+
+def _is_svd_single_file(path: Path) -> bool:
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return is_svd_checkpoint(f.keys())
+    except Exception:  # not readable as safetensors: read_state_dict names the problem
+        return False
+
+
+def _convert_svd(sd):
+    converted = convert_svd_vae(sd)
+    return converted, len(converted)
+
+
+SVD_LDM_CONVERSION = Conversion("SVD single-file (sgm) VAE layout -> diffusers AutoencoderKLTemporalDecoder",
+                                _convert_svd)
 
 
 @contextmanager

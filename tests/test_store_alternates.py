@@ -432,3 +432,17 @@ def test_located_stands_in_for_a_path(tmp_path):
     import pickle
 
     assert pickle.loads(pickle.dumps(loc)) == loc and copy.deepcopy(loc) == loc
+
+
+def test_svd_checkpoint_stands_in_for_the_svd_vae_only_with_its_decoder(tmp_path):
+    """ComfyUI's SVD single file is taken for HunyuanPortrait's VAE when its header has the temporal decoder; an image
+    checkpoint under the same name is skipped with the reason."""
+    m = load_manifest("hunyuan_portrait")
+    ckpt = tmp_path / "checkpoints" / "svd_xt.safetensors"
+    store = ModelStore.at(tmp_path, caches=NO_CACHES)
+    write(ckpt, save({"first_stage_model.decoder.conv_in.weight": torch.zeros(2)}))
+    assert store.locate(m.file("svd_xt_vae")) is None
+    write(ckpt, save({"first_stage_model.decoder.mid.block_1.mix_factor": torch.zeros(1),
+                      "first_stage_model.decoder.conv_out.time_mix_conv.weight": torch.zeros(3, 3, 3, 1, 1)}))
+    loc = store.locate(m.file("svd_xt_vae"))
+    assert loc.path == ckpt and loc.how == "alternate" and "SVD" in loc.reason
