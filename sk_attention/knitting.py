@@ -52,17 +52,23 @@ def knit(x: torch.Tensor, ref: torch.Tensor | None, row_attn: nn.Module, col_att
     the column stage's table length (the v5 reference quirk), None uses the column token count.
     """
     n, h, w, c = x.shape
-    # rows: (N*H, W', C) with W' = 2W when knitted with the reference
+    # rows: (N*H, W', C) with W' = 2W when knitted with the reference; only the feature half's outputs are kept, so
+    # only its W tokens are queries (the keys and values are all W' tokens): the same result for half the queries
     rows = torch.cat([x, ref], dim=2) if ref is not None else x
-    rows = rows.reshape(n * h, rows.shape[2], c)
-    rows = row_attn(norm(positions(rows)))
-    y = rows[:, :w].reshape(n, h, w, c)
+    rows = norm(positions(rows.reshape(n * h, rows.shape[2], c)))
+    y = _kept_half(row_attn, rows, w).reshape(n, h, w, c)
 
     # columns: (N*W, H', C) with H' = 2H when knitted with the (raw) reference
     cols = torch.cat([y, ref], dim=1) if ref is not None else y
-    cols = cols.permute(0, 2, 1, 3).reshape(n * w, cols.shape[1], c)
-    cols = col_attn(norm(positions(cols, length=column_table_length)))
-    return cols[:, :h].reshape(n, w, h, c).permute(0, 2, 1, 3)
+    cols = norm(positions(cols.permute(0, 2, 1, 3).reshape(n * w, cols.shape[1], c), length=column_table_length))
+    return _kept_half(col_attn, cols, h).reshape(n, w, h, c).permute(0, 2, 1, 3)
+
+
+def _kept_half(attn: nn.Module, tokens: torch.Tensor, keep: int) -> torch.Tensor:
+    """Attention outputs of the first ``keep`` of ``tokens`` (N', L, C) over all of them -> (N', keep, C)."""
+    if tokens.shape[1] == keep:
+        return attn(tokens)
+    return attn(tokens[:, :keep], context=tokens)
 
 
 def repeat_over_frames(ref: torch.Tensor, batch_frames: int, num_frames: int) -> torch.Tensor:

@@ -63,20 +63,6 @@ def test_download_lands_in_the_configured_folders(comfy_server, loopback_hub):
             path.unlink(missing_ok=True)
 
 
-def test_hunyuan_portrait_is_not_offered_for_download(comfy_server, loopback_hub):
-    serve_group(loopback_hub, "hunyuan_portrait", ["motion"])
-    before = len(loopback_hub.requests)
-    status, body = comfy_server.queue(model_files_prompt("hunyuan_portrait", "motion", True))
-    if status == 200:
-        # ComfyUI 0.3.64 queues a V3 combo value outside its options; the store then refuses the download
-        entry = comfy_server.wait(body["prompt_id"])
-        assert entry["status"]["status_str"] == "error", entry["status"]
-        assert "execution_error" in status_messages(entry), entry
-    else:
-        assert status == 400, body  # not in the node's family list (0.33+ validates combo values)
-    assert len(loopback_hub.requests) == before
-
-
 def test_corrupt_download_is_reported_and_not_installed(comfy_server, loopback_hub):
     f = load_manifest("memo").file("insightface_scrfd_10g_bnkps")
     good = b"onnx model bytes" * 64
