@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..face.frames import frame_uint8
 from ..face.track import NoFaceError, format_ranges
 from . import preprocess
 from .pipeline import appearance_tokens, identity_embedding
@@ -46,12 +47,7 @@ class Uint8Frames(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return to_uint8(self.images[i])
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(H, W, 3) float [0, 1] -> uint8 (rounded), RGB (an alpha channel is dropped)."""
-    return (image[..., :3].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return frame_uint8(self.images, i)
 
 
 @dataclass
@@ -147,7 +143,7 @@ def portrait_conditions(bundle, reference: torch.Tensor, driving: torch.Tensor, 
     rt = bundle.runtime
     step = progress or (lambda n: None)
     detect = bundle.detector()
-    original = to_uint8(reference[0])
+    original = frame_uint8(reference, 0)
     source = preprocess.prepare_source(original, detect, image_size=size, input_name="reference")
     step(1)
     frames = Uint8Frames(driving)
@@ -181,4 +177,4 @@ def _motion_tokens(bundle, inputs: preprocess.DrivingInputs, chunk: int, step) -
 
 
 __all__ = ["DEFAULT_SIZE", "ON_MISSING", "PortraitConditions", "SIZE_MULTIPLE", "Uint8Frames", "check_size",
-           "detect_driving", "portrait_conditions", "to_uint8"]
+           "detect_driving", "portrait_conditions"]
