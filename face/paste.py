@@ -78,6 +78,63 @@ def _resize_to(img: np.ndarray, side: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0) if interp == cv2.INTER_CUBIC else out
 
 
+class FramePaster:
+    """Paste-back prepared once (checked sizes, boxes rescaled to ``original``) and applied one frame at a time.
+
+    :meth:`frame` composites generated frame ``i`` (``[h, w, 3]`` float 0..1, any size) into its original frame;
+    :func:`paste_back` fills a whole batch with it, and a streaming writer can paste a clip as it comes and keep only
+    one full-size frame in memory (frame ``i`` depends on ``i`` alone, so the total need not be known).
+    """
+
+    def __init__(self, info: CropInfo, original: Frames, feather: float = DEFAULT_FEATHER,
+                 feather_unit: str = "fraction", shape: str = "rounded_rectangle", frame_rule: str = "loop"):
+        if frame_rule not in FRAME_RULES:
+            raise ValueError(f"unknown frame rule {frame_rule!r}: use one of {', '.join(FRAME_RULES)}")
+        original = as_batch(original, "original")
+        if len(info) == 0:
+            raise ValueError("the crop info holds no boxes")
+        h, w = frame_size(original)
+        if (h, w) != (info.height, info.width):
+            try:
+                info = info.rescaled(h, w)
+            except ValueError:
+                raise ValueError(f"input 'original' is {w}x{h} but the crop info was made from {info.width}x"
+                                 f"{info.height} frames; connect the images that went into Face Crop (or a resized "
+                                 "copy with the same aspect ratio)") from None
+        n_orig, n_box = len(original), len(info)
+        if n_orig > 1 and n_box > 1 and n_orig != n_box:
+            raise ValueError(f"input 'original' has {n_orig} frames but the crop info has {n_box} boxes; connect the "
+                             "frames that went into Face Crop (or a single image)")
+        self.info, self.original, self.height, self.width = info, original, h, w
+        self.feather, self.feather_unit, self.shape, self.frame_rule = feather, feather_unit, shape, frame_rule
+        self._cached = (None, None)
+
+    def _original(self, j: int) -> np.ndarray:
+        if self._cached[0] != j:
+            self._cached = (j, frame_float(self.original, j))
+        return self._cached[1]
+
+    def frame(self, i: int, generated: np.ndarray, out: Optional[np.ndarray] = None,
+              mask_out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Output frame ``i`` (``[H, W, 3]`` float32) with generated image ``generated`` ``[h, w, 3]`` pasted at its
+        box; written into ``out`` when given. ``mask_out`` (``[H, W]``, zeros) receives the mask inside the box."""
+        h, w = self.height, self.width
+        frame = np.empty((h, w, 3), np.float32) if out is None else out
+        frame[...] = self._original(source_index(i, len(self.original), self.frame_rule))
+        x0, y0, s = self.info.box(source_index(i, len(self.info), self.frame_rule))
+        sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + s), min(h, y0 + s)
+        if sx1 > sx0 and sy1 > sy0:
+            gen = _resize_to(generated, s)
+            m = box_mask(s, self.feather, self.feather_unit, self.shape)
+            bx0, by0, bx1, by1 = sx0 - x0, sy0 - y0, sx1 - x0, sy1 - y0
+            mr = m[by0:by1, bx0:bx1, None]
+            orig = frame[sy0:sy1, sx0:sx1]
+            frame[sy0:sy1, sx0:sx1] = gen[by0:by1, bx0:bx1] * mr + orig * (1.0 - mr)  # exact where mr is 0 or 1
+            if mask_out is not None:
+                mask_out[sy0:sy1, sx0:sx1] = mr[..., 0]
+        return frame
+
+
 def paste_back(generated: Frames, info: CropInfo, original: Frames, feather: float = DEFAULT_FEATHER,
                feather_unit: str = "fraction", shape: str = "rounded_rectangle", frame_rule: str = "loop",
                progress: Optional[Callable[[int], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,45 +143,16 @@ def paste_back(generated: Frames, info: CropInfo, original: Frames, feather: flo
 
     ``original`` must be the cropped frames' size, or a resized copy with the same aspect ratio (boxes are scaled).
     Returns ``(images [G, H, W, 3] float32, masks [G, H, W] float32)``; see the module docstring for the frame rule.
+    Both are allocated once and filled frame by frame.
     """
-    if frame_rule not in FRAME_RULES:
-        raise ValueError(f"unknown frame rule {frame_rule!r}: use one of {', '.join(FRAME_RULES)}")
+    paster = FramePaster(info, original, feather, feather_unit, shape, frame_rule)
     generated = as_batch(generated, "generated")
-    original = as_batch(original, "original")
-    if len(info) == 0:
-        raise ValueError("the crop info holds no boxes")
-    h, w = frame_size(original)
-    if (h, w) != (info.height, info.width):
-        try:
-            info = info.rescaled(h, w)
-        except ValueError:
-            raise ValueError(f"input 'original' is {w}x{h} but the crop info was made from {info.width}x"
-                             f"{info.height} frames; connect the images that went into Face Crop (or a resized copy "
-                             "with the same aspect ratio)") from None
-    n_gen, n_orig, n_box = len(generated), len(original), len(info)
-    if n_orig > 1 and n_box > 1 and n_orig != n_box:
-        raise ValueError(f"input 'original' has {n_orig} frames but the crop info has {n_box} boxes; connect the "
-                         "frames that went into Face Crop (or a single image)")
+    n_gen, h, w = len(generated), paster.height, paster.width
     out = torch.empty((n_gen, h, w, 3), dtype=torch.float32)
     masks = torch.zeros((n_gen, h, w), dtype=torch.float32)
     out_np, masks_np = out.numpy(), masks.numpy()  # fill through numpy views (fast copies)
-    cached_orig = (None, None)
     for i in range(n_gen):
-        j = source_index(i, n_orig, frame_rule)
-        if cached_orig[0] != j:
-            cached_orig = (j, frame_float(original, j))
-        frame = out_np[i]
-        frame[...] = cached_orig[1]
-        x0, y0, s = info.box(source_index(i, n_box, frame_rule))
-        sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + s), min(h, y0 + s)
-        if sx1 > sx0 and sy1 > sy0:
-            gen = _resize_to(frame_float(generated, i), s)
-            m = box_mask(s, feather, feather_unit, shape)
-            bx0, by0, bx1, by1 = sx0 - x0, sy0 - y0, sx1 - x0, sy1 - y0
-            mr = m[by0:by1, bx0:bx1, None]
-            orig = frame[sy0:sy1, sx0:sx1]
-            frame[sy0:sy1, sx0:sx1] = gen[by0:by1, bx0:bx1] * mr + orig * (1.0 - mr)  # exact where mr is 0 or 1
-            masks_np[i, sy0:sy1, sx0:sx1] = mr[..., 0]
+        paster.frame(i, frame_float(generated, i), out=out_np[i], mask_out=masks_np[i])
         if progress is not None:
             progress(1)
     return out, masks

@@ -10,11 +10,11 @@ from .audio import (FIT_MODES, as_fraction, audio_duration, audio_frame_count, f
                     to_mono)
 from .errors import MediaError
 from .video import (AAC_SAMPLE_RATES, EVEN_MODES, aac_safe_rate, as_image_batch, audio_for_video, even_size,
-                    frames_to_components, iter_video_frames, read_video, video_info, write_video)
+                    VideoWriter, frames_to_components, iter_video_frames, read_video, video_info, write_video)
 
 __all__ = [
     "AAC_SAMPLE_RATES", "EVEN_MODES", "FIT_MODES", "MediaError", "aac_safe_rate", "as_fraction", "as_image_batch",
     "audio_duration", "audio_for_video", "audio_frame_count", "even_size", "fit_length", "frames_to_components",
     "is_silent", "iter_video_frames", "load_audio", "make_audio", "peak_db", "prepare_audio", "read_video", "resample",
-    "samples_for_frames", "silent_audio", "to_channels", "to_mono", "video_info", "write_video",
+    "samples_for_frames", "silent_audio", "to_channels", "to_mono", "video_info", "write_video", "VideoWriter",
 ]

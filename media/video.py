@@ -342,86 +342,163 @@ def _to_uint8(frame) -> np.ndarray:
     return (np.clip(frame.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
+class VideoWriter:
+    """An mp4 (h264 yuv420p + AAC) written as frames come: clip by clip, never the whole video in memory.
+
+    ``write`` takes one frame ``[H, W, C]`` or a chunk ``[T, H, W, C]`` (float 0..1 or uint8; torch or numpy) and
+    converts it to uint8 one chunk at a time, so memory holds one chunk plus the encoder's own look-ahead, whatever the
+    length. The audio's format is fixed when the writer opens; its length is fitted to the frames written when the
+    file is finished. The file is written under a temporary name beside ``path`` and renamed to ``path`` only by
+    :meth:`close`; :meth:`abort` (and leaving a ``with`` block by an exception, e.g. a cancelled run) deletes it, so a
+    half-written video never appears under the final name.
+    """
+
+    def __init__(self, path, fps, audio: Optional[Audio] = None, even: str = "pad", crf: int = 18,
+                 preset: str = "medium"):
+        import os
+
+        import av
+
+        if even not in EVEN_MODES:
+            raise ValueError(f"unknown even-size mode {even!r}: use one of {', '.join(EVEN_MODES)}")
+        self.path = os.fspath(path)
+        root, ext = os.path.splitext(self.path)
+        self.partial_path = f"{root}.incomplete{ext or '.mp4'}"
+        self.rate = as_fraction(fps)
+        self.even, self.crf, self.preset = even, int(crf), str(preset)
+        self._track = audio_for_video(audio, 0, self.rate, fit=False)  # length fitted once the count is known
+        self._container = av.open(self.partial_path, mode="w", format=None if ext else "mp4")  # muxer from ext
+        self._vstream = self._astream = None
+        self.frames_written = 0
+        self.width = self.height = None
+        self.closed = False
+
+    # -- frames ------------------------------------------------------------------------------------------------------
+    def _open_streams(self, height: int, width: int) -> None:
+        if height % 2 or width % 2:
+            raise ValueError(f"h264 yuv420p needs even sizes, got {width}x{height}; use even='pad' or 'crop'")
+        v = self._container.add_stream("h264", rate=self.rate)
+        v.height, v.width = height, width
+        v.pix_fmt = "yuv420p"
+        v.options = {"crf": str(self.crf), "preset": self.preset}
+        self._vstream, self.height, self.width = v, height, width
+        if self._track is not None:  # every stream must exist before the first packet is muxed
+            layout = "mono" if self._track["waveform"].shape[1] == 1 else "stereo"
+            self._astream = self._container.add_stream("aac", rate=self._track["sample_rate"], layout=layout)
+
+    def write(self, frames) -> None:
+        """Encode one frame ``[H, W, C]`` or a chunk ``[T, H, W, C]`` (C = 1, 3 or 4)."""
+        import av
+
+        if self.closed:
+            raise ValueError("the video writer is closed")
+        if isinstance(frames, (list, tuple)):
+            for f in frames:
+                self.write(f)
+            return
+        chunk = _to_uint8(frames)                                         # one uint8 copy of this chunk only
+        if chunk.ndim == 3:
+            chunk = chunk[None]
+        if chunk.ndim != 4 or chunk.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"frames must be [H, W, 3] or [T, H, W, 3], got {tuple(chunk.shape)}")
+        if chunk.shape[-1] == 1:
+            chunk = np.repeat(chunk, 3, axis=-1)
+        elif chunk.shape[-1] == 4:
+            chunk = chunk[..., :3]
+        chunk = even_size(chunk, self.even)
+        for img in chunk:
+            if self._vstream is None:
+                self._open_streams(*img.shape[:2])
+            elif img.shape[:2] != (self.height, self.width):
+                raise ValueError(f"frame {self.frames_written} is {img.shape[1]}x{img.shape[0]}, "
+                                 f"expected {self.width}x{self.height}")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            vf.pts = self.frames_written
+            for packet in self._vstream.encode(vf):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    # -- finishing ---------------------------------------------------------------------------------------------------
+    def _encode_audio(self) -> None:
+        import av
+
+        sr = self._track["sample_rate"]
+        data = fit_length(self._track["waveform"][0], samples_for_frames(self.frames_written, self.rate, sr)).numpy()
+        layout = "mono" if data.shape[0] == 1 else "stereo"
+        chunk = 1024 * 16
+        for s in range(0, data.shape[1], chunk):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, s:s + chunk]), format="fltp", layout=layout)
+            af.sample_rate = sr
+            af.pts = s
+            for packet in self._astream.encode(af):
+                self._container.mux(packet)
+        for packet in self._astream.encode(None):
+            self._container.mux(packet)
+
+    def close(self) -> str:
+        """Flush the encoders, add the audio (fitted to the frames written) and move the file to ``path``."""
+        import os
+
+        if self.closed:
+            return self.path
+        try:
+            if self._vstream is None:
+                raise ValueError("cannot write a video with 0 frames")
+            for packet in self._vstream.encode(None):
+                self._container.mux(packet)
+            if self._astream is not None:
+                self._encode_audio()
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        self.closed = True
+        os.replace(self.partial_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Stop and delete the unfinished file (nothing is left under either name)."""
+        import os
+
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._container.close()
+        except Exception:  # a broken container must not hide the error that led here
+            pass
+        try:
+            os.remove(self.partial_path)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_video(path, frames: Union[torch.Tensor, np.ndarray, Iterable], fps, audio: Optional[Audio] = None,
                 even: str = "pad", crf: int = 18, preset: str = "medium") -> str:
     """Encode an mp4: h264 yuv420p video (+ AAC audio trimmed/padded to the video's duration).
 
     ``frames`` is an IMAGE tensor/array ``[T, H, W, 3]`` (float 0..1 or uint8) or any iterable of ``[H, W, 3]`` frames
-    (streamed: never held in memory together). Odd sizes are padded or cropped to even (``even``; "none" fails
-    for odd sizes). Returns the path.
+    (streamed: never held in memory together; converted to uint8 one frame at a time). Odd sizes are padded or cropped
+    to even (``even``; "none" fails for odd sizes). Returns the path; on an error no file is left.
     """
-    import os
-
-    import av
-
-    path = os.fspath(path)
-    rate = as_fraction(fps)
     if isinstance(frames, (torch.Tensor, np.ndarray)) and frames.ndim == 3:
         frames = frames[None]  # a single [H, W, C] frame
-    track = audio_for_video(audio, 0, rate, fit=False)  # format fixed now; length fitted once the count is known
-    count = 0
-    container = av.open(path, mode="w")
-    try:
-        vstream = astream = None
+    with VideoWriter(path, fps, audio=audio, even=even, crf=crf, preset=preset) as writer:
         for frame in frames:
-            img = _to_uint8(frame)
-            if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):
-                raise ValueError(f"frames must be [H, W, 3], got {img.shape}")
-            if img.shape[-1] == 1:
-                img = np.repeat(img, 3, axis=-1)
-            elif img.shape[-1] == 4:
-                img = img[..., :3]
-            img = np.ascontiguousarray(even_size(img, even))
-            if vstream is None:
-                if img.shape[0] % 2 or img.shape[1] % 2:
-                    raise ValueError(f"h264 yuv420p needs even sizes, got {img.shape[1]}x{img.shape[0]}; "
-                                     "use even='pad' or 'crop'")
-                vstream = container.add_stream("h264", rate=rate)
-                vstream.height, vstream.width = img.shape[:2]
-                vstream.pix_fmt = "yuv420p"
-                vstream.options = {"crf": str(int(crf)), "preset": str(preset)}
-                if track is not None:  # every stream must exist before the first packet is muxed
-                    layout = "mono" if track["waveform"].shape[1] == 1 else "stereo"
-                    astream = container.add_stream("aac", rate=track["sample_rate"], layout=layout)
-            elif (img.shape[0], img.shape[1]) != (vstream.height, vstream.width):
-                raise ValueError(f"frame {count} is {img.shape[1]}x{img.shape[0]}, "
-                                 f"expected {vstream.width}x{vstream.height}")
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-            vf.pts = count
-            for packet in vstream.encode(vf):
-                container.mux(packet)
-            count += 1
-        if vstream is None:
-            raise ValueError("cannot write a video with 0 frames")
-        for packet in vstream.encode(None):
-            container.mux(packet)
-
-        if astream is not None:
-            sr = track["sample_rate"]
-            data = fit_length(track["waveform"][0], samples_for_frames(count, rate, sr)).numpy()
-            layout = "mono" if data.shape[0] == 1 else "stereo"
-            chunk = 1024 * 16
-            for s in range(0, data.shape[1], chunk):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, s:s + chunk]), format="fltp",
-                                                layout=layout)
-                af.sample_rate = sr
-                af.pts = s
-                for packet in astream.encode(af):
-                    container.mux(packet)
-            for packet in astream.encode(None):
-                container.mux(packet)
-    except BaseException:
-        container.close()
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        raise
-    container.close()
-    return path
+            writer.write(frame)
+    return writer.path
 
 
 __all__ = [
     "AAC_SAMPLE_RATES", "EVEN_MODES", "aac_safe_rate", "as_image_batch", "audio_for_video", "even_size",
-    "frames_to_components", "iter_video_frames", "read_video", "video_info", "write_video",
+    "VideoWriter", "frames_to_components", "iter_video_frames", "read_video", "video_info", "write_video",
 ]
