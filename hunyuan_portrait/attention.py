@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..layers.attention import attention
 
 
 def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
@@ -37,7 +38,7 @@ def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     q = query.reshape(bk, (bq // bk) * lq, heads, head_dim).transpose(1, 2)
     k = key.reshape(bk, -1, heads, head_dim).transpose(1, 2)
     v = value.reshape(bk, -1, heads, head_dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)  # (Bk, heads, r*Lq, d)
+    out = attention(q, k, v)  # (Bk, heads, r*Lq, d)
     return out.transpose(1, 2).reshape(bq, lq, c).to(query.dtype)
 
 

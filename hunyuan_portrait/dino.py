@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.attention import attention
+
 
 @dataclass(frozen=True)
 class DinoConfig:
@@ -73,7 +75,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)          # (B, heads, N, 64)
+        x = attention(q, k, v)                               # (B, heads, N, 64)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 

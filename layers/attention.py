@@ -1,9 +1,48 @@
-"""Multi-head attention with diffusers key names (``to_q``, ``to_k``, ``to_v``, ``to_out.0``)."""
+"""Multi-head attention with diffusers key names (``to_q``, ``to_k``, ``to_v``, ``to_out.0``), and the one place the
+pack's own attention kernels are called (:func:`attention`).
+
+:func:`attention` is PyTorch's ``scaled_dot_product_attention`` unless a caller installed another kernel for the
+current context with :func:`attention_kernel` (the speed options do: SageAttention, ComfyUI's configured attention;
+``runtime/speed.py``). The kernel is a context variable, so concurrent runs in other threads keep their own.
+"""
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# kernel(q, k, v) on (B, heads, L, d) tensors -> (B, heads, Lq, d); None means PyTorch SDPA
+AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+_KERNEL: contextvars.ContextVar[Optional[AttentionKernel]] = contextvars.ContextVar("portrait_attention_kernel",
+                                                                                     default=None)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention with scale 1/sqrt(d): q (B, heads, Lq, d), k/v (B, heads, Lk, d) -> (B, heads, Lq, d).
+
+    Masked calls always take PyTorch SDPA (the optional kernels are unmasked)."""
+    kernel = _KERNEL.get()
+    if kernel is None or attn_mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return kernel(q, k, v)
+
+
+def current_attention_kernel() -> Optional[AttentionKernel]:
+    return _KERNEL.get()
+
+
+@contextlib.contextmanager
+def attention_kernel(kernel: Optional[AttentionKernel]) -> Iterator[None]:
+    """Use ``kernel`` for :func:`attention` inside the block (``None``: PyTorch SDPA)."""
+    token = _KERNEL.set(kernel)
+    try:
+        yield
+    finally:
+        _KERNEL.reset(token)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -20,8 +59,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """Scaled dot-product attention (scale 1/sqrt(head_dim)) on projected tokens (B, L, heads*d) -> (B, Lq, heads*d)."""
-    out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
-    return merge_heads(out)
+    return merge_heads(attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)))
 
 
 class Attention(nn.Module):

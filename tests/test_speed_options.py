@@ -1,0 +1,130 @@
+"""The opt-in accelerations of runtime/speed.py: attention kernels reach every attention (the pack's own and
+diffusers'), are undone afterwards, and compiled blocks compute what the eager ones do."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from portrait_animation.layers.attention import Attention, attention, attention_kernel, current_attention_kernel
+from portrait_animation.runtime import speed
+
+
+class SpyKernel:
+    """SDPA that counts its calls (and can perturb its output, to prove the result came through it)."""
+
+    def __init__(self, offset: float = 0.0):
+        self.calls, self.offset = 0, offset
+
+    def __call__(self, q, k, v):
+        self.calls += 1
+        return F.scaled_dot_product_attention(q, k, v) + self.offset
+
+
+def test_attention_dispatches_to_the_installed_kernel_and_restores_sdpa():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 10, 16) for _ in range(3))
+    exact = F.scaled_dot_product_attention(q, k, v)
+    spy = SpyKernel(offset=1.0)
+    with attention_kernel(spy):
+        assert torch.allclose(attention(q, k, v), exact + 1.0)
+        mask = torch.zeros(10, 10)
+        assert torch.allclose(attention(q, k, v, attn_mask=mask), exact, atol=1e-6)  # masked: always SDPA
+    assert spy.calls == 1
+    assert current_attention_kernel() is None
+    assert torch.equal(attention(q, k, v), exact)
+
+
+def test_pack_attention_module_follows_the_kernel():
+    torch.manual_seed(0)
+    attn = Attention(32, heads=4, dim_head=8)
+    x = torch.randn(3, 7, 32)
+    exact = attn(x)
+    spy = SpyKernel()
+    with attention_kernel(spy):
+        out = attn(x)
+    assert spy.calls == 1 and torch.allclose(out, exact, atol=1e-6)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_kernel_processor_matches_diffusers_and_is_restored(cross):
+    from diffusers.models.attention_processor import Attention as DiffusersAttention, AttnProcessor2_0
+
+    torch.manual_seed(0)
+    attn = DiffusersAttention(query_dim=40, heads=2, dim_head=20, cross_attention_dim=24 if cross else None)
+    model = nn.ModuleDict({"block": nn.ModuleList([attn])})
+    x = torch.randn(2, 9, 40)
+    context = torch.randn(2, 5, 24) if cross else None
+    exact = attn(x, encoder_hidden_states=context)
+    spy = SpyKernel()
+    with attention_kernel(spy), speed.kernel_processors([model]) as swapped:
+        assert swapped == 1
+        out = attn(x, encoder_hidden_states=context)
+        masked = attn(x, encoder_hidden_states=context,  # masks go to diffusers' own processor
+                      attention_mask=torch.zeros(2, 1, 5 if cross else 9))
+    assert spy.calls == 1
+    assert torch.allclose(out, exact, atol=1e-6)
+    assert torch.allclose(masked, exact, atol=1e-5)
+    assert type(attn.processor) is AttnProcessor2_0
+
+
+def test_sage_falls_back_where_it_does_not_apply_and_is_named_when_missing(monkeypatch):
+    calls = []
+    kernel = speed.SageKernel(lambda *a, **k: calls.append(1))
+    q, k, v = (torch.randn(1, 2, 6, 64) for _ in range(3))
+    assert torch.allclose(kernel(q, k, v), F.scaled_dot_product_attention(q, k, v))  # CPU fp32: SDPA
+    assert (kernel.calls, kernel.fallbacks, calls) == (0, 1, [])
+    monkeypatch.setitem(sys.modules, "sageattention", None)  # not installed
+    with pytest.raises(ValueError, match="pip install sageattention"):
+        speed.attention_kernel_for(speed.SpeedOptions(attention="sage"))
+
+
+def test_comfy_attention_is_refused_outside_comfyui(monkeypatch):
+    monkeypatch.delitem(sys.modules, "comfy.model_management", raising=False)
+    with pytest.raises(ValueError, match="only works inside ComfyUI"):
+        speed.attention_kernel_for(speed.SpeedOptions(attention="comfy"))
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(ValueError, match="unknown attention"):
+        speed.SpeedOptions(attention="xformers")
+    with pytest.raises(ValueError, match="unknown compile"):
+        speed.SpeedOptions(compile="fast")
+
+
+class TinyUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down_blocks = nn.ModuleList([nn.Sequential(nn.Linear(16, 16), nn.GELU())])
+        self.mid_block = nn.Sequential(nn.Linear(16, 16), nn.SiLU())
+        self.up_blocks = nn.ModuleList([nn.Sequential(nn.Linear(16, 16), nn.Tanh())])
+
+    def forward(self, x):
+        return self.up_blocks[0](self.mid_block(self.down_blocks[0](x)))
+
+
+def test_sdpa_backend_option_keeps_outputs():
+    torch.manual_seed(0)
+    attn = Attention(32, heads=4, dim_head=8)
+    x = torch.randn(2, 11, 32)
+    exact = attn(x)
+    with speed.accelerated(speed.SpeedOptions(attention="sdpa_math"), [attn]) as used:
+        assert used.attention == "sdpa_math"
+        out = attn(x)
+    assert torch.allclose(out, exact, atol=1e-5)
+
+
+def test_compiled_blocks_match_eager_and_are_undone():
+    torch.manual_seed(0)
+    model = TinyUNet()
+    x = torch.randn(4, 16)
+    exact = model(x)
+    assert len(speed.denoiser_blocks(nn.ModuleDict({"unet": model}))) == 3
+    with speed.accelerated(speed.SpeedOptions(compile="default"), [model]):
+        assert all(b._compiled_call_impl is not None for b in speed.denoiser_blocks(model))
+        out = model(x)
+    assert torch.allclose(out, exact, atol=1e-5)
+    assert all(b._compiled_call_impl is None for b in speed.denoiser_blocks(model))
