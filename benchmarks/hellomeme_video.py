@@ -81,6 +81,7 @@ def child(args) -> dict:
     dtype = parse_dtype(args.dtype)
     cuda = torch.device(args.device).type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
+        t_load = time.perf_counter()
         if args.real_size:
             models, text_dim = _real_size_models(args.device, dtype or torch.float16)
             size = args.size or 512
@@ -91,6 +92,7 @@ def child(args) -> dict:
             info = write_hellomeme_models(Path(tmp), parity_root())
             models = load_hellomeme("v5", video=True, store=ModelStore.at(tmp), dtype=dtype)
             text_dim, size = info["text_dim"], args.size or info["image_size"]
+        load_s = time.perf_counter() - t_load
         if size % 64:
             raise SystemExit(f"--size must be a multiple of 64 (the control network's U-Net), got {size}")
         rt = StandaloneRuntime(args.device, dtype=dtype, show_progress=False, keep_loaded=args.keep_loaded)
@@ -136,10 +138,11 @@ def child(args) -> dict:
             "passes": job.stats.passes, "seconds": seconds, "s_per_call": denoise / job.stats.unet_calls,
             "s_per_frame": seconds / produced, "decode_s_per_frame": (seconds - denoise) / produced,
             "peak_host_mb": peak_host_mb(), "host_before_sampling_mb": host_before, "peak_gpu_mb": peak_gpu_mb(),
-            "state_mb": job.stats.state_bytes / 2**20, "real_size": bool(args.real_size)}
+            "state_mb": job.stats.state_bytes / 2**20, "real_size": bool(args.real_size), "load_s": load_s,
+            "threads": torch.get_num_threads()}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--frames", type=int, nargs="+", default=[24, 96])
@@ -154,7 +157,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mmap-threshold", type=int, default=0,
                     help="glibc MALLOC_MMAP_THRESHOLD_ for the runs in bytes (0: the allocator's dynamic default)")
-    args = ap.parse_args()
+    ap.add_argument("--json", type=Path, help="also write the settings and rows here")
+    args = ap.parse_args(argv)
     if args.child:
         args.frames = args.frames[0]
         print(json.dumps(child(args)))
@@ -180,6 +184,11 @@ def main() -> int:
         print(f"{r['frames']:>6} {r['unet_calls']:>10} {r['s_per_call']:>7.3f} {r['s_per_frame']:>8.3f} "
               f"{r['decode_s_per_frame']:>14.4f} {r['peak_host_mb']:>12.0f} {r['host_before_sampling_mb']:>14.0f} "
               f"{gpu:>11}")
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("size", "steps", "cfg", "device", "dtype", "real_size", "threads")}
+        settings["size"] = r0["size"]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"family": "hellomeme", "settings": settings, "rows": rows}, indent=1))
     return 0
 
 

@@ -34,7 +34,9 @@ def child(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         write_memo_models(Path(tmp), DEFAULT_PARITY_ROOT)
         rt = StandaloneRuntime(args.device, show_progress=False)
+        t_load = time.perf_counter()
         bundle = load_memo_bundle(rt, ModelStore.at(tmp), dtype=args.dtype, emotion_model=False, identity=False)
+        load_s = time.perf_counter() - t_load
         clip = args.clip_length
         frames = args.clips * clip
         sr = 16000
@@ -50,10 +52,11 @@ def child(args) -> dict:
         seconds = time.perf_counter() - t0
     return {"clips": args.clips, "frames": produced, "s_per_frame": seconds / produced,
             "s_per_step": seconds / (args.clips * args.steps), "peak_host_mb": peak_host_mb(),
-            "host_before_sampling_mb": host_before, "peak_gpu_mb": peak_gpu_mb()}
+            "host_before_sampling_mb": host_before, "peak_gpu_mb": peak_gpu_mb(), "load_s": load_s,
+            "steps": args.steps, "size": args.size, "threads": torch.get_num_threads()}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--clips", type=int, nargs="+", default=[1, 4, 16])
@@ -64,7 +67,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--json", type=Path, help="also write the settings and rows here")
+    args = ap.parse_args(argv)
     if args.child:
         args.clips = args.clips[0]
         print(json.dumps(child(args)))
@@ -82,6 +86,10 @@ def main() -> int:
         gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
         print(f"{r['clips']:>5} {r['frames']:>6} {r['s_per_frame']:>8.3f} {r['s_per_step']:>7.3f} "
               f"{r['peak_host_mb']:>12.0f} {gpu:>11}")
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("size", "steps", "clip_length", "fps", "device", "dtype", "threads")}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"family": "memo", "settings": settings, "rows": rows}, indent=1))
     return 0
 
 

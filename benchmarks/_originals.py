@@ -1,0 +1,183 @@
+"""The pack's denoiser step against the original implementation's, on the same small config, the same weights and the
+same inputs: outputs checked equal within the parity tolerance, then timed interleaved (see ``_compare.py``).
+
+    python benchmarks/_originals.py --child hunyuan_portrait /work/originals/HunyuanPortrait --repeats 5
+
+The config and the weights are those of a parity case (``<parity root>/<family>/<case>``): the case's checkpoint
+files are materialised in the official layout (the released key names), loaded by the pack's loaders as a download
+would be, and by the original's own classes with ``load_state_dict(strict=True)``. Inputs are random at the sizes
+given (``--frames``, ``--latent``), so the step can be timed at a size larger than the recorded case.
+
+Each family is one :class:`Comparison` (``setup(tree, ckpt_dir, size) -> (pack_fn, original_fn, tolerance, shapes)``).
+The originals' source trees are imported as they are, never edited; what they import that the pack's environment
+lacks is shimmed here only (:func:`shim_missing`) or taken from a site folder given by ``ORIGINALS_SITE`` (default:
+``<tree>/../site``, e.g. ``pip install --target /work/originals/site einops``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import import_pack  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# importing an original tree
+# ---------------------------------------------------------------------------------------------------------------------
+def shim_missing(family: str) -> list[str]:
+    """Stand-ins for optional packages the originals import at module level but do not use on this path (xformers:
+    memory-efficient attention, never enabled here; torchvision: HelloMeme imports a ResNet block it does not use in
+    the denoiser). Returns what was shimmed."""
+    import importlib.machinery
+
+    shimmed = []
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        xf = types.ModuleType("xformers")
+        xf.ops = types.ModuleType("xformers.ops")
+        xf.__spec__ = importlib.machinery.ModuleSpec("xformers", None)
+        xf.ops.__spec__ = importlib.machinery.ModuleSpec("xformers.ops", None)
+        sys.modules["xformers"], sys.modules["xformers.ops"] = xf, xf.ops
+        shimmed.append("xformers (empty module)")
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        if family != "hellomeme":
+            return shimmed
+        import importlib.machinery
+
+        import torch
+
+        tv = types.ModuleType("torchvision")
+        tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
+        for sub in ("models", "models.resnet", "transforms"):
+            sys.modules[f"torchvision.{sub}"] = types.ModuleType(f"torchvision.{sub}")
+            sys.modules[f"torchvision.{sub}"].__spec__ = importlib.machinery.ModuleSpec(f"torchvision.{sub}", None)
+        sys.modules["torchvision"] = tv
+        sys.modules["torchvision.models.resnet"].BasicBlock = type("BasicBlock", (torch.nn.Module,), {})
+        shimmed.append("torchvision (BasicBlock placeholder)")
+    return shimmed
+
+
+def add_tree(tree: Path) -> None:
+    site = Path(os.environ.get("ORIGINALS_SITE", tree.parent / "site"))
+    if site.is_dir():
+        sys.path.insert(0, str(site))
+    sys.path.insert(0, str(tree))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# families
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    family: str
+    case: str                  # parity case giving the config and the weights
+    step: str                  # what one timed call computes, in words
+    setup: Callable            # (tree, ckpt_dir, case_dir, args) -> (pack_fn, original_fn, tolerance, shapes)
+
+
+def _hunyuan(tree: Path, ckpt: Path, case_dir: Path, args):
+    import torch
+
+    from portrait_animation.hunyuan_portrait import sampler as hp_sampler
+    from portrait_animation.hunyuan_portrait import unet as hp_unet
+    from src.models.condition.unet_3d_svd_condition_ip import UNet3DConditionSVDModel, init_ip_adapters
+
+    case = json.loads((case_dir / "case.json").read_text())
+    pack = hp_unet.load_unet(ckpt / "hyportrait/unet.pth", config=ckpt / "unet").eval()
+    orig = UNet3DConditionSVDModel.from_config(UNet3DConditionSVDModel.load_config(str(ckpt / "unet")))
+    init_ip_adapters(orig, [32], 1.0)
+    orig.load_state_dict(torch.load(ckpt / "hyportrait/unet.pth", weights_only=True), strict=True)
+    orig = orig.eval().requires_grad_(False)
+
+    f, h = args.frames, args.latent
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, f, 4, h, h, generator=g) * 5                 # latent state
+    image_latents = torch.randn(1, 4, h, h, generator=g)
+    appearance = torch.randn(1, 64, 1024, generator=g)
+    motion = torch.randn(1, f, 64, 1024, generator=g)
+    pose = torch.cat([torch.randn(1, f, 320, h, h, generator=g)] * 3)
+    sigma = torch.tensor(700.0)
+    unet_input = hp_sampler.cfg_model_input(x / (sigma ** 2 + 1) ** 0.5, image_latents)   # (3, F, 8, h, w)
+    app, mot = hp_sampler.cfg_context(appearance, motion)
+    app_frames = app.unsqueeze(1).expand(-1, f, -1, -1).flatten(0, 1)                      # (3F, 64, 1024)
+    ids = hp_sampler.added_time_ids(hp_sampler.SamplerSettings(fps=12.5, motion_bucket_id=0, noise_aug_strength=0.0),
+                                    1)
+    t = 0.25 * sigma.log()
+    s = case["settings"]
+    g1, g2 = s["guidance_appearance"], s["guidance_motion"]
+
+    def run_pack():
+        out = pack(unet_input, t, (app_frames, mot), ids, pose)
+        return {"model_output": out, "guided": hp_sampler.three_branch_guidance(out, g1, g2)}
+
+    def run_original():  # as one window of HunyuanLongSVDPipeline
+        out = orig(unet_input, t, encoder_hidden_states=(app_frames, mot), pose_cond_fea=pose, added_time_ids=ids,
+                   return_dict=False)[0]
+        u, d, c = out.chunk(3)
+        return {"model_output": out, "guided": u + g1 * (d - u) + g2 * (c - d)}
+
+    tol = {k: case["tolerance"][k] for k in ("model_output", "guided")}
+    shapes = {"unet_input": list(unet_input.shape), "config": "parity case unet_forward (SVD blocks, widths 320-320, "
+                                                              "1 layer per block)"}
+    return run_pack, run_original, tol, shapes
+
+
+COMPARISONS = {
+    "hunyuan_portrait": Comparison("hunyuan_portrait", "hunyuan_portrait/unet_forward",
+                                   "one UNet call on the three guidance branches + guidance", _hunyuan),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one comparison (runs in a fresh process)
+# ---------------------------------------------------------------------------------------------------------------------
+def compare(family: str, tree: Path, args) -> dict:
+    import torch
+
+    import_pack()
+    from _compare import side_by_side
+    from parity.runner import parity_root
+
+    torch.set_num_threads(args.threads)
+    shimmed = shim_missing(family)
+    add_tree(tree)
+    comp = COMPARISONS[family]
+    case_dir = parity_root() / comp.case
+    sys.path.insert(0, str(parity_root()))
+    from materialize import materialize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = materialize(case_dir / "weights.json", tmp)
+        pack_fn, orig_fn, tol, shapes = comp.setup(tree, ckpt, case_dir, args)
+        row = side_by_side(pack_fn, orig_fn, tol, repeats=args.repeats)
+    return {"family": family, "case": comp.case, "step": comp.step, "original_tree": str(tree), "shimmed": shimmed,
+            "frames": args.frames, "latent": args.latent, "threads": torch.get_num_threads(), **shapes, **row}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("family", choices=sorted(COMPARISONS))
+    ap.add_argument("tree", type=Path, help="the original implementation's source tree")
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--latent", type=int, default=16, help="latent side (image side / 8)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    print(json.dumps(compare(args.family, args.tree.resolve(), args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
