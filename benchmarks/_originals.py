@@ -133,7 +133,74 @@ def _hunyuan(tree: Path, ckpt: Path, case_dir: Path, args):
     return run_pack, run_original, tol, shapes
 
 
+def _memo(tree: Path, ckpt: Path, case_dir: Path, args):
+    """MEMO's Diffusion Net on the parity case ``diffusion_net_cfg`` (its config, weights and recorded inputs: CFG
+    batch, reference features, audio and emotion): the three calls of the case in a row (temporal memory carried)
+    are checked, then call 0 (a new clip: memory reset, so every timed call does the same work) is timed."""
+    import torch
+    from safetensors.torch import load_file
+
+    from memo.models.unet_3d import UNet3DConditionModel
+    from portrait_animation.memo import loading
+
+    case = json.loads((case_dir / "case.json").read_text())
+    folder = ckpt / case["checkpoint"]["folder"]
+    pack = loading.load_diffusion_net(folder).eval()
+    orig = UNet3DConditionModel.from_pretrained(str(ckpt), subfolder=case["checkpoint"]["folder"],
+                                                use_safetensors=True).eval().requires_grad_(False)
+    from memo.models.attention_processor import MemoryLinearAttnProcessor
+
+    for name, module in orig.named_modules():  # as the case was recorded: memory processors on the motion attention
+        if "motion_modules" in name and hasattr(module, "set_processor"):
+            module.set_processor(MemoryLinearAttnProcessor())
+    x = load_file(str(case_dir / "inputs.safetensors"))
+
+    def nest(prefix):  # "<prefix><level>.<block>.<layer>" -> {"down": [[t, ...], ...], "mid": ..., "up": ...}
+        out = {"down": {}, "mid": {}, "up": {}}
+        for name, t in x.items():
+            if name.startswith(prefix):
+                level, block, layer = name[len(prefix):].split(".")
+                out[level].setdefault(int(block), {})[int(layer)] = t
+        return {lv: [[b[j] for j in sorted(b)] for _, b in sorted(blocks.items())] for lv, blocks in out.items()}
+
+    def wrap(ref):  # the original's transformer levels carry a list per layer (one entry per transformer block)
+        return {lv: [[[t] if t.dim() == 3 else t for t in layers] for layers in blocks] for lv, blocks in ref.items()}
+
+    calls = []
+    for call in case["calls"]:
+        i = call["index"]
+        calls.append(dict(sample=x[f"call{i}.sample"], ref=nest(f"refset{call['refset']}."),
+                          t=x.get(f"call{i}.timestep", torch.tensor(call["timestep"], dtype=torch.float32)),
+                          audio=x[f"call{i}.audio"], emotion=x.get(f"call{i}.emotion", torch.tensor(call["emotion"])),
+                          new=call["is_new_audio"], update=call["update_past_memory"]))
+    text, uc = x["encoder_hidden_states"], x.get("uc_mask")
+
+    def run_pack(which=(0,)):
+        return {f"call{i}.noise_pred": pack(c["sample"], c["ref"], c["t"], text, c["audio"], c["emotion"], uc_mask=uc,
+                                            is_new_audio=c["new"], update_past_memory=c["update"])
+                for i, c in ((i, calls[i]) for i in which)}
+
+    def run_original(which=(0,)):
+        return {f"call{i}.noise_pred": orig(c["sample"], wrap(c["ref"]), c["t"], encoder_hidden_states=text,
+                                            audio_embedding=c["audio"], audio_emotion=c["emotion"], uc_mask=uc,
+                                            is_new_audio=c["new"], update_past_memory=c["update"]).sample
+                for i, c in ((i, calls[i]) for i in which)}
+
+    from _compare import max_deviation
+
+    tol = {k: v for k, v in case["tolerance"].get("per_output", {}).items()} or {"*": case["tolerance"]}
+    with torch.no_grad():  # the whole case, memory carried across calls
+        every = tuple(range(len(calls)))
+        bad = {k: v for k, v in max_deviation(run_pack(every), run_original(every), tol).items() if not v["ok"]}
+    if bad:
+        raise AssertionError(f"MEMO diffusion net: pack and original disagree over the case's calls: {bad}")
+    shapes = {"unet_input": list(calls[0]["sample"].shape),
+              "config": "parity case diffusion_net_cfg (widths 32-64-64-64, 2 layers per block, audio + motion modules)"}
+    return run_pack, run_original, tol, shapes
+
+
 COMPARISONS = {
+    "memo": Comparison("memo", "memo/diffusion_net_cfg", "one Diffusion Net call on the CFG batch (new clip)", _memo),
     "hunyuan_portrait": Comparison("hunyuan_portrait", "hunyuan_portrait/unet_forward",
                                    "one UNet call on the three guidance branches + guidance", _hunyuan),
 }
