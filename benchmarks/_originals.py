@@ -53,7 +53,8 @@ def shim_missing(family: str) -> list[str]:
     except ImportError:
         if family != "hellomeme":
             return shimmed
-        import importlib.machinery
+        # diffusers decides once, at its import, that torchvision is absent: import it before the placeholder exists
+        from diffusers import UNet2DConditionModel  # noqa: F401
 
         import torch
 
@@ -84,6 +85,7 @@ class Comparison:
     case: str                  # parity case giving the config and the weights
     step: str                  # what one timed call computes, in words
     setup: Callable            # (tree, ckpt_dir, case_dir, args) -> (pack_fn, original_fn, tolerance, shapes)
+    sized: bool = False        # inputs drawn at --frames / --latent (else the case's recorded inputs)
 
 
 def _hunyuan(tree: Path, ckpt: Path, case_dir: Path, args):
@@ -199,10 +201,73 @@ def _memo(tree: Path, ckpt: Path, case_dir: Path, args):
     return run_pack, run_original, tol, shapes
 
 
+def _hellomeme(tree: Path, ckpt: Path, case_dir: Path, args):
+    """HelloMeme v5 video denoiser on the parity case ``denoise_v5_video`` (its UNet config, the SD1.5 reference UNet,
+    hm5_reference + hm5_motion adapters, recorded inputs with control features and motion pads): the reference pass
+    is checked, then one denoiser call (one window, motion on) is timed."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from hellomeme.models import HM3Denoising3D, HM5MotionAdapter, HM5ReferenceAdapter
+    from portrait_animation.sk_attention.adapters import load_hellomeme_module
+    from portrait_animation.sk_attention.base_models import load_unet_folder
+    from portrait_animation.sk_attention.denoiser import SKDenoiser
+
+    case = json.loads((case_dir / "case.json").read_text())
+    sd15, ref_dir, mot_dir = "songkey/stable-diffusion-v1-5/unet", "songkey/hm5_reference", "songkey/hm5_motion"
+    pack = SKDenoiser(load_unet_folder(ckpt / "checkpoint/unet"), reference=load_hellomeme_module(ckpt / ref_dir),
+                      motion=load_hellomeme_module(ckpt / mot_dir)).eval()
+    pack_ref = SKDenoiser(load_unet_folder(ckpt / sd15.rsplit("/", 1)[0] / "unet")).eval()
+
+    unet = UNet2DConditionModel.from_pretrained(str(ckpt / "checkpoint/unet"))
+    orig_ref = HM3Denoising3D.from_unet2d(unet)
+    orig_ref.load_state_dict(load_file(str(ckpt / sd15 / "diffusion_pytorch_model.safetensors")), strict=True)
+    orig = HM3Denoising3D.from_unet2d(unet)
+    orig.insert_reference_adapter(HM5ReferenceAdapter.from_pretrained(str(ckpt / ref_dir)))
+    orig.insert_reference_adapter(HM5MotionAdapter.from_pretrained(str(ckpt / mot_dir)))
+    orig, orig_ref = orig.eval().requires_grad_(False), orig_ref.eval().requires_grad_(False)
+
+    x = load_file(str(case_dir / "inputs.safetensors"))
+    group = lambda p: {k[len(p):]: v for k, v in x.items() if k.startswith(p)}  # noqa: E731
+    control, pads = group("control."), group("pad.")
+    with torch.no_grad():
+        pack_cache = pack_ref.reference_features(x["latent_ref"], x["text_ref"], control=None)
+        orig_cache = orig_ref(x["latent_ref"].unsqueeze(2), 0, encoder_hidden_states=x["text_ref"],
+                              return_dict=False)[1]
+    tol = case["tolerance"]["per_output"]
+    from _compare import max_deviation
+
+    bad = {k: v for k, v in max_deviation({f"ref_cache.{k}": v for k, v in pack_cache.items()},
+                                          {f"ref_cache.{k}": v for k, v in orig_cache.items()}, tol).items()
+           if not v["ok"]}
+    if bad:
+        raise AssertionError(f"HelloMeme reference pass: pack and original disagree: {bad}")
+
+    def fresh(d):  # the original adds control in place into its block outputs; give both fresh copies
+        return {k: v.clone() for k, v in d.items()}
+
+    def run_pack():
+        out, _ = pack(x["sample"], x["timestep"], x["text"], reference_cache=pack_cache, control=fresh(control),
+                      motion_pads=fresh(pads), use_motion=True, collect_cache=False)
+        return {"noise_pred": out}
+
+    def run_original():
+        return {"noise_pred": orig(x["sample"], x["timestep"], encoder_hidden_states=x["text"],
+                                   reference_hidden_states=orig_cache, control_hidden_states=fresh(control),
+                                   motion_pad_hidden_states=fresh(pads), use_motion=True, return_dict=False)[0]}
+
+    shapes = {"unet_input": list(x["sample"].shape),
+              "config": "parity case denoise_v5_video (SD1.5 layout, widths 32-64-64-64, hm5 reference + motion)"}
+    return run_pack, run_original, {"noise_pred": tol["noise_pred"]}, shapes
+
+
 COMPARISONS = {
+    "hellomeme": Comparison("hellomeme", "hellomeme/denoise_v5_video",
+                            "one v5 video denoiser call (one window, reference + motion adapters)", _hellomeme),
     "memo": Comparison("memo", "memo/diffusion_net_cfg", "one Diffusion Net call on the CFG batch (new clip)", _memo),
     "hunyuan_portrait": Comparison("hunyuan_portrait", "hunyuan_portrait/unet_forward",
-                                   "one UNet call on the three guidance branches + guidance", _hunyuan),
+                                   "one UNet call on the three guidance branches + guidance", _hunyuan, sized=True),
 }
 
 
@@ -228,8 +293,9 @@ def compare(family: str, tree: Path, args) -> dict:
         ckpt = materialize(case_dir / "weights.json", tmp)
         pack_fn, orig_fn, tol, shapes = comp.setup(tree, ckpt, case_dir, args)
         row = side_by_side(pack_fn, orig_fn, tol, repeats=args.repeats)
+    sizes = {"frames": args.frames, "latent": args.latent} if comp.sized else {}
     return {"family": family, "case": comp.case, "step": comp.step, "original_tree": str(tree), "shimmed": shimmed,
-            "frames": args.frames, "latent": args.latent, "threads": torch.get_num_threads(), **shapes, **row}
+            **sizes, "threads": torch.get_num_threads(), **shapes, **row}
 
 
 def main(argv: list[str] | None = None) -> int:

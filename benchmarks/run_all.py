@@ -149,7 +149,7 @@ def markdown(report: dict) -> str:
             if "error" in c:
                 lines.append(f"| {c['family']} | not run: {c['error'][:160]} | | | | | | |")
                 continue
-            shape = "x".join(map(str, c.get("unet_input", []))) or f"{c['frames']} frames, latent {c['latent']}"
+            shape = "x".join(map(str, c.get("unet_input", []))) or "-"
             lines.append(f"| {c['family']} | {c['step']} | {shape} | {c['pack_s']:.3f} | {c['original_s']:.3f} | "
                          f"**{c['ratio']:.2f}x** | {c['max_abs_diff']:.2e} | {c['repeats']} |")
         shims = sorted({s for c in report["comparisons"] for s in c.get("shimmed", [])})
