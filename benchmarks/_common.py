@@ -46,3 +46,25 @@ def run_isolated(script: Path, args: list[str]) -> dict:
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def run_original(family: str, tree: Path, frames: int = 4, latent: int = 16, repeats: int = 5,
+                 threads: int = 1) -> dict:
+    """The pack's denoiser step beside the original's (``_originals.py``, in a fresh process); the row it prints."""
+    args = [family, str(tree), "--frames", str(frames), "--latent", str(latent), "--repeats", str(repeats),
+            "--threads", str(threads)]
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("_originals.py")), *args], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"_originals.py {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def comparison_line(row: dict) -> str:
+    """One line for a side-by-side row."""
+    shape = "x".join(map(str, row.get("unet_input", [])))
+    return (f"denoiser step vs the original ({row['step']}, input {shape}, {row['config']}): "
+            f"pack {row['pack_s']:.3f} s, "
+            f"original {row['original_s']:.3f} s, ratio {row['ratio']:.2f}x (min of {row['repeats']} interleaved; "
+            f"max |diff| {row['max_abs_diff']:.1e}, within the parity tolerance)")

@@ -197,7 +197,8 @@ def _memo(tree: Path, ckpt: Path, case_dir: Path, args):
     if bad:
         raise AssertionError(f"MEMO diffusion net: pack and original disagree over the case's calls: {bad}")
     shapes = {"unet_input": list(calls[0]["sample"].shape),
-              "config": "parity case diffusion_net_cfg (widths 32-64-64-64, 2 layers per block, audio + motion modules)"}
+              "config": "parity case diffusion_net_cfg (widths 32-64-64-64, 2 layers per block, audio + motion "
+                        "modules)"}
     return run_pack, run_original, tol, shapes
 
 

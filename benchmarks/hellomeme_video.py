@@ -4,6 +4,8 @@
     python benchmarks/hellomeme_video.py --frames 24 96 --device cuda            # same models on a GPU
     python benchmarks/hellomeme_video.py --frames 24 96 --device cuda --real-size --dtype fp16
                                                                                  # real v5 sizes, random weights
+    python benchmarks/hellomeme_video.py --frames 24 96 --json out.json --original /work/originals/HelloMeme
+                                                                                 # + the original's denoiser step
 
 Each frame count runs in a fresh process (peak memory is per run). The stand-in models (default) are the tiny
 HelloMeme set of tests/helpers/tiny_models.py (released layout, reduced widths), loaded from a models folder through
@@ -23,7 +25,10 @@ Use it for memory figures only: every large tensor then is a fresh mmap, which s
 
 Columns: ``UNet calls`` = denoising-UNet calls (one window of <= 12 frames, CFG batch, one step), ``s/call`` = denoising
 seconds per call (the per-step cost of a window), ``s/frame`` = whole run (reference, all passes, decoding) per output
-frame, ``decode s/frame`` = decoding per frame, peak host MB (process RSS high-water mark), peak GPU MB (allocator).
+frame, ``decode s/frame`` = decoding per frame, peak host MB (process RSS high-water mark), peak GPU MB (allocator);
+the JSON rows also carry ``load_s`` (loading or building the networks). ``--original TREE``: the v5 video denoiser
+step of the pack and of the original (HM3Denoising3D + HM5 adapters from the source tree) on the parity case's
+config, checked equal within its tolerance and timed interleaved (see benchmarks/_originals.py).
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import import_pack, peak_gpu_mb, peak_host_mb, run_isolated  # noqa: E402
+from _common import (comparison_line, import_pack, peak_gpu_mb, peak_host_mb, run_isolated,  # noqa: E402
+                     run_original)
 
 
 def _real_size_models(device: str, dtype):
@@ -158,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mmap-threshold", type=int, default=0,
                     help="glibc MALLOC_MMAP_THRESHOLD_ for the runs in bytes (0: the allocator's dynamic default)")
     ap.add_argument("--json", type=Path, help="also write the settings and rows here")
+    ap.add_argument("--original", type=Path, help="the original's source tree: also time the denoiser step side by "
+                                                  "side (benchmarks/_originals.py)")
     args = ap.parse_args(argv)
     if args.child:
         args.frames = args.frames[0]
@@ -184,11 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['frames']:>6} {r['unet_calls']:>10} {r['s_per_call']:>7.3f} {r['s_per_frame']:>8.3f} "
               f"{r['decode_s_per_frame']:>14.4f} {r['peak_host_mb']:>12.0f} {r['host_before_sampling_mb']:>14.0f} "
               f"{gpu:>11}")
+    comparison = None
+    if args.original:
+        comparison = run_original("hellomeme", args.original, threads=args.threads)
+        print(comparison_line(comparison))
     if args.json:
         settings = {k: getattr(args, k) for k in ("size", "steps", "cfg", "device", "dtype", "real_size", "threads")}
         settings["size"] = r0["size"]
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"family": "hellomeme", "settings": settings, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"family": "hellomeme", "settings": settings, "rows": rows,
+                                         "comparison": comparison}, indent=1))
     return 0
 
 

@@ -3,6 +3,7 @@
     python benchmarks/hunyuan_portrait.py --size small --frames 50 400                  # small nets, CPU, float32
     python benchmarks/hunyuan_portrait.py --size real --device cuda --frames 50 750     # released sizes, fp16, GPU
     python benchmarks/hunyuan_portrait.py --size small --frames 50 400 --json out.json  # also write the rows
+    python benchmarks/hunyuan_portrait.py --original /work/originals/HunyuanPortrait    # + the original's UNet step
 
 What runs: every network is built from its config with random weights (nothing is downloaded or read), then the
 pack's own path of :func:`hunyuan_portrait.pipeline.generate`, phase by phase: appearance tokens once (DINOv2 +
@@ -51,7 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import import_pack, run_isolated  # noqa: E402
+from _common import comparison_line, import_pack, run_original, run_isolated  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -427,6 +428,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mmap-threshold", type=int, default=0,
                     help="glibc MALLOC_MMAP_THRESHOLD_ for the runs in bytes (0: the allocator's dynamic default)")
     ap.add_argument("--json", type=Path, help="also write the settings, machine and rows here")
+    ap.add_argument("--original", type=Path, help="the original's source tree: also time the denoiser step side by "
+                                                  "side (benchmarks/_originals.py)")
     return ap
 
 
@@ -451,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
                                               "shift", "pad", "decode_chunk", "crop", "threads", "mmap_threshold")}
     report = {"command": command, "machine": info, "settings": settings, "rows": rows}
     print(markdown(report))
+    if args.original:
+        report["comparison"] = run_original("hunyuan_portrait", args.original, threads=args.threads or 1)
+        print(comparison_line(report["comparison"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

@@ -5,7 +5,10 @@
 
 Each clip count runs in a fresh process (peak memory is per run). Frames are consumed as they stream out of the
 sampler, as a video writer would; the stand-in networks have the released layout with tiny widths (see
-tests/helpers/tiny_models.py), so the figures show the pipeline's scaling, not the real model's speed.
+tests/helpers/tiny_models.py), so the figures show the pipeline's scaling, not the real model's speed (there is no real-size MEMO preset yet).
+``--json`` writes the rows (with ``load_s``, loading the networks); ``--original TREE`` also times the Diffusion Net
+step of the pack beside the original's (memo.models.unet_3d from the source tree) on the parity case's config,
+checked equal within its tolerance first (see benchmarks/_originals.py).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import import_pack, peak_gpu_mb, peak_host_mb, run_isolated  # noqa: E402
+from _common import (comparison_line, import_pack, peak_gpu_mb, peak_host_mb, run_isolated,  # noqa: E402
+                     run_original)
 
 
 def child(args) -> dict:
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the settings and rows here")
+    ap.add_argument("--original", type=Path, help="the original's source tree: also time the denoiser step side by "
+                                                  "side (benchmarks/_originals.py)")
     args = ap.parse_args(argv)
     if args.child:
         args.clips = args.clips[0]
@@ -86,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
         print(f"{r['clips']:>5} {r['frames']:>6} {r['s_per_frame']:>8.3f} {r['s_per_step']:>7.3f} "
               f"{r['peak_host_mb']:>12.0f} {gpu:>11}")
+    comparison = None
+    if args.original:
+        comparison = run_original("memo", args.original, threads=args.threads)
+        print(comparison_line(comparison))
     if args.json:
         settings = {k: getattr(args, k) for k in ("size", "steps", "clip_length", "fps", "device", "dtype", "threads")}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"family": "memo", "settings": settings, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"family": "memo", "settings": settings, "rows": rows,
+                                         "comparison": comparison}, indent=1))
     return 0
 
 

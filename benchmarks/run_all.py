@@ -138,7 +138,8 @@ def markdown(report: dict) -> str:
         desc = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("device", "threads") and v not in (None, False))
         for r in common_rows(fam):
             growth = _cell(r.get("host_growth_pct"), "+.1f") + ("%" if "host_growth_pct" in r else "")
-            lines.append(f"| {r['family']} | {r['length']} | {r['s_per_frame']:.4f} | {_cell(r['peak_accel_mb'], '.0f')} "
+            lines.append(f"| {r['family']} | {r['length']} | {r['s_per_frame']:.4f} | "
+                         f"{_cell(r['peak_accel_mb'], '.0f')} "
                          f"| {r['peak_host_mb']:.0f} | {growth} | {_cell(r['load_s'], '.2f')} | {desc} |")
     if report.get("comparisons"):
         lines += ["", "Denoiser step, pack vs original (same config, same weights, same inputs; outputs checked within "
