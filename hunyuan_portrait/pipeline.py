@@ -27,6 +27,7 @@ import torch
 from ..motion.hunyuan import loading as motion_loading
 from ..motion.hunyuan.intensity import IntensitySettings
 from ..motion.hunyuan.tokens import motion_tokens
+from ..runtime.speed import SpeedOptions, accelerated
 from . import appearance_loading, identity, paste_back
 from . import pose_guider as hp_pose_guider
 from . import scheduler as hp_scheduler
@@ -197,9 +198,9 @@ def denoise(models: PortraitModels, ref_img: torch.Tensor, appearance: torch.Ten
             settings: PortraitSettings, noise_aug_noise: torch.Tensor, initial_noise: torch.Tensor, *,
             state_device: torch.device | str = "cpu", on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
             on_window: Optional[Callable[[int, int, torch.Tensor], None]] = None,
-            interrupt: Optional[Callable[[], None]] = None) -> torch.Tensor:
+            interrupt: Optional[Callable[[], None]] = None, speed: Optional[SpeedOptions] = None) -> torch.Tensor:
     """ref_img (1, 3, H, W) in [-1, 1]; appearance (1, 64, 1024); motion (1, F, 64, 1024) padded -> final latents
-    (1, F, 4, h, w) on ``state_device``.
+    (1, F, 4, h, w) on ``state_device``. ``speed``: opt-in accelerations of the UNet (exact by default).
 
     The sequence state (latents, the per-frame sums) and the motion tokens stay on ``state_device`` (the host by
     default); one window of ``n_sample_frames`` moves to the UNet's device at a time, so accelerator memory does not
@@ -212,8 +213,9 @@ def denoise(models: PortraitModels, ref_img: torch.Tensor, appearance: torch.Ten
     ref_latents = ref_latents.to(state_device)
     init = scheduler.add_noise(ref_latents, initial_noise.to(ref_latents),
                                scheduler.start_index(s.i2i_noise_strength))                  # (1, F, 4, h, w)
-    return sample(models.unet, scheduler, init, image_latents, appearance, motion.to(state_device), pose,
-                  s.sampler_settings(), on_window=on_window, on_step=on_step, interrupt=interrupt)
+    with accelerated(speed, [models.unet]):
+        return sample(models.unet, scheduler, init, image_latents, appearance, motion.to(state_device), pose,
+                      s.sampler_settings(), on_window=on_window, on_step=on_step, interrupt=interrupt)
 
 
 @torch.no_grad()
