@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 import torch
 
 from ..media.errors import PlainName
-from .policy import LoadPolicy, LoadReport, apply_policy, log_report, unwrap_checkpoint
+from .policy import LoadPolicy, LoadReport, apply_policy, dtype_counts, log_report, unwrap_checkpoint
 from .store import CorruptModelFile, check_file_format
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,90 @@ class CheckpointKeyError(PlainName, RuntimeError):
         super().__init__("\n  ".join(parts))
 
 
+class FileStateDict(dict):
+    """A state dict as read from a file, cast or not, that remembers the file's own tensor dtypes
+    (``file_dtypes``: ``{dtype name: count}``) for the :class:`~.policy.LoadReport`."""
+
+    file_dtypes: dict[str, int]
+
+    def __init__(self, *args, file_dtypes: Optional[dict[str, int]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.file_dtypes = dict(file_dtypes) if file_dtypes is not None else dtype_counts(self)
+
+    def merge(self, other: Mapping[str, torch.Tensor]) -> None:
+        """``update`` that also adds ``other``'s file dtype counts (sharded checkpoints)."""
+        self.update(other)
+        counts = getattr(other, "file_dtypes", None) or dtype_counts(other)
+        for k, n in counts.items():
+            self.file_dtypes[k] = self.file_dtypes.get(k, 0) + n
+
+
+def _cast_one(v: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return v.to(dtype) if dtype is not None and v.is_floating_point() and v.dtype != dtype else v
+
+
 def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
+    """Cast the floating tensors of ``sd`` to ``dtype``, one at a time and in place of the dict's entries, so that an
+    uncast tensor is freed as soon as its copy exists (when nothing else holds it)."""
     if dtype is None:
         return sd
-    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+    for k in list(sd):
+        sd[k] = _cast_one(sd[k], dtype)
+    return sd
+
+
+# safetensors dtype names -> torch dtypes (the format's header names, https://github.com/huggingface/safetensors)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"), ("U32", "uint32"),
+                     ("U64", "uint64")):
+    if hasattr(torch, _attr):
+        _ST_DTYPES[_name] = getattr(torch, _attr)
+
+
+def _read_safetensors_cast(path: Path, dtype: torch.dtype) -> FileStateDict:
+    """Read a ``.safetensors`` file one tensor at a time with plain reads, casting each floating tensor to ``dtype``
+    as it arrives: the peak host memory is the cast state dict plus one tensor as stored, with no memory map whose
+    touched pages would count towards the process's resident size. Raises ``ValueError`` on a malformed file."""
+    size = path.stat().st_size
+    counts: dict[str, int] = {}
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("file shorter than the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or 8 + n > size:
+            raise ValueError(f"header length {n} does not fit the file size {size}")
+        header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        base = 8 + n
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            st_dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            if st_dtype not in _ST_DTYPES:
+                raise ValueError(f"tensor {key!r}: unsupported dtype {st_dtype}")
+            t_dtype = _ST_DTYPES[st_dtype]
+            numel = 1
+            for d in shape:
+                numel *= int(d)
+            itemsize = torch.empty((), dtype=t_dtype).element_size()
+            if end - start != numel * itemsize or start < 0 or base + end > size:
+                raise ValueError(f"tensor {key!r}: data offsets {start}..{end} do not fit its shape {list(shape)} "
+                                 f"{st_dtype} or the file size {size}")
+            raw = torch.empty(end - start, dtype=torch.uint8)
+            f.seek(base + start)
+            if end > start and f.readinto(memoryview(raw.numpy())) != end - start:
+                raise ValueError(f"tensor {key!r}: file truncated")
+            t = raw.view(t_dtype).reshape(shape)
+            name = str(t_dtype).replace("torch.", "")
+            counts[name] = counts.get(name, 0) + 1
+            out[key] = _cast_one(t, dtype)
+            del raw, t
+    return FileStateDict(out, file_dtypes=counts)
 
 
 def read_state_dict(path: str | Path, dtype: torch.dtype | None = None, unwrap: str | Sequence[str] | None = None,
@@ -86,20 +166,22 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None, unwrap: 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"):
+        raise ValueError(f"unsupported checkpoint format {suffix!r} for {path} (use .safetensors, .pth or .bin)")
     try:
-        if suffix in (".safetensors", ".sft"):
+        if suffix in (".safetensors", ".sft") and dtype is not None:
+            sd = _read_safetensors_cast(path, dtype)
+        elif suffix in (".safetensors", ".sft"):
             from safetensors.torch import load_file
 
             sd = load_file(str(path), device="cpu")
-        elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
         else:
-            raise ValueError(f"unsupported checkpoint format {suffix!r} for {path} (use .safetensors, .pth or .bin)")
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpoint(f"{path} holds Python objects beyond tensors, which this pack refuses to unpickle "
                                f"(torch.load weights_only=True): {e}. Use the official file, or convert it to "
                                "safetensors.") from e
-    except (RuntimeError, OSError, EOFError) as e:
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
         problem = check_file_format(path) or f"{type(e).__name__}: {e}"
         raise CorruptModelFile(None, path, problem) from e
     except Exception as e:
@@ -116,7 +198,8 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None, unwrap: 
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointKeyError(str(path), [], [], [], what="a flat tensor state dict")
-    return _cast(dict(sd), dtype)
+    sd = sd if isinstance(sd, FileStateDict) else FileStateDict(sd)
+    return _cast(sd, dtype)  # per tensor: a memory-mapped .pth is never held whole in its own dtype
 
 
 def _is_zip(path: Path) -> bool:
@@ -151,9 +234,9 @@ def read_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None,
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{folder} has no config.json; pass a config explicitly")
         config = json.loads(cfg_path.read_text())
-    sd: dict[str, torch.Tensor] = {}
+    sd = FileStateDict()
     for f in find_weights(folder):
-        sd.update(read_state_dict(f, dtype=dtype))
+        sd.merge(read_state_dict(f, dtype=dtype))
     return config, sd
 
 
@@ -285,7 +368,7 @@ def load_with_policy(factory: Callable[[], torch.nn.Module], sd: Mapping, policy
 def load_file_with_policy(path: str | Path, factory: Callable[[], torch.nn.Module], policy: LoadPolicy,
                           dtype: torch.dtype | None = None, what: str = "") -> torch.nn.Module:
     """:func:`load_with_policy` on the state dict of the file ``path`` (:func:`read_state_dict`), in eval mode."""
-    module = load_with_policy(factory, read_state_dict(path), policy, str(path), dtype=dtype, what=what)
+    module = load_with_policy(factory, read_state_dict(path, dtype=dtype), policy, str(path), dtype=dtype, what=what)
     return module.eval()
 
 

@@ -185,9 +185,11 @@ def apply_policy(sd: Mapping, policy: LoadPolicy, source: str,
     report = report or LoadReport(source=source, policy=policy.name)
     report.policy = report.policy or policy.name
     sd = unwrap_checkpoint(sd, policy.unwrap, report)
+    file_dtypes = getattr(sd, "file_dtypes", None)  # read already cast: the file's own dtypes, kept by the reader
     sd = dict(sd)
     if not report.dtypes:
-        report.dtypes = dtype_counts({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)})
+        report.dtypes = dict(file_dtypes) if file_dtypes else \
+            dtype_counts({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)})
     for prefix in policy.strip_prefixes:
         sd, n = strip_prefix(sd, prefix)
         if n:

@@ -2,10 +2,10 @@
 
 Each folder holds ``config.json`` + ``diffusion_pytorch_model.safetensors`` (fp32; the audit in
 ``specs/real_files.md`` confirms the key sets equal the classes'). Every network is built on the meta device from its
-config and filled under the released-folder policy (:data:`POLICY`; assigned, so the weights are held once), cast to
-the requested dtype. A missing or mis-shaped key raises :class:`~..loaders.checkpoint.CheckpointKeyError` naming the
-file and the keys; an extra key is logged as a warning and ignored (diffusers, which MEMO used, does the same); a bad
-config raises ``ValueError`` naming the folder. The report is the module's ``load_report``.
+config and filled under the released-folder policy (:data:`POLICY`; assigned, so the weights are held once), each
+tensor cast to the requested dtype as it is read. A missing or mis-shaped key raises
+:class:`~..loaders.checkpoint.CheckpointKeyError` naming the file and the keys; an extra key is logged as a warning
+and ignored (diffusers, which MEMO used, does the same); a bad config raises ``ValueError`` naming the folder. The report is the module's ``load_report``.
 
 Folders: ``reference_net``, ``diffusion_net``, ``image_proj``, ``audio_proj``, ``misc/audio_emotion_classifier``.
 
@@ -37,11 +37,13 @@ FOLDERS = {
 }
 
 
-def _read(folder: str | Path) -> tuple[dict, dict, str]:
+def _read(folder: str | Path, dtype: torch.dtype | None = None) -> tuple[dict, dict, str]:
+    """``(config, state dict, source)``; with ``dtype`` each floating tensor is cast as it is read (host memory peaks at
+    about the cast model's size, not the fp32 file's plus the cast copy)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"MEMO model folder not found: {folder}")
-    config, sd = read_diffusers_folder(folder)
+    config, sd = read_diffusers_folder(folder, dtype=dtype)
     source = ", ".join(str(p) for p in find_weights(folder))
     return config, sd, source
 
@@ -86,7 +88,7 @@ def diffusion_net_config(config: dict, state_dict: dict | None = None):
 def load_reference_net(folder: str | Path, dtype: torch.dtype | None = None):
     from .reference_net import ReferenceNet
 
-    config, sd, source = _read(folder)
+    config, sd, source = _read(folder, dtype)
     try:
         cfg = reference_net_config(config)
     except ValueError as e:
@@ -97,7 +99,7 @@ def load_reference_net(folder: str | Path, dtype: torch.dtype | None = None):
 def load_diffusion_net(folder: str | Path, dtype: torch.dtype | None = None):
     from .diffusion_net import DiffusionNet
 
-    config, sd, source = _read(folder)
+    config, sd, source = _read(folder, dtype)
     try:
         cfg = diffusion_net_config(config, sd)
     except ValueError as e:
@@ -109,7 +111,7 @@ def load_image_proj(folder: str | Path, dtype: torch.dtype | None = None):
     """Sizes come from the weights (the released config.json names only the class)."""
     from .projections import ImageProj, ImageProjConfig
 
-    _, sd, source = _read(folder)
+    _, sd, source = _read(folder, dtype)
     token_dim = sd["norm.weight"].shape[0]
     cfg = ImageProjConfig(embedding_dim=sd["proj.weight"].shape[1], tokens=sd["proj.weight"].shape[0] // token_dim,
                           token_dim=token_dim)
@@ -121,7 +123,7 @@ def load_audio_proj(folder: str | Path, dtype: torch.dtype | None = torch.float3
     weights: the input is the flattened (window, layer, channel) block, whatever its factors."""
     from .projections import AudioProj, AudioProjConfig
 
-    _, sd, source = _read(folder)
+    _, sd, source = _read(folder, dtype)
     cfg = AudioProjConfig()
     inter, flat = sd["proj1.weight"].shape
     token_dim = sd["norm.weight"].shape[0]
@@ -135,7 +137,7 @@ def load_audio_proj(folder: str | Path, dtype: torch.dtype | None = torch.float3
 def load_emotion_classifier(folder: str | Path, dtype: torch.dtype | None = None):
     from .emotion_classifier import EmotionClassifier
 
-    _, sd, source = _read(folder)
+    _, sd, source = _read(folder, dtype)
     return _build(Path(folder), EmotionClassifier, sd, source, dtype)
 
 
