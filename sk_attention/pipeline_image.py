@@ -37,6 +37,11 @@ VERSIONS = ("v5", "v5b", "v5c")
 VIDEO_VERSIONS = ("v5", "v5b")
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 1.5
+# Per-frame control features ({down3_i, up3_i}) of a 512x512 frame: 5.0 M values = 9.5 MiB in fp16 (19 MiB fp32).
+# They depend only on the driving frame (pose image + expression), never on the timestep or the latents, so a video
+# computes them once per frame and reuses them in every step and overlapping window. 2 GiB on the host keeps ~215
+# frames at 512x512 fp16 (~107 fp32); frames beyond it are recomputed per window and step (as with a budget of 0).
+DEFAULT_CONTROL_CACHE_BYTES = 2 << 30
 FeatureDict = dict[str, torch.Tensor]
 Observer = Callable[[str, dict], None]
 
@@ -231,7 +236,9 @@ class _BoundedStore:
         n = self.size(value)
         if self.bytes + n > self.max_bytes:
             return False
-        self.items[key] = {k: v.to(self.device) for k, v in value.items()}
+        # an own contiguous copy: a frame slice of a window's tensor must not keep the whole window alive
+        self.items[key] = {k: torch.empty(v.shape, dtype=v.dtype, device=self.device).copy_(v)
+                           for k, v in value.items()}
         self.bytes += n
         self.peak_bytes = max(self.peak_bytes, self.bytes)
         return True
@@ -253,8 +260,11 @@ class ComputedControls(ControlSource):
     pose images need not be held at once). Expression, one of: ``emo_embedding`` (B, F, 548) (PD-FGC), or
     ``drive_coeff`` (B, F, 51) + ``face_parts`` (B, F, 3, 1024) (ARKit + CLIP face parts).
 
-    Features are computed per window; up to ``cache_bytes`` of per-frame features are kept on ``cache_device`` for
-    reuse by later steps (0: always recompute, so memory does not grow with the clip length).
+    The features depend only on the driving frames (never on the timestep or the latents): they are computed per
+    window for the frames not yet stored, and up to ``cache_bytes`` of per-frame features are kept on
+    ``cache_device`` (fill until full, no eviction) for every later step and overlapping window; frames beyond the
+    budget are recomputed each time they are asked for (0: always recompute). Memory stays within the budget
+    whatever the clip length (default :data:`DEFAULT_CONTROL_CACHE_BYTES`).
     """
 
     modules = ("control_encoder", "control_projector")
@@ -263,7 +273,7 @@ class ComputedControls(ControlSource):
                  condition: torch.Tensor | Callable[[Sequence[int]], torch.Tensor],
                  emo_embedding: Optional[torch.Tensor] = None, drive_coeff: Optional[torch.Tensor] = None,
                  face_parts: Optional[torch.Tensor] = None, num_frames: Optional[int] = None,
-                 cache_bytes: int = 0, cache_device: torch.device | str = "cpu"):
+                 cache_bytes: int = DEFAULT_CONTROL_CACHE_BYTES, cache_device: torch.device | str = "cpu"):
         if emo_embedding is None and drive_coeff is None:
             raise ValueError("give the expression: emo_embedding (B, F, 548) or drive_coeff (B, F, 51) + face_parts")
         if drive_coeff is not None and face_parts is None:
@@ -297,12 +307,12 @@ class ComputedControls(ControlSource):
         frames = list(frames)
         missing = [f for f in frames if self.cache.get(f) is None]
         fresh: dict[int, FeatureDict] = {}
-        if missing:
-            exp = {k: v[:, missing] for k, v in self.expression.items()}
-            out = self._run(self._condition(missing), exp, device, dtype)
-            for j, f in enumerate(missing):
-                fresh[f] = {k: v[:, :, j:j + 1] for k, v in out.items()}
-                self.cache.put(f, fresh[f])
+        for f in missing:
+            # one frame per call, as the original computes them: a frame's features do not depend on which window
+            # (or how many missing frames) asked for it, so stored and recomputed features are identical
+            exp = {k: v[:, f:f + 1] for k, v in self.expression.items()}
+            fresh[f] = self._run(self._condition([f]), exp, device, dtype)
+            self.cache.put(f, fresh[f])
         parts = [fresh[f] if f in fresh else self.cache.get(f) for f in frames]
         return {k: torch.cat([p[k].to(device=device, dtype=dtype) for p in parts], dim=2) for k in parts[0]}
 
@@ -316,7 +326,7 @@ class ComputedControls(ControlSource):
 
 
 def controls_from_drive_params(models: HelloMemeModels, params: Mapping[str, torch.Tensor],
-                               cache_bytes: int = 0) -> ComputedControls:
+                               cache_bytes: int = DEFAULT_CONTROL_CACHE_BYTES) -> ComputedControls:
     """Controls from the released drive-parameter dict: ``condition`` (B, 3, F, H, W) in [-1, 1] plus ``pd_fpg``
     (B, F, 548), or ``drive_coeff`` (B, F, 51) + ``face_parts`` (B, F, 3, 1024)."""
     if models.control_encoder is None or models.control_projector is None:

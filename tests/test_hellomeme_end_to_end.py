@@ -254,9 +254,9 @@ def test_v5_video_streams_frames_in_order_and_is_deterministic(stand_ins, video_
     job2 = _video(video_models, conditions, prompts, size, _runtime(), lambda i, img: again.append(img))
     assert torch.equal(job2.latents, job.latents)
     assert all(torch.equal(a, b) for (_, a), b in zip(frames, again))
-    # a control-feature cache changes only how frames are batched through the control networks (float rounding)
+    # control features are computed one frame per call whether stored or not: the store changes nothing
     cached = _video(video_models, conditions, prompts, size, _runtime(), None, cache_bytes=1 << 26)
-    torch.testing.assert_close(cached.latents, job.latents, rtol=1e-3, atol=1e-3 * float(job.latents.abs().max()))
+    assert torch.equal(cached.latents, job.latents)
     assert cached.stats.control_cache_peak_bytes > 0
     # another seed -> another video
     assert not torch.equal(_video(video_models, conditions, prompts, size, _runtime(), None, seed=SEED + 1).latents,

@@ -230,7 +230,7 @@ def test_video_frames_are_decoded_lazily_and_not_held():
     requested = []
     controls = computed_controls(models, 6, (128, 128), requested)
     job = VideoGeneration(models, runtime(), reference_image((128, 128)), text(1), controls,
-                          negative_prompt_embeds=text(2), steps=1, guidance_scale=1.5, noise=3)
+                          negative_prompt_embeds=text(2), steps=1, guidance_scale=1.5, noise=3, decode_batch=1)
     refs = []
     with torch.no_grad():
         for index, image in job:
