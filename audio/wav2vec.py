@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..loaders.checkpoint import embedded_config, find_weights, load_with_policy, read_state_dict
+from ..loaders.checkpoint import (FileStateDict, embedded_config, find_weights, load_with_policy,
+                                  read_state_dict)
 from ..loaders.policy import OPTIMIZER_DROPS, Drop, LoadPolicy, apply_policy, prefix_drop, weight_norm_names
 from . import features as feat
 
@@ -129,10 +130,16 @@ class ConvFeatureLayer(nn.Module):
         elif norm == "layer":
             self.layer_norm = nn.LayerNorm(c_out, elementwise_affine=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, S) -> (B, C_out, S')``."""
+    def forward(self, x: torch.Tensor, group_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``(B, C_in, S) -> (B, C_out, S')``. ``group_stats`` = ``(mean, rstd)`` ``(B, C_out)`` replaces the GroupNorm's
+        own statistics over ``S'`` (used when ``x`` is one chunk of a longer signal)."""
         x = self.conv(x)
-        if self.norm_kind == "group":
+        if self.norm_kind == "group" and group_stats is not None:
+            mean, rstd = group_stats  # float64; y = a * x + b as torch's GroupNorm kernel forms it
+            a = rstd * self.layer_norm.weight.double()
+            b = self.layer_norm.bias.double() - mean * a
+            x = x.mul_(a.to(x.dtype)[..., None]).add_(b.to(x.dtype)[..., None])
+        elif self.norm_kind == "group":
             x = self.layer_norm(x)
         elif self.norm_kind == "layer":
             x = self.layer_norm(x.transpose(-2, -1)).transpose(-2, -1)
@@ -156,6 +163,92 @@ class FeatureEncoder(nn.Module):
         for layer in self.conv_layers:
             x = layer(x)
         return x
+
+    # --- chunked evaluation: the same frames with memory that does not grow with the signal -------------------------
+    @property
+    def hop(self) -> int:
+        """Input samples between two output frames (the product of the strides, 320 for the released layout)."""
+        hop = 1
+        for layer in self.conv_layers:
+            hop *= layer.conv.stride[0]
+        return hop
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples one output frame sees (400 for the released layout)."""
+        field_, jump = 1, 1
+        for layer in self.conv_layers:
+            field_ += (layer.conv.kernel_size[0] - 1) * jump
+            jump *= layer.conv.stride[0]
+        return field_
+
+    def num_frames(self, samples: int) -> int:
+        """Output frames of the whole-signal run on ``samples`` input samples (no padding anywhere)."""
+        n = samples
+        for layer in self.conv_layers:
+            n = (n - layer.conv.kernel_size[0]) // layer.conv.stride[0] + 1
+        return max(n, 0)
+
+    def first_layer_stats(self, input_values: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, rstd)`` ``(B, C)`` (float64) of the first convolution's output over the WHOLE time axis, as the
+        first layer's GroupNorm (one group per channel) computes them (biased variance), in one streaming pass.
+
+        The convolution is linear in its input patches ``p_t`` (``kernel`` samples every ``stride``): with the patch
+        mean ``m`` and covariance ``Σ`` over all ``t``, channel ``c`` (weights ``w_c``, bias ``b_c``) has mean
+        ``w_c·m + b_c`` and variance ``w_cᵀ Σ w_c``. So the pass only accumulates ``Σ p_t`` and ``Σ p_t p_tᵀ``
+        (float64, ``kernel × kernel``) chunk by chunk; the 512-channel convolution itself runs once, in :meth:`chunked`.
+        """
+        conv = self.conv_layers[0].conv
+        k, s = conv.kernel_size[0], conv.stride[0]
+        total = (input_values.shape[-1] - k) // s + 1
+        step = max(1, chunk_frames * self.hop // s)  # first-layer frames per chunk
+        s1 = s2 = None
+        for a in range(0, total, step):
+            b = min(total, a + step)
+            patches = input_values[:, a * s:(b - 1) * s + k].double().unfold(-1, k, s)  # (B, b - a, k)
+            c1, c2 = patches.sum(dim=1), patches.transpose(1, 2) @ patches             # (B, k), (B, k, k)
+            s1, s2 = (c1, c2) if s1 is None else (s1 + c1, s2 + c2)
+        m = s1 / total
+        cov = s2 / total - m[:, :, None] * m[:, None, :]
+        w = conv.weight.detach().double().reshape(conv.out_channels, k).to(m.device)           # (C, k)
+        mean = m @ w.T                                                                        # (B, C)
+        if conv.bias is not None:
+            mean = mean + conv.bias.detach().double().to(m.device)
+        var = torch.einsum("ck,bkl,cl->bc", w, cov, w).clamp_min(0)
+        return mean, torch.rsqrt(var + self.conv_layers[0].layer_norm.eps)
+
+    def chunked(self, input_values: torch.Tensor, chunk_frames: int,
+                device: Optional[torch.device] = None) -> torch.Tensor:
+        """:meth:`forward` evaluated ``chunk_frames`` output frames at a time: ``(B, S) -> (B, C, N)``, the same frames.
+
+        Chunk ``[a, b)`` reads samples ``[a * hop, (b - 1) * hop + receptive_field)`` (overlapping its neighbours by
+        ``receptive_field - hop``); with no padding in any convolution its outputs are exactly frames ``a..b-1`` of
+        the whole run. A first-layer GroupNorm normalises over the whole time axis, so its statistics come from a
+        first streaming pass (:meth:`first_layer_stats`). ``input_values`` may stay on the host: each chunk is moved
+        to ``device`` (default: the weights' device) on its own, and only the ``(B, C, N)`` result grows with ``S``.
+        """
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
+        if device is None:
+            device = self.conv_layers[0].conv.weight.device
+        dtype = self.conv_layers[0].conv.weight.dtype
+        total = self.num_frames(input_values.shape[-1])
+        if total <= chunk_frames:
+            return self(input_values.to(device, dtype))
+        hop, field_ = self.hop, self.receptive_field
+        stats = None
+        if self.conv_layers[0].norm_kind == "group":
+            stats = tuple(t.to(device) for t in self.first_layer_stats(input_values.to(dtype), chunk_frames))
+        out = None
+        for a in range(0, total, chunk_frames):
+            b = min(total, a + chunk_frames)
+            x = input_values[:, None, a * hop:(b - 1) * hop + field_].to(device, dtype)
+            for i, layer in enumerate(self.conv_layers):
+                x = layer(x, group_stats=stats if i == 0 else None)
+            if out is None:
+                out = x.new_empty(x.shape[0], x.shape[1], total)
+            out[..., a:b] = x
+        return out
 
 
 class FeatureProjection(nn.Module):
@@ -286,9 +379,13 @@ class Wav2Vec2Encoder(nn.Module):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
-    def cnn_features(self, input_values: torch.Tensor) -> torch.Tensor:
-        """Convolutional features ``(B, S) -> (B, N, C)``."""
-        return self.feature_extractor(input_values).transpose(1, 2)
+    def cnn_features(self, input_values: torch.Tensor, chunk_frames: Optional[int] = None,
+                     device: Optional[torch.device] = None) -> torch.Tensor:
+        """Convolutional features ``(B, S) -> (B, N, C)``; with ``chunk_frames`` evaluated that many frames at a time
+        (the same values, memory flat in ``S``; see :meth:`FeatureEncoder.chunked`)."""
+        if chunk_frames is None:
+            return self.feature_extractor(input_values).transpose(1, 2)
+        return self.feature_extractor.chunked(input_values, chunk_frames, device=device).transpose(1, 2)
 
     def layer_outputs(self, cnn_features: torch.Tensor) -> torch.Tensor:
         """Feature projection + transformer: ``(B, T, C) -> (B, T, L, hidden)`` (all L layer outputs)."""
@@ -343,9 +440,9 @@ def load_wav2vec2(path: str | Path, config: Optional[dict] = None, preprocessor:
         preprocessor = (_read_json(folder / "preprocessor_config.json") if path.is_dir() else None) \
             or embedded_config(EMBEDDED_PREPROCESSOR)
     cfg = Wav2Vec2Config.from_dict(config, preprocessor)
-    sd: dict = {}
+    sd = FileStateDict()
     for f in files:
-        sd.update(read_state_dict(f))
+        sd.merge(read_state_dict(f, dtype=dtype))  # cast as read; the report keeps the file's dtypes
     source = str(files[0] if len(files) == 1 else folder)
     model = load_with_policy(lambda: Wav2Vec2Encoder(cfg), sd, POLICY, source=source, dtype=dtype,
                              what=f"a wav2vec2 encoder with this config ({cfg.num_hidden_layers} layers, "
@@ -375,14 +472,24 @@ class Wav2VecFeatures:
     notes: list = field(default_factory=list)
 
 
+# CNN feature frames per chunk (50 per second at 16 kHz: 10 s, about 130 MB of first-layer activations in fp32)
+CNN_CHUNK_FRAMES = 500
+
+
 @torch.no_grad()
 def wav2vec_frame_features(model: Wav2Vec2Encoder, waveform: torch.Tensor, fps, clip_length: int,
-                           device: Optional[torch.device] = None) -> Wav2VecFeatures:
+                           device: Optional[torch.device] = None,
+                           chunk_frames: Optional[int] = CNN_CHUNK_FRAMES) -> Wav2VecFeatures:
     """MEMO's wav2vec path on a 16 kHz mono waveform ``(samples,)``.
 
     normalise (if the preprocessor says so) -> pad to whole clips -> CNN features -> resample to T frames ->
     projection + transformer -> all layer outputs ``(T, L, H)`` -> +-2 context windows ``(T, 5, L, H)`` (on the CPU,
     float32).
+
+    The convolutional encoder runs ``chunk_frames`` feature frames at a time (``None``: the whole signal at once) with
+    the waveform kept on the host, so its memory does not grow with the audio; the frames equal the whole-signal
+    run's. The transformer attends over all T frames at once (as the original; chunking it would change the
+    features), so its activations, like the returned features, stay linear in T.
     """
     notes: list[str] = []
     x = waveform.detach().to("cpu", torch.float32).reshape(-1)
@@ -398,7 +505,10 @@ def wav2vec_frame_features(model: Wav2Vec2Encoder, waveform: torch.Tensor, fps, 
     if device is None:
         device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    cnn = model.cnn_features(x[None].to(device, dtype))
+    if chunk_frames is None:
+        cnn = model.cnn_features(x[None].to(device, dtype))
+    else:
+        cnn = model.cnn_features(x[None], chunk_frames=chunk_frames, device=device)
     cnn_t = feat.resample_frames(cnn, total)
     hidden = model.layer_outputs(cnn_t)[0].float().cpu()
     return Wav2VecFeatures(
@@ -414,6 +524,6 @@ def wav2vec_frame_features(model: Wav2Vec2Encoder, waveform: torch.Tensor, fps, 
 
 
 __all__ = [
-    "EMBEDDED_CONFIG", "Wav2Vec2Config", "Wav2Vec2Encoder", "Wav2VecFeatures", "load_wav2vec2",
+    "CNN_CHUNK_FRAMES", "EMBEDDED_CONFIG", "Wav2Vec2Config", "Wav2Vec2Encoder", "Wav2VecFeatures", "load_wav2vec2",
     "wav2vec2_model_keys", "wav2vec_frame_features",
 ]
