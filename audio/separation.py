@@ -209,16 +209,14 @@ def demix(mix: np.ndarray, params: MDXParams, run_model: SpecModel,
 def onnx_spec_model(model_path: str | Path, device: Optional[torch.device] = None) -> SpecModel:
     """An onnxruntime session for an MDX-Net ONNX file as a ``spec -> spec`` callable (CUDA when ``device`` is)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (named in the error below when missing)
     except ImportError as e:
         raise VocalSeparationUnavailable("vocal separation needs onnxruntime (pip install onnxruntime or "
                                          "onnxruntime-gpu)") from e
-    from ..runtime.onnx import shared_session
+    from ..runtime.onnx import onnx_providers, shared_session
 
-    providers = ["CPUExecutionProvider"]
-    if device is not None and torch.device(device).type == "cuda" and \
-            "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    # CUDA when ``device`` is a CUDA device and onnxruntime-gpu offers it (a missing provider is said once); None: CPU
+    providers = onnx_providers(device if device is not None else "cpu", model=model_path)
     # one session per model file and settings, shared by every separator (see shared_session)
     session = shared_session(model_path, providers, log_severity_level=3)
     name = session.get_inputs()[0].name

@@ -79,10 +79,11 @@ def load_hellomeme(version: str = "v5c", video: bool = False, checkpoint: str | 
         vae=vae, lora=lora, lora_scale=lora_scale, stylize=stylize, dtype=dtype)
 
 
-def load_pdfgc_encoder(store: ModelStore | None = None, download: bool = False):
-    """The PD-FGC expression encoder (``songkey/pd_fgc_motion``), loaded strictly."""
+def load_pdfgc_encoder(store: ModelStore | None = None, download: bool = False, device="auto"):
+    """The PD-FGC expression encoder (``songkey/pd_fgc_motion``), loaded strictly, on ``device`` ("auto": the
+    runtime's device, so it runs on ComfyUI's GPU; "cpu" keeps it on the host)."""
     from ..motion.hellomeme.pdfgc import load_fan_encoder
 
     store = store or ModelStore.default()
     paths = store.ensure(load_manifest("hellomeme").select(groups=["expression_pdfgc"]), download=download)
-    return load_fan_encoder(paths["pd_fgc_motion"].parent)
+    return load_fan_encoder(paths["pd_fgc_motion"].parent, device=device)

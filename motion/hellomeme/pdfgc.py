@@ -165,12 +165,19 @@ def load_policy():
 def load_fan_encoder(folder: str | Path, dtype: Optional[torch.dtype] = None,
                      device: Optional[torch.device | str] = None) -> FanEncoder:
     """The released encoder from its folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) under
-    :func:`load_policy`, in eval mode: every weight must be there with its shape; the report is ``load_report``."""
+    :func:`load_policy`, in eval mode: every weight must be there with its shape; the report is ``load_report``.
+
+    ``device``: where it runs (None: the CPU; "auto": the runtime's device, e.g. ComfyUI's GPU); :func:`encode_faces`
+    feeds it there."""
     from ...loaders.checkpoint import load_with_policy, read_diffusers_folder
 
-    config, sd = read_diffusers_folder(folder)
+    config, sd = read_diffusers_folder(folder, dtype=dtype)
     kwargs = _config_kwargs(config)
     enc = load_with_policy(lambda: FanEncoder(**kwargs), sd, load_policy(), source=str(folder), dtype=dtype)
+    if isinstance(device, str) and device == "auto":
+        from ...runtime.onnx import runtime_device
+
+        device = runtime_device()
     if device is not None:
         enc = enc.to(device)
     return enc.eval().requires_grad_(False)
