@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..audio.emotion_modules import AudioModule
-from ..layers.attention import Attention
+from ..layers.attention import Attention, multihead_attention
 from ..layers.embeddings import TimestepEmbedding, timestep_embedding, timesteps_for_batch
 from ..layers.feedforward import FeedForward
 from ..motion.memory_attention import MemoryLinearAttention, MemoryState, MemoryTemporalModule, MotionModuleConfig
@@ -103,9 +103,62 @@ class DiffusionNetConfig:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class ReferenceRows:
+    """Which rows of one Diffusion Net call attend to reference tokens, resolved once per call (no block syncs with
+    the host or gathers by a boolean mask).
+
+    ``cond`` / ``uncond``: the rows with / without reference tokens, as a slice when they are contiguous (the CFG
+    layout ``[uncond, cond]``), else a long index tensor, None when there are none. ``elements``: the reference
+    element each ``cond`` row uses, an int when all use the same one, else a ``(rows,)`` long index tensor.
+    """
+
+    cond: slice | torch.Tensor | None
+    uncond: slice | torch.Tensor | None
+    elements: int | torch.Tensor
+
+    @classmethod
+    def build(cls, uncond_rows: torch.Tensor | None, batch: int, frames: int, faithful_tiling: bool,
+              device) -> "ReferenceRows":
+        """``uncond_rows (B*F,)`` bool (None: every row has reference tokens)."""
+        rows = batch * frames
+        flags = [False] * rows if uncond_rows is None else [bool(v) for v in uncond_rows.cpu().tolist()]
+        cond = [r for r in range(rows) if not flags[r]]
+        uncond = [r for r in range(rows) if flags[r]]
+        # faithful: row r uses element r % B (the official plain repeat); else each batch element its own
+        elems = [(r % batch) if faithful_tiling else (r // frames) for r in cond]
+        elements = elems[0] if elems and all(e == elems[0] for e in elems) else \
+            torch.tensor(elems, dtype=torch.long, device=device)
+        return cls(_selector(cond, device), _selector(uncond, device), elements)
+
+
+def _selector(rows: list[int], device) -> slice | torch.Tensor | None:
+    if not rows:
+        return None
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _take(t: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
+
+
+def _per_row(t: torch.Tensor, elements: int | torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-element ``(B, L, C)`` -> per-row ``(rows, L, C)`` (a stride-0 view when all rows share one element)."""
+    if isinstance(elements, int):
+        return t[elements:elements + 1].expand(rows, -1, -1)
+    return t.index_select(0, elements)
+
+
 class ReferenceAttentionBlock(nn.Module):
     """``norm1 -> attn1`` (keys/values = [own tokens ; reference tokens], plain self-attention for uncond rows)
-    ``-> norm2 -> attn2`` (identity tokens) ``-> norm3 -> ff``."""
+    ``-> norm2 -> attn2`` (identity tokens) ``-> norm3 -> ff``.
+
+    The reference tokens are projected to keys/values once per reference element (not once per row, which is what
+    the official per-frame tiling amounts to) and shared by the rows that use them; with a ``cache`` (one dict per
+    set of reference features, e.g. one clip) once per clip.
+    """
 
     def __init__(self, dim: int, heads: int, cross_attention_dim: int):
         super().__init__()
@@ -116,21 +169,42 @@ class ReferenceAttentionBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, reference: torch.Tensor, context: torch.Tensor,
-                uncond_rows: torch.Tensor | None) -> torch.Tensor:
-        # x: (R, L, C), reference: (R, Lr, C) per-row reference tokens, context: (R, T, cross), uncond_rows: (R,) bool
+    def _reference_kv(self, reference: torch.Tensor, dtype: torch.dtype, cache: dict | None):
+        key = ("reference_kv", id(self))
+        if cache is not None and key in cache:
+            return cache[key]
+        ref = reference.to(dtype)
+        kv = (self.attn1.to_k(ref), self.attn1.to_v(ref))  # (B, Lr, inner) each
+        if cache is not None:
+            cache[key] = kv
+        return kv
+
+    def _with_reference(self, n: torch.Tensor, kv_ref, elements) -> torch.Tensor:
+        # n: (R, L, C); keys/values [own tokens ; the row's reference element's tokens]
+        a, r = self.attn1, n.shape[0]
+        k = torch.cat([a.to_k(n), _per_row(kv_ref[0], elements, r)], dim=1)
+        v = torch.cat([a.to_v(n), _per_row(kv_ref[1], elements, r)], dim=1)
+        return a.to_out[0](multihead_attention(a.to_q(n), k, v, a.heads))
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor, context: torch.Tensor, rows: ReferenceRows,
+                cache: dict | None = None) -> torch.Tensor:
+        # x: (R, L, C), reference: (B, Lr, C) per reference element, context: (R, T, cross)
         n = self.norm1(x)
-        if uncond_rows is None:
-            attn = self.attn1(n, torch.cat([n, reference.to(n.dtype)], dim=1))
+        if rows.uncond is None:
+            x = self._with_reference(n, self._reference_kv(reference, n.dtype, cache), rows.elements) + x
+        elif rows.cond is None:
+            x = self.attn1(n) + x
         else:
-            attn = torch.empty_like(n)
-            cond = ~uncond_rows
-            if cond.any():
-                nc = n[cond]
-                attn[cond] = self.attn1(nc, torch.cat([nc, reference[cond].to(n.dtype)], dim=1))
-            if uncond_rows.any():
-                attn[uncond_rows] = self.attn1(n[uncond_rows])
-        x = attn + x
+            kv_ref = self._reference_kv(reference, n.dtype, cache)
+            out = torch.empty_like(x)
+            for sel, with_ref in ((rows.uncond, False), (rows.cond, True)):
+                ns = _take(n, sel)
+                a = self._with_reference(ns, kv_ref, rows.elements) if with_ref else self.attn1(ns)
+                if isinstance(sel, slice):
+                    torch.add(a, x[sel], out=out[sel])
+                else:
+                    out.index_copy_(0, sel, a + x.index_select(0, sel))
+            x = out
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -146,13 +220,13 @@ class SpatialTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList([ReferenceAttentionBlock(inner, heads, cross_attention_dim)])
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x, reference, context, uncond_rows):
-        # x: (R, C, H, W) -> (R, C, H, W)
+    def forward(self, x, reference, context, rows: ReferenceRows, cache: dict | None = None):
+        # x: (R, C, H, W), reference: (B, h*w, C) per reference element -> (R, C, H, W)
         r, _, h, w = x.shape
         y = self.proj_in(self.norm(x))
         inner = y.shape[1]
         y = y.permute(0, 2, 3, 1).reshape(r, h * w, inner)
-        y = self.transformer_blocks[0](y, reference, context, uncond_rows)
+        y = self.transformer_blocks[0](y, reference, context, rows, cache)
         y = y.reshape(r, h, w, inner).permute(0, 3, 1, 2)
         return self.proj_out(y) + x
 
@@ -170,27 +244,22 @@ class ClipConditioning:
     frames: int  # F
     temb: torch.Tensor  # (B, 4 C0)
     context: torch.Tensor  # (B*F, 4, 768) identity tokens per row
-    uncond_rows: torch.Tensor | None  # (B*F,) bool
+    rows: ReferenceRows  # which rows attend to which reference tokens
     emotion: torch.Tensor  # (B,) or (1,)
     pooled_frames: int | None  # F when the resnet GroupNorms pool over frames, else None
     is_new_audio: bool
     update_past_memory: bool
     faithful_tiling: bool
+    cache: dict | None  # what depends only on the reference features, kept across the calls of one clip
 
 
 def _token_reference(feature: torch.Tensor, cond: ClipConditioning, h: int, w: int):
-    """Transformer-level Reference Net feature ``(B*(1+N), h*w, C)`` -> (per-row reference tokens ``(B*F, h*w, C)``,
-    motion frames ``(B*N, C, h, w)``)."""
+    """Transformer-level Reference Net feature ``(B*(1+N), h*w, C)`` -> (reference tokens per element ``(B, h*w, C)``
+    (rows pick theirs through ``cond.rows``), motion frames ``(B*N, C, h, w)`` (made on demand))."""
     b = cond.batch
     rows, hw, c = feature.shape
     per = feature.view(b, rows // b, hw, c)
-    ref_img = per[:, 0]  # (B, hw, C)
-    if cond.faithful_tiling:
-        reference = ref_img.repeat(cond.frames, 1, 1)  # row r -> element r % B (official quirk)
-    else:
-        reference = ref_img.repeat_interleave(cond.frames, dim=0)
-    motion = per[:, 1:].reshape(-1, h, w, c).permute(0, 3, 1, 2)  # (B*N, C, h, w)
-    return reference, motion
+    return per[:, 0], lambda: per[:, 1:].reshape(-1, h, w, c).permute(0, 3, 1, 2)
 
 
 def _map_motion(feature: torch.Tensor, cond: ClipConditioning) -> torch.Tensor:
@@ -215,13 +284,14 @@ class _Layers(nn.Module):
         h, w = x.shape[-2:]
         if self.attentions is not None:
             reference, motion = _token_reference(feature, cond, h, w)
-            x = self.attentions[i](x, reference, cond.context, cond.uncond_rows)
+            x = self.attentions[i](x, reference, cond.context, cond.rows, cond.cache)
             x, audio = self.audio_modules[i].forward_rows(x, audio, cond.emotion)
         else:
-            motion = _map_motion(feature, cond)
+            motion = lambda: _map_motion(feature, cond)  # noqa: E731
         mm = self.motion_modules[i]
         if mm is not None:
-            x = mm.forward_rows(x, motion.to(x.device), cond.batch, cond.is_new_audio, cond.update_past_memory)
+            x = mm.forward_rows(x, lambda: motion().to(x.device), cond.batch, cond.is_new_audio,
+                                cond.update_past_memory, cond.cache)
         return x, audio
 
 
@@ -409,12 +479,16 @@ class DiffusionNet(nn.Module):
     def forward(self, sample: torch.Tensor, ref_features: dict, timestep, encoder_hidden_states: torch.Tensor,
                 audio_embedding: torch.Tensor, audio_emotion: torch.Tensor, uc_mask: torch.Tensor | None = None,
                 is_new_audio: bool = True, update_past_memory: bool = False,
-                faithful_tiling: bool = True) -> torch.Tensor:
+                faithful_tiling: bool = True, reference_cache: dict | None = None) -> torch.Tensor:
         """``sample (B, 4, F, H, W)`` -> velocity ``(B, 4, F, H, W)``.
 
         ``ref_features``: ``{"down": [[per layer] per block], "mid": [[f]], "up": [...]}`` as returned by
         :class:`~.reference_net.ReferenceNet` for the ``B * (1 + N)`` reference batch (element-major).
         ``audio_embedding``: ``(B, F, T, A)``; ``audio_emotion``: ``(B,)`` or ``(1,)`` int labels.
+        ``reference_cache``: a dict the caller keeps for the calls that share the same ``ref_features`` (and
+        ``uc_mask``, batch and weights), e.g. the steps of one clip; what depends only on them (the reference tokens'
+        keys/values, the temporal memory built from the motion frames alone) is computed once and reused. Same
+        outputs; None computes everything every call.
         """
         b, c, f, h, w = sample.shape
         dtype = self.dtype
@@ -431,21 +505,25 @@ class DiffusionNet(nn.Module):
 
         uncond_rows = None
         if uc_mask is not None:
-            uncond_rows = uc_mask.to(device=x.device, dtype=torch.bool).reshape(-1)
+            uncond_rows = uc_mask.reshape(-1).to(torch.bool)
             if uncond_rows.numel() != b * f:  # official fallback: the first half of the rows is uncond
                 half = (b * f) // 2
                 uncond_rows = torch.cat([torch.ones(half, dtype=torch.bool), torch.zeros(half, dtype=torch.bool)])
-                uncond_rows = uncond_rows.to(x.device)
+        rows = None if reference_cache is None else reference_cache.get("rows")
+        if rows is None:
+            rows = ReferenceRows.build(uncond_rows, b, f, faithful_tiling, x.device)  # the call's one host sync
+            if reference_cache is not None:
+                reference_cache["rows"] = rows
 
         emotion = torch.as_tensor(audio_emotion, device=x.device).reshape(-1).long()
         audio = audio_embedding.to(dtype)
         if audio.dim() == 4:
             audio = audio.reshape(b * f, *audio.shape[2:])
 
-        cond = ClipConditioning(batch=b, frames=f, temb=temb, context=context, uncond_rows=uncond_rows,
+        cond = ClipConditioning(batch=b, frames=f, temb=temb, context=context, rows=rows,
                                 emotion=emotion, pooled_frames=None if self.config.use_inflated_groupnorm else f,
                                 is_new_audio=bool(is_new_audio), update_past_memory=bool(update_past_memory),
-                                faithful_tiling=faithful_tiling)
+                                faithful_tiling=faithful_tiling, cache=reference_cache)
 
         up_factor = 2 ** sum(1 for blk in self.up_blocks if blk.upsamplers is not None)
         forward_size = any(s % up_factor != 0 for s in (h, w))

@@ -77,18 +77,23 @@ def _param(module: torch.nn.Module) -> torch.Tensor:
     return next(module.parameters())
 
 
-def vae_encode_frames(vae, frames: torch.Tensor) -> torch.Tensor:
-    """``(N, 3, H, W)`` in [-1, 1] -> ``latent_dist.mean * 0.18215`` ``(N, 4, H/8, W/8)``, one frame at a time."""
+def vae_encode_frames(vae, frames: torch.Tensor, batch: int = 1) -> torch.Tensor:
+    """``(N, 3, H, W)`` in [-1, 1] -> ``latent_dist.mean * 0.18215`` ``(N, 4, H/8, W/8)``, ``batch`` frames at a time
+    (1: one frame at a time, as the original)."""
     p = _param(vae)
-    out = [vae.encode(frames[i:i + 1].to(p.device, p.dtype)).latent_dist.mean for i in range(frames.shape[0])]
+    step = max(1, int(batch))
+    out = [vae.encode(frames[i:i + step].to(p.device, p.dtype)).latent_dist.mean
+           for i in range(0, frames.shape[0], step)]
     return torch.cat(out) * LATENT_SCALE
 
 
-def vae_decode_frames(vae, latents: torch.Tensor) -> torch.Tensor:
-    """``(N, 4, h, w)`` latents -> ``(N, 3, H, W)`` in [0, 1] (``/ 0.18215``, decode per frame, ``x/2 + 0.5``)."""
+def vae_decode_frames(vae, latents: torch.Tensor, batch: int = 1) -> torch.Tensor:
+    """``(N, 4, h, w)`` latents -> ``(N, 3, H, W)`` in [0, 1] (``/ 0.18215``, decode ``batch`` frames at a time,
+    ``x/2 + 0.5``)."""
     p = _param(vae)
+    step = max(1, int(batch))
     latents = latents / LATENT_SCALE
-    out = [vae.decode(latents[i:i + 1].to(p.device, p.dtype)).sample for i in range(latents.shape[0])]
+    out = [vae.decode(latents[i:i + step].to(p.device, p.dtype)).sample for i in range(0, latents.shape[0], step)]
     return (torch.cat(out) / 2 + 0.5).clamp(0, 1)
 
 
@@ -110,6 +115,10 @@ class MemoSamplerSettings:
     num_init_past_frames: int | None = None  # clip 0: the reference image this many times (default N)
     faithful: bool = True  # reproduce the official tiling / preprocessing quirks
     offload_memory: bool = False  # keep the temporal memory on the CPU between clips
+    # frames per VAE encode/decode call (the original: 1). 4 keeps the SD VAE at 512^2 within a 12 GB GPU: a 512^2
+    # decode peaks near 2 GB per frame in half precision (full-resolution 128-channel activations), next to the
+    # ~4 GB of fp16 UNets
+    vae_batch: int = 4
 
 
 @dataclass
@@ -173,14 +182,17 @@ class MemoSampler:
         ref_image = ref_image.reshape(1, *ref_image.shape[-3:]).float().cpu()
         past = ref_image.repeat(s.num_init_past_frames or n, 1, 1, 1)  # (N, 3, H, W) in [-1, 1]
         h, w = ref_image.shape[-2] // _vae_factor(self.vae), ref_image.shape[-1] // _vae_factor(self.vae)
-        uc_mask = torch.cat([torch.ones(f, dtype=torch.bool), torch.zeros(f, dtype=torch.bool)]).to(dev)
+        uc_mask = torch.cat([torch.ones(f, dtype=torch.bool), torch.zeros(f, dtype=torch.bool)])
         net.reset_memory()
+        ref_latent = {}  # the reference image's latent, encoded once per run (per preprocessing outcome)
 
         for k in range(num_clips):
-            batch = torch.cat([ref_image, past])
-            if s.faithful:
-                batch = vae_image_preprocess(batch)
-            ref_latents = vae_encode_frames(self.vae, batch).float()  # (1+N, 4, h, w)
+            # [reference, N past frames]; faithful: one preprocessing decision for the whole batch, as released
+            remap = bool(s.faithful and min(ref_image.min().item(), past.min().item()) >= 0)
+            if remap not in ref_latent:
+                ref_latent[remap] = vae_encode_frames(self.vae, ref_image * 2 - 1 if remap else ref_image).float()
+            past_latents = vae_encode_frames(self.vae, past * 2 - 1 if remap else past, s.vae_batch).float()
+            ref_latents = torch.cat([ref_latent[remap], past_latents])  # (1+N, 4, h, w)
             inspect(f"clip{k}.ref_latents", ref_latents)
             ref_features = self.reference_net(ref_latents.repeat(2, 1, 1, 1).to(dev, dtype), 0.0, tokens.to(dev, dtype),
                                               faithful_tiling=s.faithful)
@@ -191,25 +203,27 @@ class MemoSampler:
             emotion = torch.tensor([NULL_EMOTION, label], device=dev)
 
             latents = draw(k, (1, 4, f, h, w)).to(dev, torch.float32)
+            reference_cache = {}  # what the Diffusion Net derives from this clip's reference features alone
             for step in range(len(schedule)):
                 t = schedule.timesteps[step]
                 inspect(f"clip{k}.step{step}.timestep", t)
                 inspect(f"clip{k}.step{step}.latents_in", latents)
                 model_in = torch.cat([latents, latents]).to(dtype)
                 pred = net(model_in, ref_features, t.to(dev), tokens.to(dev, dtype), audio, emotion, uc_mask=uc_mask,
-                           is_new_audio=k == 0, update_past_memory=step == 0, faithful_tiling=s.faithful)
+                           is_new_audio=k == 0, update_past_memory=step == 0, faithful_tiling=s.faithful,
+                           reference_cache=reference_cache)
                 u, c = pred.float().chunk(2)
                 velocity = u + s.guidance_scale * (c - u)
                 inspect(f"clip{k}.step{step}.velocity", velocity)
                 latents = euler_step(latents, velocity, schedule.sigmas[step], schedule.sigmas[step + 1])
                 if on_step is not None:
                     on_step(k, step)
-            del ref_features
+            del ref_features, reference_cache
             inspect(f"clip{k}.final_latents", latents)
 
             if s.offload_memory:
                 net.memory_to("cpu")
-            frames = vae_decode_frames(self.vae, latents[0].transpose(0, 1)).float().cpu()  # (F, 3, H, W)
+            frames = vae_decode_frames(self.vae, latents[0].transpose(0, 1), s.vae_batch).float().cpu()  # (F, 3, H, W)
             past = frames[-n:] * 2 - 1  # the official script: the last N frames of THIS clip (fewer if F < N)
             yield MemoClip(index=k, frames=frames.transpose(0, 1)[None], latents=latents.cpu(), emotion=label)
 

@@ -133,11 +133,16 @@ class MemoryLinearAttention(nn.Module):
             self.memory.kv = torch.add(kv_new, self.memory.kv, alpha=keep)
             self.memory.z = (self.memory.z.float() * keep + z_new).to(km.dtype)
 
-    def forward(self, x: torch.Tensor, motion: torch.Tensor, is_new_audio: bool = True,
+    def needs_motion(self, is_new_audio: bool, update_past_memory: bool) -> bool:
+        """Whether a call with these flags reads the past frames (else ``motion`` may be None)."""
+        return is_new_audio or update_past_memory or self.memory.empty
+
+    def forward(self, x: torch.Tensor, motion: torch.Tensor | None, is_new_audio: bool = True,
                 update_past_memory: bool = False) -> torch.Tensor:
         """``x (R, F, C)`` current-clip sequences, ``motion (R, N, C)`` past frames (same rows) -> ``(R, F, C)``.
 
         A state that is empty when neither flag asks for an update (the original would fail) is built from ``motion``.
+        ``motion`` is only read when the memory is updated (:meth:`needs_motion`).
         """
         if self.pos_encoder is not None:
             x = self.pos_encoder(x)
@@ -151,6 +156,8 @@ class MemoryLinearAttention(nn.Module):
         elif not self.memory.empty and (self.memory.kv.device != k.device or self.memory.kv.dtype != k.dtype):
             self.memory.to(k.device, k.dtype)  # e.g. offloaded to the CPU between clips
         if is_new_audio or update_past_memory or self.memory.empty:
+            if motion is None:
+                raise ValueError("the temporal memory needs the past frames for this update")
             self._update_memory(motion)
 
         kv = torch.baddbmm(self.memory.kv, k.transpose(1, 2), v, beta=MEMORY_DECAY)  # (R*h, d, d)
@@ -175,9 +182,10 @@ class TemporalLinearAttnBlock(nn.Module):
         self.ff_norm = nn.LayerNorm(dim)
 
     def forward(self, x, motion, is_new_audio=True, update_past_memory=False):
-        # x: (R, F, C), motion: (R, N, C)
+        # x: (R, F, C), motion: (R, N, C) or None when no layer reads it (no memory update)
         for attn, norm in zip(self.attention_blocks, self.norms):
-            x = attn(norm(x), norm(motion), is_new_audio, update_past_memory) + x
+            past = norm(motion) if attn.needs_motion(is_new_audio, update_past_memory) else None
+            x = attn(norm(x), past, is_new_audio, update_past_memory) + x
         return self.ff(self.ff_norm(x)) + x
 
 
@@ -196,10 +204,11 @@ class TemporalLinearAttnTransformer(nn.Module):
     def tokens(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """Per-frame rows ``(B*F, C, H, W)`` -> normalised, projected temporal sequences ``(B*H*W, F, inner)``."""
         bf, c, h, w = x.shape
-        y = self.norm(x).permute(0, 2, 3, 1).reshape(bf, h * w, c)
-        y = self.proj_in(y)  # (B*F, H*W, inner)
         frames = bf // batch
-        return y.view(batch, frames, h * w, -1).transpose(1, 2).reshape(batch * h * w, frames, -1)
+        # one layout copy: the normalised rows straight into sequence order (b, pixel, frame), then the per-token
+        # projection (same values in any token order)
+        y = self.norm(x).view(batch, frames, c, h * w).permute(0, 3, 1, 2).reshape(batch * h * w, frames, c)
+        return self.proj_in(y)  # (B*H*W, F, inner)
 
 
 @dataclass
@@ -250,19 +259,38 @@ class MemoryTemporalModule(nn.Module):
         for layer in self.memory_layers():
             layer.reset_memory()
 
-    def forward_rows(self, x: torch.Tensor, motion: torch.Tensor, batch: int, is_new_audio: bool = True,
-                     update_past_memory: bool = False) -> torch.Tensor:
-        """Per-frame rows: ``x (B*F, C, H, W)``, ``motion (B*N, C, H, W)`` -> ``(B*F, C, H, W)``."""
+    def forward_rows(self, x: torch.Tensor, motion, batch: int, is_new_audio: bool = True,
+                     update_past_memory: bool = False, cache: dict | None = None) -> torch.Tensor:
+        """Per-frame rows: ``x (B*F, C, H, W)``, ``motion (B*N, C, H, W)`` (or a function returning it, called only
+        when a memory update reads it) -> ``(B*F, C, H, W)``.
+
+        ``cache``: a dict kept across calls with the same motion frames (e.g. the steps of one clip). A state built
+        from the motion frames alone (``is_new_audio``, or every layer empty) is then computed once and reused:
+        the layers hold the same tensors as a rebuild would give.
+        """
         tt = self.temporal_transformer
         bf, c, h, w = x.shape
         frames = bf // batch
+        layers = list(self.memory_layers())
+        fresh = is_new_audio or all(layer.memory.empty for layer in layers)  # state = f(motion frames) only
+        key = ("fresh_memory", id(self))
+        if fresh and cache is not None and key in cache:
+            for layer, (kv, z) in zip(layers, cache[key]):
+                layer.memory = MemoryState(kv, z)
+            is_new_audio = update_past_memory = False  # the state is what the rebuild would make
+        past = None
+        if any(layer.needs_motion(is_new_audio, update_past_memory) for layer in layers):
+            m = motion() if callable(motion) else motion
+            past = tt.tokens(m.to(x.dtype), batch)  # (B*H*W, N, inner)
         seq = tt.tokens(x, batch)  # (B*H*W, F, inner)
-        past = tt.tokens(motion.to(x.dtype), batch)  # (B*H*W, N, inner)
         for block in tt.transformer_blocks:
             seq = block(seq, past, is_new_audio, update_past_memory)
+        if fresh and cache is not None and key not in cache:
+            cache[key] = [(layer.memory.kv, layer.memory.z) for layer in layers]  # the read never changes them
         out = tt.proj_out(seq)  # (B*H*W, F, C)
-        out = out.view(batch, h, w, frames, c).permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)
-        return out + x
+        # residual added straight from the sequence layout (no separate copy back to rows)
+        return torch.add(x.view(batch, frames, c, h, w), out.view(batch, h, w, frames, c).permute(0, 3, 4, 1, 2)) \
+            .reshape(bf, c, h, w)
 
     def forward(self, hidden: torch.Tensor, motion: torch.Tensor, is_new_audio: bool = True,
                 update_past_memory: bool = False) -> torch.Tensor:
