@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from . import paste_back, preprocess
+from . import vae as hp_vae
 from .pipeline import PortraitSettings, decode, denoise, initial_draws, iter_pasted_frames
 from .sampler import pad_motion, window_starts
 
@@ -33,23 +34,46 @@ def progress_total(settings: PortraitSettings, frames: int) -> int:
     return settings.num_inference_steps * windows + padded
 
 
+def _denoised(bundle, conditions, s: PortraitSettings, seed: int, rt, bar):
+    """The final latents (1, F, 4, h, w) of the padded sequence on the host; the sampling models loaded."""
+    generator = torch.Generator().manual_seed(int(seed))
+    noise_aug, initial = initial_draws(s, conditions.num_frames, generator)
+    motion = pad_motion(conditions.motion[None], s.pad_frames)                          # (1, F, 64, 1024) host
+    ref = conditions.source.ref_img[None]                                               # (1, 3, S, S)
+    rt.load(bundle.sampling_models)
+    return denoise(bundle.models(), ref, conditions.appearance, motion, s, noise_aug, initial,
+                   on_window=lambda step, k, out: bar.update(1), interrupt=rt.check_interrupted)
+
+
 @torch.no_grad()
 def animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None) -> torch.Tensor:
     """Conditions -> the generated crops as an IMAGE (N, S, S, 3) float32 in [0, 1] on the host."""
     rt = runtime or bundle.runtime
     s = settings
-    n = conditions.num_frames
-    generator = torch.Generator().manual_seed(int(seed))
-    noise_aug, initial = initial_draws(s, n, generator)
-    motion = pad_motion(conditions.motion[None], s.pad_frames)                          # (1, F, 64, 1024) host
-    ref = conditions.source.ref_img[None]                                               # (1, 3, S, S)
-    rt.load(bundle.sampling_models)
-    models = bundle.models()
-    with rt.progress(progress_total(s, n), desc="HunyuanPortrait") as bar:
-        final = denoise(models, ref, conditions.appearance, motion, s, noise_aug, initial,
-                        on_window=lambda step, k, out: bar.update(1), interrupt=rt.check_interrupted)
-        video = decode(models, final, s, progress=bar.update)                           # (1, 3, N, S, S)
+    with rt.progress(progress_total(s, conditions.num_frames), desc="HunyuanPortrait") as bar:
+        final = _denoised(bundle, conditions, s, seed, rt, bar)
+        video = decode(bundle.models(), final, s, progress=bar.update)                  # (1, 3, N, S, S)
     return video[0].permute(1, 2, 3, 0).contiguous()                                   # (N, S, S, 3)
+
+
+@torch.no_grad()
+def iter_animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None) -> Iterator[torch.Tensor]:
+    """:func:`animate` handed out one decode chunk at a time: IMAGE batches (n, S, S, 3) float32 in [0, 1] on the
+    host, in order, pads trimmed. The chunks are the ones :func:`animate` decodes (``decode_chunk_size`` frames of
+    the padded sequence, decoded independently), so the frames are the same; only one chunk is held at a time."""
+    rt = runtime or bundle.runtime
+    s = settings
+    with rt.progress(progress_total(s, conditions.num_frames), desc="HunyuanPortrait") as bar:
+        final = _denoised(bundle, conditions, s, seed, rt, bar)                         # (1, F, 4, h, w)
+        vae_model = bundle.models().vae
+        total, pad, chunk = final.shape[1], s.pad_frames, s.decode_chunk_size
+        for start in range(0, total, chunk):
+            raw = hp_vae.decode_latents(vae_model, final[:, start:start + chunk], chunk=chunk, out_device="cpu",
+                                        progress=bar.update)                            # (1, 3, c, S, S)
+            video = hp_vae.to_video(raw, inplace=True)[0]                               # (3, c, S, S)
+            lo, hi = max(pad - start, 0), min(total - pad - start, video.shape[1])
+            if hi > lo:
+                yield video[:, lo:hi].permute(1, 2, 3, 0).contiguous()                  # (n, S, S, 3)
 
 
 def pasted_frames(conditions, frames: torch.Tensor, border_ratio: float = 0.1,
@@ -65,6 +89,12 @@ def pasted_frames(conditions, frames: torch.Tensor, border_ratio: float = 0.1,
         if progress is not None:
             progress(1)
     return out
+
+
+def iter_pasted(conditions, frames: torch.Tensor, border_ratio: float = 0.1) -> Iterator[np.ndarray]:
+    """The frames of :func:`pasted_frames` as uint8 (H0, W0, 3), one at a time (for a streaming video writer)."""
+    video = frames.permute(3, 0, 1, 2)[None]                                            # (1, 3, n, S, S) view
+    return iter_pasted_frames(conditions.original, video, conditions.source.crop_bbox, border_ratio)
 
 
 @dataclass
@@ -125,4 +155,4 @@ def identity_scores(bundle, conditions, frames: torch.Tensor, window: int,
     return IdentityReport(per_frame=scores, window=window)
 
 
-__all__ = ["IdentityReport", "animate", "identity_scores", "pasted_frames", "progress_total", "settings_for"]
+__all__ = ["IdentityReport", "animate", "identity_scores", "iter_animate", "iter_pasted", "pasted_frames", "progress_total", "settings_for"]

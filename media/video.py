@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from fractions import Fraction
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -316,14 +316,21 @@ def audio_for_video(audio: Optional[Audio], num_frames: int, fps, fit: bool = Tr
     return make_audio(waveform.contiguous(), sr)
 
 
-def frames_to_components(frames, fps, audio: Optional[Audio] = None, even: str = "pad", fit_audio: bool = True) -> dict:
+def frames_to_components(frames, fps, audio: Optional[Audio] = None, even: str = "pad", fit_audio: bool = True,
+                         inplace: bool = False) -> dict:
     """The keyword arguments of ComfyUI's ``Types.VideoComponents`` (``images``, ``frame_rate``, ``audio``) for
     frames that core SaveVideo can encode: float32 [T, H, W, 3] clamped to 0..1 with even sizes (``even``), an exact
-    Fraction frame rate, and audio from :func:`audio_for_video`."""
+    Fraction frame rate, and audio from :func:`audio_for_video`. ``inplace``: clamp ``frames`` themselves when they
+    are already a contiguous float32 CPU batch of even size (no second copy of the video; for frames the caller
+    owns, e.g. a sampler's own output)."""
     images = as_image_batch(frames)
     if images.shape[0] == 0:
         raise ValueError("cannot make a video from 0 frames")
-    images = even_size(images, even).clamp(0.0, 1.0).contiguous()
+    images = even_size(images, even)
+    if inplace and images.is_contiguous() and images.data_ptr() == getattr(frames, "data_ptr", lambda: None)():
+        images = images.clamp_(0.0, 1.0)
+    else:
+        images = images.clamp(0.0, 1.0).contiguous()
     rate = as_fraction(fps)
     return {"images": images, "frame_rate": rate, "audio": audio_for_video(audio, images.shape[0], rate, fit_audio)}
 
@@ -332,14 +339,17 @@ def frames_to_components(frames, fps, audio: Optional[Audio] = None, even: str =
 # writing
 # ---------------------------------------------------------------------------------------------------------------------
 def _to_uint8(frame) -> np.ndarray:
+    """Frames in 0..1 (or uint8) -> uint8, with one float temporary (clamp(x, 0, 1) * 255, rounded)."""
     if isinstance(frame, torch.Tensor):
         if frame.dtype == torch.uint8:
             return frame.cpu().numpy()
-        return (frame.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+        return frame.detach().cpu().float().mul(255.0).clamp_(0.0, 255.0).round_().to(torch.uint8).numpy()
     frame = np.asarray(frame)
     if frame.dtype == np.uint8:
         return frame
-    return (np.clip(frame.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    scaled = np.multiply(frame, np.float32(255.0), dtype=np.float32)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 class VideoWriter:
@@ -498,7 +508,58 @@ def write_video(path, frames: Union[torch.Tensor, np.ndarray, Iterable], fps, au
     return writer.path
 
 
+def fill_frames(batches: Iterable, total: int, progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+    """IMAGE batches ``[n, H, W, C]`` as they come, copied into one IMAGE ``[total, H, W, C]`` float32 allocated once
+    from the first batch's size (no list + cat: the peak is the result plus one batch). Exactly ``total`` frames must
+    arrive."""
+    out = None
+    filled = 0
+    for batch in batches:
+        n = int(batch.shape[0])
+        if out is None:
+            out = torch.empty((int(total), *batch.shape[1:]), dtype=torch.float32)
+        if filled + n > out.shape[0] or tuple(batch.shape[1:]) != tuple(out.shape[1:]):
+            raise ValueError(f"frames {filled}..{filled + n - 1} of shape {tuple(batch.shape[1:])} do not fit "
+                             f"{total} frames of {tuple(out.shape[1:])}")
+        out[filled:filled + n] = batch
+        filled += n
+        if progress is not None:
+            progress(n)
+    if filled != int(total):
+        raise ValueError(f"expected {total} frames, got {filled}")
+    return out
+
+
+def stream_to_video(batches: Iterable, path, fps, audio: Optional[Audio] = None,
+                    frame_fn: Optional[Callable[[int, np.ndarray], np.ndarray]] = None, even: str = "pad",
+                    crf: int = 18, preset: str = "medium") -> tuple[str, int, torch.Tensor]:
+    """Encode IMAGE batches ``[n, h, w, 3]`` into an mp4 as they come (a :class:`VideoWriter`): nothing but the batch
+    at hand and one output frame is held, whatever the length. ``frame_fn(i, frame [h, w, 3] float32)`` turns
+    generated frame ``i`` into the frame to encode (e.g. pasted back into the full-size original); without it the
+    batch is encoded as it is. Returns ``(path, frames written, first encoded frame [1, H, W, 3] float32)``; on an
+    error or a cancellation no file is left."""
+    first = None
+    index = 0
+    with VideoWriter(path, fps, audio=audio, even=even, crf=crf, preset=preset) as writer:
+        for batch in batches:
+            if frame_fn is None:
+                if first is None:
+                    first = as_image_batch(batch[:1]).clone()
+                writer.write(batch)
+                index += int(batch.shape[0])
+                continue
+            for frame in batch:
+                img = frame.detach().to("cpu", torch.float32).numpy() if isinstance(frame, torch.Tensor) else frame
+                out = frame_fn(index, img)
+                if first is None:
+                    first = as_image_batch(np.array(out, dtype=np.float32, copy=True))
+                writer.write(out)
+                index += 1
+    return writer.path, index, first
+
+
 __all__ = [
     "AAC_SAMPLE_RATES", "EVEN_MODES", "aac_safe_rate", "as_image_batch", "audio_for_video", "even_size",
-    "VideoWriter", "frames_to_components", "iter_video_frames", "read_video", "video_info", "write_video",
+    "VideoWriter", "fill_frames", "frames_to_components", "iter_video_frames", "read_video", "stream_to_video",
+    "video_info", "write_video",
 ]

@@ -7,7 +7,7 @@ from comfy_api.v0_0_2 import io
 
 from ..sk_attention.conditioning import (BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE,
                                          TEXT_WIDTH, check_size, prompt_entries)
-from .common import CATEGORY, DTYPES, PREFIX, CropInfo, node_runtime
+from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
 
 log = logging.getLogger("portrait_animation")
 
@@ -332,8 +332,30 @@ class HelloMemeVideo(io.ComfyNode):
             description="Animates the reference portrait with every driving frame (hierarchical 12-frame windows with "
                         "keyframe anchors). Memory depends on the window, not on the video length; frames are "
                         "decoded as they are final.",
-            inputs=_sampler_inputs(),
-            outputs=[io.Image.Output(display_name="frames", tooltip="One generated frame per driving frame.")],
+            inputs=_sampler_inputs() + [
+                output_input(),
+                CropInfo.Input("crop_info", optional=True,
+                               tooltip="With output 'video file': the crop_info of HelloMeme Driving Conditions; "
+                                       "with 'original' connected, every frame is pasted back into the full "
+                                       "portrait before it is encoded (Face Paste Back's defaults: feather 0.1 of "
+                                       "the box, rounded rectangle). Not used with output 'frames' (use Face Paste "
+                                       "Back there)."),
+                io.Image.Input("original", optional=True,
+                               tooltip="With output 'video file' and crop_info: the whole reference portrait, "
+                                       "which the video shows with the animated face."),
+                io.Audio.Input("audio", optional=True,
+                               tooltip="With output 'video file': the soundtrack (e.g. the driving video's audio "
+                                       "from Load Video (Frames)), fitted to the video's length."),
+            ],
+            outputs=[io.Image.Output(display_name="frames",
+                                     tooltip="One generated frame per driving frame (every frame in memory)."
+                                             + PREVIEW_NOTE),
+                     io.Video.Output(display_name="video",
+                                     tooltip="With output 'video file': the mp4 written frame by frame as the frames "
+                                             "are final (pasted back when crop_info and original are connected, "
+                                             "with the audio), at the conditions' fps, for Save Video. With output "
+                                             "'frames': the frames with the audio as a VIDEO (use Face Paste Back "
+                                             "and Frames To Video for the pasted-back video).")],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -343,22 +365,56 @@ class HelloMemeVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, hellomeme, conditions, positive, negative, seed, steps, cfg, scheduler, width, height,
-                size_correct) -> io.NodeOutput:
+                size_correct, output="frames", crop_info=None, original=None, audio=None) -> io.NodeOutput:
         import torch
+        from comfy_api.v0_0_2 import InputImpl, Types
 
+        from ..media.video import VideoWriter, as_image_batch, frames_to_components
         from ..sk_attention.pipeline_video import generate_video
+        from .common import paste_frame_fn, stream_video_path, video_from_file
 
         if not hellomeme["video"]:
             raise ValueError("the HelloMeme Loader was set to mode 'image': set it to 'video' (v5 or v5b)")
         _checked_size(width, height)
+        streaming = output == "video file"
+        paste = paste_frame_fn(crop_info, original) if streaming else None  # checked before any work
         pos, neg = _text(hellomeme["models"], positive, negative)
         models, ref, controls, _ = _prepare(hellomeme, conditions, width, height)
-        frames: list = []
-        generate_video(models, node_runtime(cls), ref, pos, controls,
-                       on_frame=lambda i, img: frames.append(img.cpu()),
-                       negative_prompt_embeds=neg, steps=steps, guidance_scale=cfg,
-                       noise=seed, scheduler=scheduler, size_correct=size_correct)
-        return io.NodeOutput(torch.cat(frames))
+        fps = float(conditions.fps or 25.0)
+        n = conditions.num_frames
+        state = {"frames": None, "next": 0, "preview": None}
+
+        def keep(i, img):  # (B, H, W, 3) frame i, in order: into one preallocated batch (frames mode)
+            if state["frames"] is None:
+                state["frames"] = torch.empty((n * img.shape[0], *img.shape[1:]), dtype=torch.float32)
+            b = img.shape[0]
+            state["frames"][i * b:(i + 1) * b] = img
+            state["next"] += 1
+
+        def encode(writer, i, img):  # frame i, in order: pasted back and encoded, then dropped (video file)
+            if i != state["next"]:
+                raise RuntimeError(f"HelloMeme frame {i} arrived before frame {state['next']}")
+            for crop in img.detach().to("cpu", torch.float32):
+                frame = paste(i, crop.numpy()) if paste is not None else crop
+                if state["preview"] is None:
+                    state["preview"] = as_image_batch(frame).clone()
+                writer.write(frame)
+            state["next"] += 1
+
+        options = dict(negative_prompt_embeds=neg, steps=steps, guidance_scale=cfg, noise=seed, scheduler=scheduler,
+                       size_correct=size_correct)
+        if streaming:
+            with VideoWriter(stream_video_path("hellomeme"), fps, audio=audio) as writer:
+                generate_video(models, node_runtime(cls), ref, pos, controls,
+                               on_frame=lambda i, img: encode(writer, i, img), **options)
+            return io.NodeOutput(state["preview"], video_from_file(writer.path))
+        generate_video(models, node_runtime(cls), ref, pos, controls, on_frame=keep, **options)
+        if state["next"] != n:
+            raise RuntimeError(f"HelloMeme produced {state['next']} of {n} frames")
+        frames = state["frames"]
+        video = InputImpl.VideoFromComponents(Types.VideoComponents(
+            **frames_to_components(frames, fps, audio=audio, inplace=True)))
+        return io.NodeOutput(frames, video)
 
 
 NODES = [HelloMemeLoader, HelloMemeToolkit, HelloMemeConditions, HelloMemeImage, HelloMemeVideo]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from .common import CATEGORY, DTYPES, PREFIX, CropInfo, node_runtime
+from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
 
 CAT_HP = f"{CATEGORY}/HunyuanPortrait"
 Models = io.Custom("PA_HUNYUAN_PORTRAIT")
@@ -165,15 +165,19 @@ class HunyuanPortraitSampler(io.ComfyNode):
                 io.Boolean.Input("identity_score", default=True,
                                  tooltip="Measure the ArcFace similarity of every generated frame to the reference "
                                          "(needs ArcFace on the loader): identity outputs."),
+                output_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The generated square crops, one per driving frame "
-                                                               "(all frames in memory)."),
+                                                               "(all frames in memory)." + PREVIEW_NOTE),
                 io.Image.Output(display_name="full_frames",
                                 tooltip="The reference at full size with each generated frame pasted back (all "
-                                        "frames in memory: long videos of large images need a lot of RAM)."),
-                io.Video.Output(display_name="video", tooltip="full_frames with the driving audio at the driving "
-                                                              "frame rate, for Save Video."),
+                                        "frames in memory: long videos of large images need a lot of RAM; use "
+                                        "output 'video file' for those)." + PREVIEW_NOTE),
+                io.Video.Output(display_name="video",
+                                tooltip="full_frames with the driving audio at the driving frame rate, for Save "
+                                        "Video. With output 'video file': the mp4 written chunk by chunk as the "
+                                        "frames are decoded and pasted back, not held in memory."),
                 io.Float.Output(display_name="fps", tooltip="Frame rate of the output."),
                 io.Float.Output(display_name="identity",
                                 tooltip="Mean ArcFace similarity of the generated faces to the reference (NaN when "
@@ -194,14 +198,18 @@ class HunyuanPortraitSampler(io.ComfyNode):
     @classmethod
     def execute(cls, hunyuan_portrait, conditions, seed, steps, appearance_guidance, motion_guidance, window,
                 overlap, shift, pad_frames, fps_id, motion_bucket, noise_aug, decode_chunk, paste_border,
-                identity_score) -> io.NodeOutput:
+                identity_score, output="frames") -> io.NodeOutput:
         import json
         import math
 
+        import numpy as np
+        import torch
         from comfy_api.v0_0_2 import InputImpl, Types
 
-        from ..hunyuan_portrait.animate import animate, identity_scores, pasted_frames, settings_for
-        from ..media.video import frames_to_components
+        from ..hunyuan_portrait.animate import (IdentityReport, animate, identity_scores, iter_animate, iter_pasted,
+                                                pasted_frames, settings_for)
+        from ..media.video import VideoWriter, frames_to_components
+        from .common import stream_video_path, video_from_file
 
         settings = settings_for(
             conditions, num_inference_steps=steps, n_sample_frames=window, overlap=overlap, shift_offset=shift,
@@ -210,15 +218,35 @@ class HunyuanPortraitSampler(io.ComfyNode):
             max_appearance_guidance_scale=appearance_guidance, min_motion_guidance_scale=motion_guidance,
             max_motion_guidance_scale=motion_guidance, border_ratio=paste_border)
         rt = node_runtime(cls)
-        frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt)
-        n = frames.shape[0]
-        with rt.progress(2 * n if identity_score else n, desc="HunyuanPortrait paste-back") as bar:
-            full = pasted_frames(conditions, frames, paste_border, progress=bar.update)
-            report = identity_scores(hunyuan_portrait, conditions, frames, window,
-                                     progress=bar.update) if identity_score else None
         fps = float(conditions.fps or 25.0)
-        video = InputImpl.VideoFromComponents(Types.VideoComponents(
-            **frames_to_components(full, fps, audio=conditions.audio)))
+        if output == "video file":
+            # each decoded chunk: pasted back (uint8, as released) and encoded, scored, then dropped
+            scores: list = []
+            measured = identity_score
+            preview = full_preview = None
+            with VideoWriter(stream_video_path("hunyuan_portrait"), fps, audio=conditions.audio) as writer:
+                for crops in iter_animate(hunyuan_portrait, conditions, settings, seed, runtime=rt):
+                    for frame in iter_pasted(conditions, crops, paste_border):
+                        if full_preview is None:
+                            full_preview = torch.from_numpy(frame.astype(np.float32) / 255.0)[None]
+                        writer.write(frame)
+                    if preview is None:
+                        preview = crops[:1].clone()
+                    if measured:
+                        part = identity_scores(hunyuan_portrait, conditions, crops, window)
+                        measured = part is not None
+                        scores.extend(part.per_frame if part is not None else [])
+            report = IdentityReport(per_frame=scores, window=window) if measured else None
+            frames, full, video = preview, full_preview, video_from_file(writer.path)
+        else:
+            frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt)
+            n = frames.shape[0]
+            with rt.progress(2 * n if identity_score else n, desc="HunyuanPortrait paste-back") as bar:
+                full = pasted_frames(conditions, frames, paste_border, progress=bar.update)
+                report = identity_scores(hunyuan_portrait, conditions, frames, window,
+                                         progress=bar.update) if identity_score else None
+            video = InputImpl.VideoFromComponents(Types.VideoComponents(
+                **frames_to_components(full, fps, audio=conditions.audio, inplace=True)))
         if report is None:
             mean, text, ui = math.nan, "identity not measured (ArcFace off on the loader, or identity_score off)", {}
         else:

@@ -5,7 +5,7 @@ from comfy_api.v0_0_2 import io
 
 from ..audio.emotion import EMOTION_CHOICES
 from ..memo.pipeline import DEFAULT_RESOLUTION, RESOLUTION_MAX, RESOLUTION_MIN, RESOLUTION_STEP  # light: no models
-from .common import CATEGORY, DTYPES, PREFIX, node_runtime
+from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
 
 CAT_MEMO = f"{CATEGORY}/MEMO"
 MemoModels = io.Custom("PA_MEMO_MODELS")
@@ -137,13 +137,27 @@ class MemoSampler(io.ComfyNode):
                                  tooltip="On (default, as released): the original's CFG batching, bit for bit, as "
                                          "the published results were made. Off: each CFG half gets its own "
                                          "reference and identity features, as in training (a corrected variant)."),
+                output_input(),
+                CropInfo.Input("crop_info", optional=True,
+                               tooltip="With output 'video file': the crop_info of the Face Crop that made "
+                                       "'reference'; with 'original' connected, every frame is pasted back into the "
+                                       "full portrait before it is encoded (Face Paste Back's defaults: feather 0.1 "
+                                       "of the box, rounded rectangle). Not used with output 'frames' (use Face "
+                                       "Paste Back there)."),
+                io.Image.Input("original", optional=True,
+                               tooltip="With output 'video file' and crop_info: the image that went into Face Crop "
+                                       "(the full portrait), which the video shows with the animated face."),
             ],
             outputs=[
-                io.Image.Output(display_name="frames", tooltip="Generated frames, as long as the speech."),
+                io.Image.Output(display_name="frames",
+                                tooltip="Generated frames, as long as the speech (every frame in memory)."
+                                        + PREVIEW_NOTE),
                 io.Audio.Output(display_name="audio", tooltip="The speech as used for lip sync (16 kHz mono), "
                                                               "exactly as long as the frames."),
-                io.Video.Output(display_name="video", tooltip="Frames + audio at the conditioner's fps, for "
-                                                              "SaveVideo."),
+                io.Video.Output(display_name="video",
+                                tooltip="Frames + audio at the conditioner's fps, for Save Video. With output "
+                                        "'video file': the mp4 written clip by clip (pasted back into 'original' "
+                                        "when crop_info and original are connected), not held in memory."),
                 io.Float.Output(display_name="fps", tooltip="Frame rate of the frames."),
             ],
             hidden=[io.Hidden.unique_id],
@@ -159,26 +173,32 @@ class MemoSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, memo, reference, conditions, seed, steps, cfg, past_frames, resolution, on_missing_face,
-                faithful) -> io.NodeOutput:
-        import torch
-
+                faithful, output="frames", crop_info=None, original=None) -> io.NodeOutput:
         from ..media.audio import prepare_audio
-        from ..media.video import frames_to_components
+        from ..media.video import fill_frames, frames_to_components, stream_to_video
         from ..memo.pipeline import MemoSettings, check_settings, face_embedding, talking_frames
         from comfy_api.v0_0_2 import InputImpl, Types
+
+        from .common import paste_frame_fn, stream_video_path, video_from_file
 
         if reference.shape[0] < 1:
             raise ValueError("input 'reference' is an empty IMAGE batch: connect a portrait image")
         settings = MemoSettings(steps=steps, guidance_scale=cfg, num_past_frames=past_frames, seed=seed,
                                 faithful=faithful, width=resolution, height=resolution)
         check_settings(memo, conditions, settings)  # clip length and size, before the face models run
+        paste = paste_frame_fn(crop_info, original) if output == "video file" else None  # checked before sampling
         face = face_embedding(memo, reference, on_missing_face=on_missing_face, input_name="reference")
-        frames = torch.cat(list(talking_frames(memo, reference, conditions, face, settings,
-                                               runtime=node_runtime(cls))))
+        count = conditions.frames_with_audio
         audio = prepare_audio(conditions.audio, sample_rate=conditions.audio["sample_rate"], mono=False,
-                              frames=frames.shape[0], fps=conditions.fps)
+                              frames=count, fps=conditions.fps)
+        clips = talking_frames(memo, reference, conditions, face, settings, runtime=node_runtime(cls))
+        if output == "video file":
+            path, written, first = stream_to_video(clips, stream_video_path("memo"), conditions.fps, audio=audio,
+                                                   frame_fn=paste)
+            return io.NodeOutput(first, audio, video_from_file(path), float(conditions.fps))
+        frames = fill_frames(clips, count)                                              # (N, H, W, 3), one buffer
         video = InputImpl.VideoFromComponents(Types.VideoComponents(
-            **frames_to_components(frames, conditions.fps, audio=audio)))
+            **frames_to_components(frames, conditions.fps, audio=audio, inplace=True)))
         return io.NodeOutput(frames, audio, video, float(conditions.fps))
 
 
