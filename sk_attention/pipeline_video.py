@@ -292,6 +292,8 @@ class VideoGeneration:
                 images = decode_latents(dec.module, flat, sf, device, dec.dtype)  # (B·n, H, W, 3)
                 images = images.reshape(b, n, *images.shape[1:])
                 for j in range(n):
+                    if j:
+                        runtime.check_interrupted()  # a cancel takes effect between handed-out frames
                     yield start + j, images[:, j].clone()
                 del images
         finally:
