@@ -34,7 +34,7 @@ def progress_total(settings: PortraitSettings, frames: int) -> int:
     return settings.num_inference_steps * windows + padded
 
 
-def _denoised(bundle, conditions, s: PortraitSettings, seed: int, rt, bar):
+def _denoised(bundle, conditions, s: PortraitSettings, seed: int, rt, bar, speed=None):
     """The final latents (1, F, 4, h, w) of the padded sequence on the host; the sampling models loaded."""
     generator = torch.Generator().manual_seed(int(seed))
     noise_aug, initial = initial_draws(s, conditions.num_frames, generator)
@@ -42,29 +42,31 @@ def _denoised(bundle, conditions, s: PortraitSettings, seed: int, rt, bar):
     ref = conditions.source.ref_img[None]                                               # (1, 3, S, S)
     rt.load(bundle.sampling_models)
     return denoise(bundle.models(), ref, conditions.appearance, motion, s, noise_aug, initial,
-                   on_window=lambda step, k, out: bar.update(1), interrupt=rt.check_interrupted)
+                   on_window=lambda step, k, out: bar.update(1), interrupt=rt.check_interrupted, speed=speed)
 
 
 @torch.no_grad()
-def animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None) -> torch.Tensor:
-    """Conditions -> the generated crops as an IMAGE (N, S, S, 3) float32 in [0, 1] on the host."""
+def animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None, speed=None) -> torch.Tensor:
+    """Conditions -> the generated crops as an IMAGE (N, S, S, 3) float32 in [0, 1] on the host. ``speed``: opt-in
+    accelerations of the UNet (``runtime.speed.SpeedOptions``; None: the exact path)."""
     rt = runtime or bundle.runtime
     s = settings
     with rt.progress(progress_total(s, conditions.num_frames), desc="HunyuanPortrait") as bar:
-        final = _denoised(bundle, conditions, s, seed, rt, bar)
+        final = _denoised(bundle, conditions, s, seed, rt, bar, speed)
         video = decode(bundle.models(), final, s, progress=bar.update)                  # (1, 3, N, S, S)
     return video[0].permute(1, 2, 3, 0).contiguous()                                   # (N, S, S, 3)
 
 
 @torch.no_grad()
-def iter_animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None) -> Iterator[torch.Tensor]:
+def iter_animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None,
+                 speed=None) -> Iterator[torch.Tensor]:
     """:func:`animate` handed out one decode chunk at a time: IMAGE batches (n, S, S, 3) float32 in [0, 1] on the
     host, in order, pads trimmed. The chunks are the ones :func:`animate` decodes (``decode_chunk_size`` frames of
     the padded sequence, decoded independently), so the frames are the same; only one chunk is held at a time."""
     rt = runtime or bundle.runtime
     s = settings
     with rt.progress(progress_total(s, conditions.num_frames), desc="HunyuanPortrait") as bar:
-        final = _denoised(bundle, conditions, s, seed, rt, bar)                         # (1, F, 4, h, w)
+        final = _denoised(bundle, conditions, s, seed, rt, bar, speed)                  # (1, F, 4, h, w)
         vae_model = bundle.models().vae
         total, pad, chunk = final.shape[1], s.pad_frames, s.decode_chunk_size
         for start in range(0, total, chunk):

@@ -8,6 +8,7 @@ from comfy_api.v0_0_2 import io
 from ..sk_attention.conditioning import (BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE,
                                          TEXT_WIDTH, check_size, prompt_entries)
 from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
+from .speed import speed_input
 
 log = logging.getLogger("portrait_animation")
 
@@ -67,6 +68,7 @@ def _sampler_inputs():
         io.Boolean.Input("size_correct", default=False,
                          tooltip="Fix the v5 reference block's square-only position table so non-square sizes work "
                                  "(identical results on square sizes)."),
+        speed_input(),
     ]
 
 
@@ -306,7 +308,7 @@ class HelloMemeImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, hellomeme, conditions, positive, negative, seed, steps, cfg, scheduler, width, height,
-                size_correct, driving_frame) -> io.NodeOutput:
+                size_correct, driving_frame, speed=None) -> io.NodeOutput:
         from ..sk_attention.pipeline_image import generate_image
 
         _checked_size(width, height)
@@ -318,7 +320,7 @@ class HelloMemeImage(io.ComfyNode):
         result = generate_image(models, node_runtime(cls), ref, pos, controls,
                                 negative_prompt_embeds=neg, reference_controls=ref_controls,
                                 steps=steps, guidance_scale=cfg, noise=seed, scheduler=scheduler,
-                                frame=driving_frame, size_correct=size_correct)
+                                frame=driving_frame, size_correct=size_correct, speed=speed)
         return io.NodeOutput(result.image, {"samples": result.latents})
 
 
@@ -365,7 +367,8 @@ class HelloMemeVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, hellomeme, conditions, positive, negative, seed, steps, cfg, scheduler, width, height,
-                size_correct, output="frames", crop_info=None, original=None, audio=None) -> io.NodeOutput:
+                size_correct, output="frames", crop_info=None, original=None, audio=None,
+                speed=None) -> io.NodeOutput:
         import torch
         from comfy_api.v0_0_2 import InputImpl, Types
 
@@ -402,7 +405,7 @@ class HelloMemeVideo(io.ComfyNode):
             state["next"] += 1
 
         options = dict(negative_prompt_embeds=neg, steps=steps, guidance_scale=cfg, noise=seed, scheduler=scheduler,
-                       size_correct=size_correct)
+                       size_correct=size_correct, speed=speed)
         if streaming:
             with VideoWriter(stream_video_path("hellomeme"), fps, audio=audio) as writer:
                 generate_video(models, node_runtime(cls), ref, pos, controls,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
+from .speed import speed_input
 
 CAT_HP = f"{CATEGORY}/HunyuanPortrait"
 Models = io.Custom("PA_HUNYUAN_PORTRAIT")
@@ -166,6 +167,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
                                  tooltip="Measure the ArcFace similarity of every generated frame to the reference "
                                          "(needs ArcFace on the loader): identity outputs."),
                 output_input(),
+                speed_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The generated square crops, one per driving frame "
@@ -198,7 +200,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
     @classmethod
     def execute(cls, hunyuan_portrait, conditions, seed, steps, appearance_guidance, motion_guidance, window,
                 overlap, shift, pad_frames, fps_id, motion_bucket, noise_aug, decode_chunk, paste_border,
-                identity_score, output="frames") -> io.NodeOutput:
+                identity_score, output="frames", speed=None) -> io.NodeOutput:
         import json
         import math
 
@@ -225,7 +227,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
             measured = identity_score
             preview = full_preview = None
             with VideoWriter(stream_video_path("hunyuan_portrait"), fps, audio=conditions.audio) as writer:
-                for crops in iter_animate(hunyuan_portrait, conditions, settings, seed, runtime=rt):
+                for crops in iter_animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed):
                     for frame in iter_pasted(conditions, crops, paste_border):
                         if full_preview is None:
                             full_preview = torch.from_numpy(frame.astype(np.float32) / 255.0)[None]
@@ -239,7 +241,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
             report = IdentityReport(per_frame=scores, window=window) if measured else None
             frames, full, video = preview, full_preview, video_from_file(writer.path)
         else:
-            frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt)
+            frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed)
             n = frames.shape[0]
             with rt.progress(2 * n if identity_score else n, desc="HunyuanPortrait paste-back") as bar:
                 full = pasted_frames(conditions, frames, paste_border, progress=bar.update)

@@ -175,18 +175,20 @@ class KernelAttnProcessor:
         return out / attn.rescale_output_factor
 
 
-def _plain_processors(modules: Iterable[nn.Module]) -> list[nn.Module]:
-    """diffusers ``Attention`` modules whose processor is diffusers' own SDPA processor (not an adapter's)."""
+def diffusers_attention_modules(*modules: nn.Module) -> list[nn.Module]:
+    """Every diffusers ``Attention`` module under ``modules``."""
     try:
-        from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+        from diffusers.models.attention_processor import Attention
     except ImportError:
         return []
-    found = []
-    for root in modules:
-        for m in root.modules():
-            if isinstance(m, Attention) and type(m.processor) is AttnProcessor2_0:
-                found.append(m)
-    return found
+    return [m for root in modules for m in root.modules() if isinstance(m, Attention)]
+
+
+def _plain_processors(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """diffusers ``Attention`` modules whose processor is diffusers' own SDPA processor (not an adapter's)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    return [m for m in diffusers_attention_modules(*modules) if type(m.processor) is AttnProcessor2_0]
 
 
 @contextlib.contextmanager

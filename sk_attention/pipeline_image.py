@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..runtime.base import ModelHandle, Runtime
+from ..runtime.speed import SpeedOptions, accelerated
 from .conditioning import BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, builtin_prompt  # noqa: F401 (re-exported)
 from .denoiser import SKDenoiser
 from .schedulers import NoiseSource, as_noise_source, make_scheduler, scheduler_step, set_steps
@@ -586,6 +587,7 @@ def generate_image(
     frame: int = 0,
     size_correct: bool = False,
     observer: Optional[Observer] = None,
+    speed: Optional[SpeedOptions] = None,
 ) -> ImageResult:
     """Generate one image: the reference re-posed by driving frame ``frame`` of ``controls``.
 
@@ -594,6 +596,7 @@ def generate_image(
     for the negative); ``reference_prompt_embeds`` for the reference pass (default: the same). controls: the driving
     control source; ``reference_controls`` (v5c, required there): the reference image's own pose/expression.
     noise: a :class:`NoiseSource` or a seed. observer(event, data) receives ``reference_cache`` and ``step`` events.
+    speed: opt-in accelerations of the denoiser (None: the exact path).
     """
     if models.version == "v5c" and reference_controls is None:
         raise ValueError("v5c needs reference_controls (the reference image's own pose and expression)")
@@ -640,7 +643,7 @@ def generate_image(
     latents = (base_noise * sched.init_noise_sigma).to(device)
     runtime.load([den])
     try:
-        with runtime.progress(len(timesteps), desc="HelloMeme image") as progress:
+        with runtime.progress(len(timesteps), desc="HelloMeme image") as progress, accelerated(speed, [den.module]):
             for i, t in enumerate(timesteps):
                 x = torch.cat([latents] * rows.count) if rows.count > 1 else latents
                 x = sched.scale_model_input(x, t)

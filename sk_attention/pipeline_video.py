@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..runtime.base import Runtime
+from ..runtime.speed import SpeedOptions, accelerated
 from .pipeline_image import (DEFAULT_GUIDANCE, DEFAULT_STEPS, VIDEO_VERSIONS, ControlSource, FeatureDict,
                              HelloMemeModels, Observer, PromptEntries, TextRows, _BoundedStore,
                              check_reference_geometry, decode_latents, encode_reference, reference_cache_rows,
@@ -148,7 +149,7 @@ class VideoGeneration:
                  scheduler_config: Optional[dict] = None, size_correct: bool = False,
                  pad_cache_bytes: int = 1 << 30, decode: bool = True,
                  decode_batch: int = DEFAULT_DECODE_BATCH,
-                 observer: Optional[Observer] = None):
+                 observer: Optional[Observer] = None, speed: Optional[SpeedOptions] = None):
         if models.version not in VIDEO_VERSIONS:
             raise ValueError(f"the video pipeline runs {', '.join(VIDEO_VERSIONS)} (got {models.version})")
         if models.denoiser.motion is None:
@@ -174,6 +175,7 @@ class VideoGeneration:
         self.pad_cache_bytes = pad_cache_bytes
         self.decode, self.decode_batch = decode, decode_batch
         self.emit = observer or (lambda event, data: None)
+        self.speed = speed  # opt-in accelerations of the denoiser (None: the exact path)
         self.plan = plan_passes(self.num_frames, window, stride)
         self.stats = VideoStats(passes=[(p.depth, len(p.frames), len(p.windows)) for p in self.plan])
         self.latents: Optional[torch.Tensor] = None
@@ -253,7 +255,7 @@ class VideoGeneration:
         final = None
         runtime.load([den, ref, *ctrl_handles])
         try:
-            with runtime.progress(total, desc="HelloMeme video") as progress:
+            with runtime.progress(total, desc="HelloMeme video") as progress, accelerated(self.speed, [den.module]):
                 for k, plan in enumerate(self.plan):
                     lat = self._run_pass(k, plan, base_noise, den.module, rows, cache, pads, motion_pads, guided,
                                          progress, device, offload)

@@ -128,3 +128,52 @@ def test_compiled_blocks_match_eager_and_are_undone():
         out = model(x)
     assert torch.allclose(out, exact, atol=1e-5)
     assert all(b._compiled_call_impl is None for b in speed.denoiser_blocks(model))
+
+
+# ---- the samplers take the options --------------------------------------------------------------------------------
+def _spy_for_sage(monkeypatch) -> SpyKernel:
+    """Make attention 'sage' resolve to an SDPA spy, so a run shows which attention went through the kernel."""
+    spy = SpyKernel()
+    real = speed.attention_kernel_for
+    monkeypatch.setattr(speed, "attention_kernel_for",
+                        lambda options: spy if options.attention == "sage" else real(options))
+    return spy
+
+
+def test_hellomeme_video_and_image_route_their_attention_through_the_options(monkeypatch):
+    from test_hellomeme_pipeline import computed_controls, reference_image, runtime, text, tiny_models
+
+    from portrait_animation.sk_attention.pipeline_image import generate_image
+    from portrait_animation.sk_attention.pipeline_video import VideoGeneration
+
+    spy = _spy_for_sage(monkeypatch)
+    models, _ = tiny_models("v5")
+
+    def video(options):
+        controls = computed_controls(models, 6, (128, 128))
+        return VideoGeneration(models, runtime(), reference_image((128, 128)), text(1), controls,
+                               negative_prompt_embeds=text(2), steps=1, guidance_scale=2.0, noise=3,
+                               decode=False, speed=options).run()
+
+    with torch.no_grad():
+        exact = video(None)
+        assert spy.calls == 0
+        fast = video(speed.SpeedOptions(attention="sage"))
+    assert spy.calls > 0
+    torch.testing.assert_close(fast, exact, rtol=0, atol=1e-5)
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    attention_modules = speed.diffusers_attention_modules(models.denoiser)
+    assert attention_modules and all(type(m.processor) is AttnProcessor2_0 for m in attention_modules)
+
+    image_models, _ = tiny_models("v5", video=False)
+    calls = spy.calls
+    with torch.no_grad():
+        exact = generate_image(image_models, runtime(), reference_image((128, 128)), text(1),
+                               computed_controls(image_models, 1, (128, 128)), negative_prompt_embeds=text(2),
+                               steps=2, guidance_scale=1.5, noise=0).image
+        fast = generate_image(image_models, runtime(), reference_image((128, 128)), text(1),
+                              computed_controls(image_models, 1, (128, 128)), negative_prompt_embeds=text(2),
+                              steps=2, guidance_scale=1.5, noise=0, speed=speed.SpeedOptions(attention="sage")).image
+    assert spy.calls > calls
+    torch.testing.assert_close(fast, exact, rtol=0, atol=1e-4)
