@@ -27,6 +27,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..runtime.speed import SpeedOptions, accelerated
+
 LATENT_SCALE = 0.18215
 NULL_EMOTION = 9
 
@@ -153,7 +155,8 @@ class MemoSampler:
     def clips(self, ref_image: torch.Tensor, face_emb: torch.Tensor, audio_tokens: torch.Tensor,
               frame_emotions: torch.Tensor | None = None,
               noise: Callable[[int, tuple], torch.Tensor] | torch.Generator | int | None = None,
-              inspect: Inspector | None = None, on_step: Callable[[int, int], None] | None = None) -> Iterator[MemoClip]:
+              inspect: Inspector | None = None, on_step: Callable[[int, int], None] | None = None,
+              speed: SpeedOptions | None = None) -> Iterator[MemoClip]:
         """Yield the generated clips one by one.
 
         ``ref_image (1, 3, H, W)`` in [-1, 1]; ``face_emb (1, 512)``; ``audio_tokens (1, T, tokens, A)`` after
@@ -161,6 +164,7 @@ class MemoSampler:
         class for both halves); ``noise``: a function ``(clip, shape) -> tensor``, a CPU generator or a seed (the
         official draw: one CPU generator, bf16, clip after clip). ``inspect(name, tensor)`` sees intermediates
         (``clip{k}.ref_latents``, ``clip{k}.step{s}.{timestep,latents_in,velocity}``, ``clip{k}.final_latents``).
+        ``speed``: opt-in accelerations of the Diffusion Net's steps (None: the exact path).
         """
         s = self.settings
         net = self.diffusion_net
@@ -204,20 +208,21 @@ class MemoSampler:
 
             latents = draw(k, (1, 4, f, h, w)).to(dev, torch.float32)
             reference_cache = {}  # what the Diffusion Net derives from this clip's reference features alone
-            for step in range(len(schedule)):
-                t = schedule.timesteps[step]
-                inspect(f"clip{k}.step{step}.timestep", t)
-                inspect(f"clip{k}.step{step}.latents_in", latents)
-                model_in = torch.cat([latents, latents]).to(dtype)
-                pred = net(model_in, ref_features, t.to(dev), tokens.to(dev, dtype), audio, emotion, uc_mask=uc_mask,
-                           is_new_audio=k == 0, update_past_memory=step == 0, faithful_tiling=s.faithful,
-                           reference_cache=reference_cache)
-                u, c = pred.float().chunk(2)
-                velocity = u + s.guidance_scale * (c - u)
-                inspect(f"clip{k}.step{step}.velocity", velocity)
-                latents = euler_step(latents, velocity, schedule.sigmas[step], schedule.sigmas[step + 1])
-                if on_step is not None:
-                    on_step(k, step)
+            with accelerated(speed, [net]):
+                for step in range(len(schedule)):
+                    t = schedule.timesteps[step]
+                    inspect(f"clip{k}.step{step}.timestep", t)
+                    inspect(f"clip{k}.step{step}.latents_in", latents)
+                    model_in = torch.cat([latents, latents]).to(dtype)
+                    pred = net(model_in, ref_features, t.to(dev), tokens.to(dev, dtype), audio, emotion,
+                               uc_mask=uc_mask, is_new_audio=k == 0, update_past_memory=step == 0,
+                               faithful_tiling=s.faithful, reference_cache=reference_cache)
+                    u, c = pred.float().chunk(2)
+                    velocity = u + s.guidance_scale * (c - u)
+                    inspect(f"clip{k}.step{step}.velocity", velocity)
+                    latents = euler_step(latents, velocity, schedule.sigmas[step], schedule.sigmas[step + 1])
+                    if on_step is not None:
+                        on_step(k, step)
             del ref_features, reference_cache
             inspect(f"clip{k}.final_latents", latents)
 

@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import io
 from ..audio.emotion import EMOTION_CHOICES
 from ..memo.pipeline import DEFAULT_RESOLUTION, RESOLUTION_MAX, RESOLUTION_MIN, RESOLUTION_STEP  # light: no models
 from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
+from .speed import speed_input
 
 CAT_MEMO = f"{CATEGORY}/MEMO"
 MemoModels = io.Custom("PA_MEMO_MODELS")
@@ -138,6 +139,7 @@ class MemoSampler(io.ComfyNode):
                                          "the published results were made. Off: each CFG half gets its own "
                                          "reference and identity features, as in training (a corrected variant)."),
                 output_input(),
+                speed_input(),
                 CropInfo.Input("crop_info", optional=True,
                                tooltip="With output 'video file': the crop_info of the Face Crop that made "
                                        "'reference'; with 'original' connected, every frame is pasted back into the "
@@ -173,7 +175,7 @@ class MemoSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, memo, reference, conditions, seed, steps, cfg, past_frames, resolution, on_missing_face,
-                faithful, output="frames", crop_info=None, original=None) -> io.NodeOutput:
+                faithful, output="frames", crop_info=None, original=None, speed=None) -> io.NodeOutput:
         from ..media.audio import prepare_audio
         from ..media.video import fill_frames, frames_to_components, stream_to_video
         from ..memo.pipeline import MemoSettings, check_settings, face_embedding, talking_frames
@@ -191,7 +193,7 @@ class MemoSampler(io.ComfyNode):
         count = conditions.frames_with_audio
         audio = prepare_audio(conditions.audio, sample_rate=conditions.audio["sample_rate"], mono=False,
                               frames=count, fps=conditions.fps)
-        clips = talking_frames(memo, reference, conditions, face, settings, runtime=node_runtime(cls))
+        clips = talking_frames(memo, reference, conditions, face, settings, runtime=node_runtime(cls), speed=speed)
         if output == "video file":
             path, written, first = stream_to_video(clips, stream_video_path("memo"), conditions.fps, audio=audio,
                                                    frame_fn=paste)

@@ -177,3 +177,30 @@ def test_hellomeme_video_and_image_route_their_attention_through_the_options(mon
                               steps=2, guidance_scale=1.5, noise=0, speed=speed.SpeedOptions(attention="sage")).image
     assert spy.calls > calls
     torch.testing.assert_close(fast, exact, rtol=0, atol=1e-4)
+
+
+def test_memo_clips_route_their_attention_through_the_options(monkeypatch, tmp_path, data_dir):
+    from helpers.tiny_models import write_memo_models
+    from parity.runner import DEFAULT_PARITY_ROOT
+
+    from portrait_animation.loaders.store import ModelStore
+    from portrait_animation.media.audio import load_audio
+    from portrait_animation.memo.pipeline import MemoSettings, condition, load_memo_bundle, talking_frames
+    from portrait_animation.runtime import StandaloneRuntime
+
+    write_memo_models(tmp_path, DEFAULT_PARITY_ROOT)
+    bundle = load_memo_bundle(StandaloneRuntime("cpu", show_progress=False), ModelStore.at(tmp_path), dtype="fp32",
+                              emotion_model=False, identity=False)
+    audio = load_audio(data_dir / "speech.wav")
+    audio["waveform"] = audio["waveform"][..., : int(0.3 * audio["sample_rate"])]
+    cond = condition(bundle, audio, fps=30, clip_length=4)
+    ref, face = torch.rand(1, 96, 96, 3), torch.randn(1, 512)
+    settings = MemoSettings(steps=2, num_past_frames=4, seed=3, width=64, height=64)
+    spy = _spy_for_sage(monkeypatch)
+    with torch.no_grad():
+        exact = torch.cat(list(talking_frames(bundle, ref, cond, face, settings)))
+        assert spy.calls == 0
+        fast = torch.cat(list(talking_frames(bundle, ref, cond, face, settings,
+                                             speed=speed.SpeedOptions(attention="sage"))))
+    assert spy.calls > 0
+    torch.testing.assert_close(fast, exact, rtol=0, atol=1e-4)
