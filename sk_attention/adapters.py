@@ -226,7 +226,7 @@ def load_hellomeme_module(folder: str | Path, dtype: torch.dtype | None = None, 
     config = json.loads(config_path.read_text())
     with torch.device("meta"):
         build_hellomeme_module(config, source=str(folder), **options)  # unknown class / option: fail before reading
-    _, state_dict = read_diffusers_folder(folder, config=config)
+    _, state_dict = read_diffusers_folder(folder, dtype=dtype, config=config)  # cast as read
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     policy = RELEASED_FOLDER.with_(name=f"HelloMeme {config.get('_class_name')}")
     module = load_with_policy(lambda: build_hellomeme_module(config, source=str(folder), shapes=shapes, **options),

@@ -142,7 +142,7 @@ def _folder_config(folder: Path, embedded: str) -> dict:
 def load_unet_folder(folder: str | Path, dtype: torch.dtype | None = None):
     """A UNet from a diffusers component folder (``config.json`` + weights; embedded SD1.5 config if absent)."""
     folder = Path(folder)
-    config, sd = read_diffusers_folder(folder, config=_folder_config(folder, "sd15_unet"))
+    config, sd = read_diffusers_folder(folder, dtype=dtype, config=_folder_config(folder, "sd15_unet"))
     return build_unet(sd, config, source=str(folder), dtype=dtype)
 
 
@@ -150,13 +150,13 @@ def load_vae_folder(folder: str | Path, dtype: torch.dtype | None = None):
     """A VAE from a diffusers component folder (``config.json`` + weights; embedded SD1.5 config if absent); the
     released SD1.5 ``vae/`` folder and sd-vae-ft-mse use the pre-0.14 attention names, which are converted."""
     folder = Path(folder)
-    config, sd = read_diffusers_folder(folder, config=_folder_config(folder, "sd15_vae"))
+    config, sd = read_diffusers_folder(folder, dtype=dtype, config=_folder_config(folder, "sd15_vae"))
     return build_vae(sd, config, source=str(folder), dtype=dtype)
 
 
 def load_text_encoder_folder(folder: str | Path, dtype: torch.dtype | None = None):
     folder = Path(folder)
-    config, sd = read_diffusers_folder(folder, config=_folder_config(folder, "sd15_text_encoder"))
+    config, sd = read_diffusers_folder(folder, dtype=dtype, config=_folder_config(folder, "sd15_text_encoder"))
     return build_text_encoder(sd, config, source=str(folder), dtype=dtype)
 
 
@@ -260,13 +260,14 @@ def load_single_file(path: str | Path, parts: tuple[str, ...] = ("unet", "vae"),
     except the text encoder (returned as ``None`` with a note). ``result.report`` lists what was dropped (schedule
     buffers, ``model_ema.*``, ``position_ids``), ignored and converted, per component, and the file's dtype."""
     path = Path(path)
-    sd = read_state_dict(path)
+    sd = read_state_dict(path, dtype=dtype)  # cast as read: no full-precision copy of the file in memory
     if not is_ldm_checkpoint(sd):
         raise CheckpointKeyError(str(path), [LDM_UNET_PREFIX + "*"], [], [],
                                  what="a single-file SD1.5 checkpoint (ldm layout)",
                                  hint="Probable cause: a wrong file? This is not a full SD1.5 checkpoint (a VAE, a "
                                       "LoRA or a diffusers component?).")
-    report = LoadReport(source=str(path), policy="SD1.5 single file (ldm)", dtypes=dtype_counts(sd))
+    report = LoadReport(source=str(path), policy="SD1.5 single file (ldm)",
+                        dtypes=getattr(sd, "file_dtypes", None) or dtype_counts(sd))
     groups = _split_single_file(sd, report)
     del sd
     for part, keys in groups.items():
@@ -305,9 +306,9 @@ def load_vae_file(path: str | Path, dtype: torch.dtype | None = None, config: di
     if path.is_dir():
         if config is None:
             return load_vae_folder(path, dtype=dtype)
-        _, sd = read_diffusers_folder(path, config=config)
+        _, sd = read_diffusers_folder(path, dtype=dtype, config=config)
         return build_vae(sd, config, source=str(path), dtype=dtype)
-    sd = read_state_dict(path)
+    sd = read_state_dict(path, dtype=dtype)
     if is_ldm_checkpoint(sd):  # a full single file handed over as a VAE: take its VAE, say what was left out
         unet_keys = [k for k in sd if k.startswith((LDM_UNET_PREFIX,) + LDM_CLIP_PREFIXES)]
         for k in unet_keys:

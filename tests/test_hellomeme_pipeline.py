@@ -429,6 +429,13 @@ def test_single_file_sd15_checkpoint_loads_strictly(tmp_path, monkeypatch):
         for k, v in theirs.state_dict().items():
             assert torch.equal(mine[k], v), k
 
+    # read in the target dtype (cast as read): the same values as casting the fp32 model, the report keeps the file's
+    half = load_sd15(path, parts=("unet", "vae"), dtype=torch.float16)
+    assert half.report.dtypes == {"float32": len(ldm)}
+    for ours, theirs in ((half.unet, unet), (half.vae, vae)):
+        for k, v in ours.state_dict().items():
+            assert v.dtype == torch.float16 and torch.equal(v, theirs.state_dict()[k].half()), k
+
     # a file with a missing tensor fails strictly, naming the key
     del ldm["model.diffusion_model.out.2.weight"]
     save_file(ldm, str(path))
