@@ -47,7 +47,7 @@ STAGE_BY_TYPE = {
     "PortraitAnim_HunyuanPortraitConditions": "Face", "PortraitAnim_HunyuanPortraitLoader": "Model",
     "PortraitAnim_HunyuanPortraitSampler": "Sampling",
     "PortraitAnim_HelloMemeLoader": "Model", "CLIPLoader": "Model", "PortraitAnim_MemoLoader": "Model",
-    "PortraitAnim_ModelFiles": "Model",
+    "PortraitAnim_ModelFiles": "Model", "PortraitAnim_SpeedOptions": "Model",
     "CLIPTextEncode": "Sampling", "PortraitAnim_HelloMemeImage": "Sampling", "PortraitAnim_HelloMemeVideo": "Sampling",
     "PortraitAnim_MemoAudio": "Sampling", "PortraitAnim_MemoSampler": "Sampling", "ImageSharpen": "Sampling",
     "PortraitAnim_FacePasteBack": "Output", "PortraitAnim_FramesToVideo": "Output", "SaveImage": "Output",
@@ -85,7 +85,8 @@ NOTES = {
         "What to change: Reference Portrait (who) and Driving Video (the motion; frame_cap limits the length). "
         "HunyuanPortrait Loader downloads its files on first use (Check HunyuanPortrait files lists them; the SVD-xt "
         "VAE repository needs an accepted license and an HF token). The sampler pastes the face back into the whole "
-        "portrait and keeps the driving audio; its identity outputs score each window."),
+        "portrait and keeps the driving audio; its identity outputs score each window. Long videos: set the "
+        "sampler's output to 'video file' (streamed to disk). Speed Options: sdpa + off is the exact path."),
     "MEMO talking portrait": (
         "What to change: Portrait and Speech (any audio or video file in ComfyUI's input folder). "
         "MEMO Loader downloads its files on first use (Check MEMO files lists them); MEMO Talking Portrait's "
