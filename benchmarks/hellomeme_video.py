@@ -112,7 +112,7 @@ def child(args) -> dict:
             return torch.rand(1, 3, len(idx), size, size, generator=g) * 2 - 1
 
         controls = ComputedControls(models.control_encoder, models.control_projector, condition, emo_embedding=emo,
-                                    num_frames=frames, cache_bytes=0)
+                                    num_frames=frames, cache_bytes=int(args.control_cache_mb * 2**20))
         prompt, negative = torch.randn(1, 77, text_dim, generator=gen), torch.randn(1, 77, text_dim, generator=gen)
         reference = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8)
 
@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-size", action="store_true", help="released v5 architecture, random weights")
     ap.add_argument("--keep-loaded", action="store_true", help="keep every model on the device (no offloading)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--control-cache-mb", type=float, default=2048,
+                    help="host store for the per-frame control features (the pipeline's default, 2048; 0: recompute "
+                         "them for every window and step, the original's cost)")
     ap.add_argument("--mmap-threshold", type=int, default=0,
                     help="glibc MALLOC_MMAP_THRESHOLD_ for the runs in bytes (0: the allocator's dynamic default)")
     ap.add_argument("--json", type=Path, help="also write the settings and rows here")
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         child_args = ["--frames", str(n), "--size", str(args.size), "--steps", str(args.steps), "--cfg", str(args.cfg),
                       "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]
         child_args += ["--real-size"] * args.real_size + ["--keep-loaded"] * args.keep_loaded
+        child_args += ["--control-cache-mb", str(args.control_cache_mb)]
         rows.append(run_isolated(Path(__file__), child_args))
     r0 = rows[0]
     print(f"HelloMeme v5 video ({'real size, random weights' if r0['real_size'] else 'stand-in models'}) on "
