@@ -11,7 +11,8 @@ path's: PSNR over the whole clip, the worst frame's PSNR, and the largest absolu
 
 Options: ``sdpa_math`` / ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` (SDPA restricted to one backend),
 ``sage`` (SageAttention, CUDA), ``compile`` (``torch.compile`` of the denoiser's blocks, default mode),
-``compile_max`` (``max-autotune-no-cudagraphs``), ``bf16`` / ``fp16`` (the denoiser in that dtype; the exact path is
+``compile_max`` (``max-autotune-no-cudagraphs``), ``cache2`` / ``cache3`` (feature reuse across steps every 2nd / 3rd
+step, HelloMeme), ``bf16`` / ``fp16`` (the denoiser in that dtype; the exact path is
 ``--dtype``, fp32 by default). Options that cannot run here (no CUDA, package missing) are listed with the reason.
 
 The networks come from ``benchmarks/hunyuan_portrait.py`` (random weights from the released or the parity configs),
@@ -37,6 +38,8 @@ OPTIONS = {
     "sage": {"attention": "sage"},
     "compile": {"compile": "default"},
     "compile_max": {"compile": "max-autotune-no-cudagraphs"},
+    "cache2": {"cache_interval": 2},
+    "cache3": {"cache_interval": 3},
     "bf16": {"dtype": "bf16"},
     "fp16": {"dtype": "fp16"},
 }
@@ -75,7 +78,7 @@ class HunyuanCase:
         self.noise_aug, self.initial = initial_draws(self.settings, args.frames, torch.Generator().manual_seed(2))
         self.appearance = appearance_tokens(self.models, dino_image, ident)
         self.motion, _ = padded_motion_tokens(self.models, face, pose, landmarks, self.settings)
-        self.frames = args.frames
+        self.frames, self.steps = args.frames, self.settings.num_inference_steps
         self.unet_calls = bench.count_calls(self.models.unet)
 
     def denoiser(self):
@@ -98,7 +101,72 @@ class HunyuanCase:
         return seconds, video[0].transpose(0, 1).float().cpu()
 
 
-CASES = {"hunyuan_portrait": HunyuanCase}
+class HelloMemeCase:
+    """HelloMeme v5 video: denoise + decode of ``frames`` driving frames (benchmarks/hellomeme_video.py's models: the
+    parity stand-ins with ``--size small``, the released architecture with random weights with ``--size real``)."""
+
+    name = "hellomeme"
+
+    def __init__(self, args):
+        import tempfile
+
+        import torch
+
+        import hellomeme_video as bench
+        from portrait_animation.loaders.store import ModelStore
+        from portrait_animation.runtime import StandaloneRuntime, parse_dtype
+        from portrait_animation.sk_attention.loading import load_hellomeme
+        from portrait_animation.sk_attention.pipeline_image import ComputedControls
+
+        self.dtype = parse_dtype(args.dtype) or (torch.float16 if args.device == "cuda" else torch.float32)
+        if args.size == "real":
+            self.models, text_dim = bench._real_size_models(args.device, self.dtype)
+            size = 512
+        else:
+            from helpers.tiny_models import write_hellomeme_models
+            from parity.runner import parity_root
+
+            self._tmp = tempfile.TemporaryDirectory()
+            info = write_hellomeme_models(Path(self._tmp.name), parity_root())
+            self.models = load_hellomeme("v5", video=True, store=ModelStore.at(self._tmp.name), dtype=self.dtype)
+            text_dim, size = info["text_dim"], 128
+        self.runtime = StandaloneRuntime(args.device, dtype=self.dtype, show_progress=False, keep_loaded=True)
+        self.steps = args.steps or (25 if args.size == "real" else 6)
+        gen = torch.Generator().manual_seed(0)
+        emo = torch.randn(1, args.frames, 548, generator=gen)
+
+        def condition(idx):
+            g = torch.Generator().manual_seed(1000 + idx[0])
+            return torch.rand(1, 3, len(idx), size, size, generator=g) * 2 - 1
+
+        self.controls = lambda: ComputedControls(self.models.control_encoder, self.models.control_projector,
+                                                 condition, emo_embedding=emo, num_frames=args.frames)
+        self.prompt = torch.randn(1, 77, text_dim, generator=gen)
+        self.negative = torch.randn(1, 77, text_dim, generator=gen)
+        self.reference = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8)
+
+    def denoiser(self):
+        return self.models.denoiser
+
+    def run(self, speed):
+        import torch
+
+        from portrait_animation.sk_attention.pipeline_video import VideoGeneration
+
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        marks = []
+        job = VideoGeneration(self.models, self.runtime, self.reference, self.prompt, self.controls(),
+                              negative_prompt_embeds=self.negative, steps=self.steps, guidance_scale=1.5, noise=0,
+                              size_correct=True, speed=speed,
+                              observer=lambda event, data: (sync(), marks.append(time.perf_counter()))
+                              if event == "step" else None)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            frames = torch.cat([image.float().cpu() for _, image in job])  # (N, H, W, 3)
+        return marks[-1] - t0, frames.permute(0, 3, 1, 2)
+
+
+CASES = {"hunyuan_portrait": HunyuanCase, "hellomeme": HelloMemeCase}
 
 
 def measure(case, option: str | None, repeats: int) -> dict:
@@ -157,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(case, option, args.repeats))
         except Exception as exc:  # an option this machine cannot run (no CUDA, package missing)
             rows.append({"option": option, "skipped": f"{type(exc).__name__}: {exc}".splitlines()[0][:160]})
-    print(f"\n{args.family}, {args.size} config, {args.frames} frames, {case.settings.num_inference_steps} steps, "
+    print(f"\n{args.family}, {args.size} config, {args.frames} frames, {case.steps} steps, "
           f"{args.device}, exact dtype {case.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| option | first s | denoise s | speed-up | PSNR dB | worst frame dB | max abs diff |")
     print("|---|---:|---:|---:|---:|---:|---:|")

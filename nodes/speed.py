@@ -39,6 +39,12 @@ class SpeedOptionsNode(io.ComfyNode):
                                tooltip="torch.compile each block of the denoiser. The first run of a size compiles "
                                        "(minutes); later runs of the same size are faster. Needs a working Triton "
                                        "on CUDA (a C++ compiler on CPU)."),
+                io.Int.Input("cache_interval", default=1, min=1, max=10,
+                             tooltip="Feature reuse across steps (DeepCache-style), HelloMeme only so far: every "
+                                     "n-th step runs the whole UNet, the steps between rerun only its outermost "
+                                     "blocks on the stored deep features (about n-fold fewer deep-block calls; the "
+                                     "result drifts from the exact one as n grows). 1 = off. The reference pass "
+                                     "always runs whole."),
             ],
             outputs=[SpeedOptionsType.Output(display_name="speed",
                                              tooltip="Connect to a sampler's 'speed' input.")],
@@ -55,8 +61,8 @@ class SpeedOptionsNode(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, attention: str, compile: str) -> io.NodeOutput:
-        return io.NodeOutput(SpeedOptions(attention=attention, compile=compile))
+    def execute(cls, attention: str, compile: str, cache_interval: int = 1) -> io.NodeOutput:
+        return io.NodeOutput(SpeedOptions(attention=attention, compile=compile, cache_interval=cache_interval))
 
 
 NODES = [SpeedOptionsNode]

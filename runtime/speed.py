@@ -1,5 +1,6 @@
 """Opt-in accelerations shared by the samplers: the attention kernel, ``torch.compile`` of the denoiser's blocks and
-the precision, as one small :class:`SpeedOptions` value (the *Speed Options* node builds it).
+feature reuse across steps, as one small :class:`SpeedOptions` value (the *Speed Options* node builds it; precision is
+the loaders' dtype).
 
 The default options are the exact path: PyTorch SDPA with its own backend choice, eager modules, the loader's dtype.
 Everything else changes the arithmetic a little and is measured in the README (speed-up and difference from the
@@ -51,6 +52,9 @@ class SpeedOptions:
     attention: str = "sdpa"
     compile: str = "off"  # torch.compile mode for the denoiser's blocks
     compile_dynamic: bool = False
+    # feature reuse across steps (DeepCache-style) in the SD1.5 denoisers that support it (HelloMeme): every
+    # cache_interval-th step runs the whole UNet, the steps between reuse its deep features; 1 = off
+    cache_interval: int = 1
 
     def __post_init__(self):
         base = self.attention.split(":", 1)[0]
@@ -58,10 +62,12 @@ class SpeedOptions:
             raise ValueError(f"unknown attention {self.attention!r}: use one of {', '.join(ATTENTION_CHOICES)}")
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"unknown compile mode {self.compile!r}: use one of {', '.join(COMPILE_CHOICES)}")
+        if not 1 <= int(self.cache_interval) <= 10:
+            raise ValueError(f"cache_interval must be between 1 (off) and 10, got {self.cache_interval}")
 
     @property
     def exact(self) -> bool:
-        return self.attention == "sdpa" and self.compile == "off"
+        return self.attention == "sdpa" and self.compile == "off" and self.cache_interval == 1
 
     def with_(self, **changes) -> "SpeedOptions":
         return replace(self, **changes)
@@ -252,7 +258,7 @@ def accelerated(options: SpeedOptions | None, models: Iterable[nn.Module] = ()) 
     processors, compiled blocks. Exact options change nothing."""
     options = options or EXACT
     models = list(models)
-    if options.exact:
+    if options.attention == "sdpa" and options.compile == "off":  # nothing to install (feature reuse: the samplers)
         yield options
         return
     kernel = attention_kernel_for(options)

@@ -43,6 +43,25 @@ def batch_to_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
     return x.reshape(bf // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)
 
 
+class DeepFeature:
+    """One denoiser call site's stored deep feature for feature reuse across steps (DeepCache-style): the input of
+    the last up block, kept on ``store_device`` (the host by default, so a long video's windows do not hold
+    accelerator memory). ``reuse`` says whether the next call may use it instead of the deep blocks."""
+
+    def __init__(self, store_device: torch.device | str = "cpu"):
+        self.store_device = torch.device(store_device)
+        self.tensor: Optional[torch.Tensor] = None
+        self.reuse = False
+
+    def store(self, h: torch.Tensor) -> None:
+        self.tensor = h.detach().to(self.store_device, copy=True)
+
+    def load(self, device, dtype) -> torch.Tensor:
+        if self.tensor is None:
+            raise RuntimeError("feature reuse asked before a full step stored the deep feature")
+        return self.tensor.to(device=device, dtype=dtype)
+
+
 class SKDenoiser(nn.Module):
     """SD1.5 UNet + optional reference adapter (``reference_modules_up``) + optional motion adapter
     (``motion_down`` / ``motion_up``).
@@ -107,6 +126,7 @@ class SKDenoiser(nn.Module):
         use_motion: bool = False,
         collect_cache: bool = True,
         cache_only: bool = False,
+        deep: Optional[DeepFeature] = None,
     ) -> tuple[Optional[torch.Tensor], dict[str, torch.Tensor]]:
         """Run the denoiser.
 
@@ -114,6 +134,9 @@ class SKDenoiser(nn.Module):
         (B, F, T, D) per frame. reference_cache: {up_i: (B, C, h_i, w_i)} (or (B·F, ...)). control: {down3_i, up3_i:
         (B, C, F, h_i, w_i)}. motion_pads: {down_i, up_i: (B, C, 2, h_i, w_i)} or None. ``collect_cache`` returns
         the cache; ``cache_only`` stops once the cache is complete (the reference role) and returns ``(None, cache)``.
+        ``deep`` (opt-in feature reuse, DeepCache-style): a full call stores the input of the last up block in it; a
+        call with ``deep.reuse`` set runs only ``conv_in``, down block 0 (its skips) and the last up block, on the
+        stored feature. Never used by the reference role.
         """
         unet = self.unet
         dtype, device = self.dtype, self.device
@@ -149,6 +172,8 @@ class SKDenoiser(nn.Module):
         # 2. down path: (B·F, C, h, w)
         h = unet.conv_in(frames_to_batch(sample))
         skips: tuple[torch.Tensor, ...] = (h,)
+        if deep is not None and deep.reuse:
+            return self._shallow(h, emb, text, deep, ctrl, pad, reference_cache, use_motion, num_frames), cache
         for i, block in enumerate(unet.down_blocks):
             if getattr(block, "has_cross_attention", False):
                 h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=text)
@@ -184,25 +209,49 @@ class SKDenoiser(nn.Module):
                 cache[f"up_{i}"] = h.clone()
                 if cache_only and i == last:
                     return None, cache
-            c = ctrl(f"up3_{i}")
-            if c is not None:
-                h = h + c
-            if reference_cache is not None and self.reference is not None and f"up_{i}" in reference_cache:
-                ref = reference_cache[f"up_{i}"].to(device=device, dtype=dtype)
-                h = self.reference.reference_modules_up[i](h, ref, num_frames)
-            if use_motion:
-                h = self.motion.motion_up[i](h, pad(f"up_{i}"), emb, num_frames)
-            if getattr(block, "has_cross_attention", False):
-                h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=text,
-                          upsample_size=upsample_size)
-            else:
-                h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
+            if deep is not None and i == last:
+                deep.store(h)
+            h = self._up(i, h, emb, text, res, upsample_size, ctrl, pad, reference_cache, use_motion, num_frames)
+        return self._out(h, num_frames), cache
 
-        # 5. out: (B·F, 4, h, w) -> (B, 4, F, h, w)
+    def _up(self, i, h, emb, text, res, upsample_size, ctrl, pad, reference_cache, use_motion, num_frames):
+        """Up block ``i`` with what enters before it: control, reference knitting, motion."""
+        c = ctrl(f"up3_{i}")
+        if c is not None:
+            h = h + c
+        if reference_cache is not None and self.reference is not None and f"up_{i}" in reference_cache:
+            ref = reference_cache[f"up_{i}"].to(device=self.device, dtype=self.dtype)
+            h = self.reference.reference_modules_up[i](h, ref, num_frames)
+        if use_motion:
+            h = self.motion.motion_up[i](h, pad(f"up_{i}"), emb, num_frames)
+        block = self.unet.up_blocks[i]
+        if getattr(block, "has_cross_attention", False):
+            return block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=text,
+                         upsample_size=upsample_size)
+        return block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
+
+    def _out(self, h: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(B·F, C, h, w) -> noise prediction (B, 4, F, h, w)."""
+        unet = self.unet
         if unet.conv_norm_out is not None:
             h = unet.conv_act(unet.conv_norm_out(h))
-        h = unet.conv_out(h)
-        return batch_to_frames(h, num_frames), cache
+        return batch_to_frames(unet.conv_out(h), num_frames)
+
+    def _shallow(self, h, emb, text, deep: "DeepFeature", ctrl, pad, reference_cache, use_motion, num_frames):
+        """A reuse call: down block 0 gives the last up block's skips (``conv_in`` and its resnets' outputs, which the
+        control does not touch); the deeper blocks are replaced by the stored input of the last up block."""
+        unet = self.unet
+        block = unet.down_blocks[0]
+        if getattr(block, "has_cross_attention", False):
+            _, res = block(hidden_states=h, temb=emb, encoder_hidden_states=text)
+        else:
+            _, res = block(hidden_states=h, temb=emb)
+        last = len(unet.up_blocks) - 1
+        n = len(unet.up_blocks[last].resnets)
+        skips = ((h,) + tuple(res))[:n]
+        deep_h = deep.load(device=self.device, dtype=self.dtype)
+        h = self._up(last, deep_h, emb, text, skips, None, ctrl, pad, reference_cache, use_motion, num_frames)
+        return self._out(h, num_frames)
 
     @torch.no_grad()
     def reference_features(self, latent: torch.Tensor, text: torch.Tensor,

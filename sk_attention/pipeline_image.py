@@ -31,7 +31,7 @@ from torch import nn
 from ..runtime.base import ModelHandle, Runtime
 from ..runtime.speed import SpeedOptions, accelerated
 from .conditioning import BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, builtin_prompt  # noqa: F401 (re-exported)
-from .denoiser import SKDenoiser
+from .denoiser import DeepFeature, SKDenoiser
 from .schedulers import NoiseSource, as_noise_source, make_scheduler, scheduler_step, set_steps
 
 VERSIONS = ("v5", "v5b", "v5c")
@@ -644,11 +644,15 @@ def generate_image(
     runtime.load([den])
     try:
         with runtime.progress(len(timesteps), desc="HelloMeme image") as progress, accelerated(speed, [den.module]):
+            interval = speed.cache_interval if speed is not None else 1
+            deep = DeepFeature(device) if interval > 1 else None  # feature reuse across steps (opt-in)
             for i, t in enumerate(timesteps):
                 x = torch.cat([latents] * rows.count) if rows.count > 1 else latents
                 x = sched.scale_model_input(x, t)
+                if deep is not None:
+                    deep.reuse = i % interval != 0
                 eps = den.module(x[:, :, None], t, text, reference_cache=cache, control=control,
-                                 collect_cache=False)[0][:, :, 0].float()
+                                 collect_cache=False, deep=deep)[0][:, :, 0].float()
                 eps = rows.combine(eps, guidance_scale)
                 latents = scheduler_step(sched, eps, t, latents, noise)
                 emit("step", {"step": i, "timestep": t, "noise_pred": eps, "latents": latents})

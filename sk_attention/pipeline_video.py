@@ -39,6 +39,7 @@ from .pipeline_image import (DEFAULT_GUIDANCE, DEFAULT_STEPS, VIDEO_VERSIONS, Co
                              HelloMemeModels, Observer, PromptEntries, TextRows, _BoundedStore,
                              check_reference_geometry, decode_latents, encode_reference, reference_cache_rows,
                              text_rows)
+from .denoiser import DeepFeature
 from .schedulers import NoiseSource, as_noise_source, make_scheduler, scheduler_step, set_steps
 
 DEFAULT_WINDOW = 12
@@ -320,12 +321,18 @@ class VideoGeneration:
             first, last = plan.frames[wnd[0]], plan.frames[wnd[-1]]
             window_pads.append((first, last) if pads.has(first) and pads.has(last) else None)
 
+        interval = self.speed.cache_interval if self.speed is not None else 1
+        deeps = [DeepFeature(offload) for _ in plan.windows] if interval > 1 else None  # feature reuse, per window
+
         for i, t in enumerate(timesteps):
             # prediction sums over windows, one block per text row ([uncond, cond] as released): (R·B, 4, n, h, w)
             eps_sum = torch.zeros((rows.count * latents.shape[0], *latents.shape[1:]), dtype=torch.float32,
                                   device=latents.device)
-            for wnd, pad_ends in zip(plan.windows, window_pads):
+            for j, (wnd, pad_ends) in enumerate(zip(plan.windows, window_pads)):
                 frames = [plan.frames[p] for p in wnd]
+                deep = deeps[j] if deeps is not None else None
+                if deep is not None:
+                    deep.reuse = i % interval != 0  # every interval-th step runs the whole UNet and stores
                 idx = torch.as_tensor(wnd, dtype=torch.long, device=latents.device)
                 x = latents.index_select(2, idx).to(device)  # (B, 4, f, h, w)
                 x = sched.scale_model_input(torch.cat([x] * rows.count) if rows.count > 1 else x, t)
@@ -334,7 +341,7 @@ class VideoGeneration:
                 window_motion_pads = motion_pads(*pad_ends) if pad_ends is not None else None
                 eps = denoiser(x, t.to(device), rows.text, reference_cache=cache,
                                control=control, motion_pads=window_motion_pads, use_motion=True,
-                               collect_cache=False)[0]
+                               collect_cache=False, deep=deep)[0]
                 eps_sum.index_add_(2, idx, eps.float().to(eps_sum.device))
                 del x, eps, control, window_motion_pads
                 self.stats.unet_calls += 1

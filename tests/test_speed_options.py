@@ -204,3 +204,62 @@ def test_memo_clips_route_their_attention_through_the_options(monkeypatch, tmp_p
                                              speed=speed.SpeedOptions(attention="sage"))))
     assert spy.calls > 0
     torch.testing.assert_close(fast, exact, rtol=0, atol=1e-4)
+
+
+# ---- feature reuse across steps (HelloMeme) -----------------------------------------------------------------------
+def test_a_reuse_call_on_unchanged_inputs_equals_the_full_call():
+    """The shallow path (conv_in, down block 0's skips, last up block on the stored feature) is the full UNet's
+    arithmetic when nothing changed since the feature was stored, with control, reference and motion in play."""
+    from test_hellomeme_pipeline import control_shapes, tiny_models
+
+    from portrait_animation.sk_attention.denoiser import DeepFeature
+
+    models, shapes = tiny_models("v5")
+    den, g = models.denoiser, torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 16, 16, generator=g)
+    text = torch.randn(2, 5, 16, generator=g)  # the tiny UNet's text width
+    control = {k: torch.randn(2, c, 3, h, w, generator=g) for k, (c, h, w) in shapes.items()}
+    ref = models.reference_unet.reference_features(torch.randn(2, 4, 16, 16, generator=g), text)
+    ref = {k: v for k, v in ref.items() if k.startswith("up_")}
+    deep = DeepFeature()
+    with torch.no_grad():
+        full = den(x, 500, text, reference_cache=ref, control=control, use_motion=True, collect_cache=False,
+                   deep=deep)[0]
+        deep.reuse = True
+        again = den(x, 500, text, reference_cache=ref, control=control, use_motion=True, collect_cache=False,
+                    deep=deep)[0]
+        other_x = den(x + torch.randn(x.shape, generator=g), 500, text, reference_cache=ref, control=control,
+                      use_motion=True, collect_cache=False, deep=deep)[0]
+    torch.testing.assert_close(again, full, rtol=0, atol=1e-5)
+    assert not torch.allclose(other_x, full, atol=1e-3)  # the shallow blocks do see the new latents
+
+
+def test_video_feature_reuse_skips_deep_blocks_but_never_the_reference_pass():
+    from test_hellomeme_pipeline import computed_controls, reference_image, runtime, text, tiny_models
+
+    from portrait_animation.sk_attention.pipeline_video import VideoGeneration
+
+    models, _ = tiny_models("v5")
+    calls = {"deep": 0, "reference": 0}
+    models.denoiser.unet.mid_block.register_forward_hook(lambda *a: calls.__setitem__("deep", calls["deep"] + 1))
+    models.reference_unet.unet.mid_block.register_forward_hook(
+        lambda *a: calls.__setitem__("reference", calls["reference"] + 1))
+
+    def video(options):
+        calls.update(deep=0, reference=0)
+        controls = computed_controls(models, 6, (128, 128))
+        job = VideoGeneration(models, runtime(), reference_image((128, 128)), text(1), controls,
+                              negative_prompt_embeds=text(2), steps=4, guidance_scale=2.0, noise=3, decode=False,
+                              speed=options)
+        latents = job.run()
+        return latents, dict(calls), job.stats.unet_calls
+
+    with torch.no_grad():
+        exact, exact_calls, unet_calls = video(None)
+        reuse, reuse_calls, _ = video(speed.SpeedOptions(cache_interval=2))
+    assert exact_calls["deep"] == unet_calls and reuse_calls["deep"] == unet_calls // 2  # steps 0 and 2 of 4
+    assert reuse_calls["reference"] == exact_calls["reference"] > 0
+    assert torch.isfinite(reuse).all() and not torch.equal(reuse, exact)
+    assert (reuse - exact).abs().mean() < (exact.abs().mean() * 0.5)  # an approximation, not another video
+    with pytest.raises(ValueError, match="cache_interval"):
+        speed.SpeedOptions(cache_interval=0)
