@@ -213,7 +213,7 @@ def denoise(models: PortraitModels, ref_img: torch.Tensor, appearance: torch.Ten
     ref_latents = ref_latents.to(state_device)
     init = scheduler.add_noise(ref_latents, initial_noise.to(ref_latents),
                                scheduler.start_index(s.i2i_noise_strength))                  # (1, F, 4, h, w)
-    with accelerated(speed, [models.unet]):
+    with accelerated(speed, [models.unet], "HunyuanPortrait"):
         return sample(models.unet, scheduler, init, image_latents, appearance, motion.to(state_device), pose,
                       s.sampler_settings(), on_window=on_window, on_step=on_step, interrupt=interrupt)
 

@@ -253,11 +253,16 @@ def denoiser_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def accelerated(options: SpeedOptions | None, models: Iterable[nn.Module] = ()) -> Iterator[SpeedOptions]:
+def accelerated(options: SpeedOptions | None, models: Iterable[nn.Module] = (), what: str = "this model",
+                feature_reuse: bool = False) -> Iterator[SpeedOptions]:
     """Apply ``options`` to a sampling run over ``models`` (the denoisers): kernel, SDPA backend, diffusers
-    processors, compiled blocks. Exact options change nothing."""
+    processors, compiled blocks. Exact options change nothing. Feature reuse is the sampler's own job; a sampler
+    without it (``feature_reuse=False``) says once per run that ``cache_interval`` is ignored."""
     options = options or EXACT
     models = list(models)
+    if options.cache_interval > 1 and not feature_reuse:
+        log.warning("Speed Options: cache_interval=%d is not supported for %s yet (HelloMeme only); ignored",
+                    options.cache_interval, what)
     if options.attention == "sdpa" and options.compile == "off":  # nothing to install (feature reuse: the samplers)
         yield options
         return

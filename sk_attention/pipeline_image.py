@@ -643,7 +643,8 @@ def generate_image(
     latents = (base_noise * sched.init_noise_sigma).to(device)
     runtime.load([den])
     try:
-        with runtime.progress(len(timesteps), desc="HelloMeme image") as progress, accelerated(speed, [den.module]):
+        with runtime.progress(len(timesteps), desc="HelloMeme image") as progress, \
+                accelerated(speed, [den.module], feature_reuse=True):
             interval = speed.cache_interval if speed is not None else 1
             deep = DeepFeature(device) if interval > 1 else None  # feature reuse across steps (opt-in)
             for i, t in enumerate(timesteps):

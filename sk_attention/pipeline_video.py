@@ -256,7 +256,8 @@ class VideoGeneration:
         final = None
         runtime.load([den, ref, *ctrl_handles])
         try:
-            with runtime.progress(total, desc="HelloMeme video") as progress, accelerated(self.speed, [den.module]):
+            with runtime.progress(total, desc="HelloMeme video") as progress, \
+                    accelerated(self.speed, [den.module], feature_reuse=True):
                 for k, plan in enumerate(self.plan):
                     lat = self._run_pass(k, plan, base_noise, den.module, rows, cache, pads, motion_pads, guided,
                                          progress, device, offload)

@@ -263,3 +263,14 @@ def test_video_feature_reuse_skips_deep_blocks_but_never_the_reference_pass():
     assert (reuse - exact).abs().mean() < (exact.abs().mean() * 0.5)  # an approximation, not another video
     with pytest.raises(ValueError, match="cache_interval"):
         speed.SpeedOptions(cache_interval=0)
+
+
+def test_samplers_without_feature_reuse_say_cache_interval_is_ignored(caplog):
+    model = TinyUNet()
+    with caplog.at_level("WARNING", logger="portrait_animation.runtime.speed"):
+        with speed.accelerated(speed.SpeedOptions(cache_interval=2), [model], "HunyuanPortrait"):
+            pass
+        with speed.accelerated(speed.SpeedOptions(cache_interval=2), [model], feature_reuse=True):
+            pass
+    assert [r.getMessage() for r in caplog.records] == [
+        "Speed Options: cache_interval=2 is not supported for HunyuanPortrait yet (HelloMeme only); ignored"]
