@@ -68,3 +68,15 @@ def comparison_line(row: dict) -> str:
             f"pack {row['pack_s']:.3f} s, "
             f"original {row['original_s']:.3f} s, ratio {row['ratio']:.2f}x (min of {row['repeats']} interleaved; "
             f"max |diff| {row['max_abs_diff']:.1e}, within the parity tolerance)")
+
+
+def finish_report(family: str, args, report: dict, threads: int = 1) -> dict:
+    """The end of every family script: the side-by-side step with the original when ``--original`` is given (into
+    ``report["comparison"]``, also printed), then ``--json``."""
+    if args.original:
+        report["comparison"] = run_original(family, args.original, threads=threads)
+        print(comparison_line(report["comparison"]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+    return report

@@ -1,7 +1,7 @@
 """The pack's denoiser step against the original implementation's, on the same small config, the same weights and the
 same inputs: outputs checked equal within the parity tolerance, then timed interleaved (see ``_compare.py``).
 
-    python benchmarks/_originals.py --child hunyuan_portrait /work/originals/HunyuanPortrait --repeats 5
+    python benchmarks/_originals.py --child hunyuan_portrait ~/originals/HunyuanPortrait --repeats 5
 
 The config and the weights are those of a parity case (``<parity root>/<family>/<case>``): the case's checkpoint
 files are materialised in the official layout (the released key names), loaded by the pack's loaders as a download
@@ -11,7 +11,7 @@ given (``--frames``, ``--latent``), so the step can be timed at a size larger th
 Each family is one :class:`Comparison` (``setup(tree, ckpt_dir, size) -> (pack_fn, original_fn, tolerance, shapes)``).
 The originals' source trees are imported as they are, never edited; what they import that the pack's environment
 lacks is shimmed here only (:func:`shim_missing`) or taken from a site folder given by ``ORIGINALS_SITE`` (default:
-``<tree>/../site``, e.g. ``pip install --target /work/originals/site einops``).
+``<tree>/../site``, e.g. ``pip install --target ~/originals/site einops``).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
     python benchmarks/hellomeme_video.py --frames 24 96 --device cuda            # same models on a GPU
     python benchmarks/hellomeme_video.py --frames 24 96 --device cuda --real-size --dtype fp16
                                                                                  # real v5 sizes, random weights
-    python benchmarks/hellomeme_video.py --frames 24 96 --json out.json --original /work/originals/HelloMeme
+    python benchmarks/hellomeme_video.py --frames 24 96 --json out.json --original ~/originals/HelloMeme
                                                                                  # + the original's denoiser step
 
 Each frame count runs in a fresh process (peak memory is per run). The stand-in models (default) are the tiny
@@ -40,8 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import (comparison_line, import_pack, peak_gpu_mb, peak_host_mb, run_isolated,  # noqa: E402
-                     run_original)
+from _common import finish_report, import_pack, peak_gpu_mb, peak_host_mb, run_isolated  # noqa: E402
 
 
 def _real_size_models(device: str, dtype):
@@ -196,16 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['frames']:>6} {r['unet_calls']:>10} {r['s_per_call']:>7.3f} {r['s_per_frame']:>8.3f} "
               f"{r['decode_s_per_frame']:>14.4f} {r['peak_host_mb']:>12.0f} {r['host_before_sampling_mb']:>14.0f} "
               f"{gpu:>11}")
-    comparison = None
-    if args.original:
-        comparison = run_original("hellomeme", args.original, threads=args.threads)
-        print(comparison_line(comparison))
-    if args.json:
-        settings = {k: getattr(args, k) for k in ("size", "steps", "cfg", "device", "dtype", "real_size", "threads")}
-        settings["size"] = r0["size"]
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"family": "hellomeme", "settings": settings, "rows": rows,
-                                         "comparison": comparison}, indent=1))
+    settings = {k: getattr(args, k) for k in ("size", "steps", "cfg", "device", "dtype", "real_size", "threads")}
+    settings["size"] = r0["size"]
+    finish_report("hellomeme", args, {"family": "hellomeme", "settings": settings, "rows": rows, "comparison": None},
+                  threads=args.threads)
     return 0
 
 

@@ -3,7 +3,7 @@
     python benchmarks/hunyuan_portrait.py --size small --frames 50 400                  # small nets, CPU, float32
     python benchmarks/hunyuan_portrait.py --size real --device cuda --frames 50 750     # released sizes, fp16, GPU
     python benchmarks/hunyuan_portrait.py --size small --frames 50 400 --json out.json  # also write the rows
-    python benchmarks/hunyuan_portrait.py --original /work/originals/HunyuanPortrait    # + the original's UNet step
+    python benchmarks/hunyuan_portrait.py --original ~/originals/HunyuanPortrait    # + the original's UNet step
 
 What runs: every network is built from its config with random weights (nothing is downloaded or read), then the
 pack's own path of :func:`hunyuan_portrait.pipeline.generate`, phase by phase: appearance tokens once (DINOv2 +
@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import comparison_line, import_pack, run_original, run_isolated  # noqa: E402
+from _common import finish_report, import_pack, run_isolated  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -454,12 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "shift", "pad", "decode_chunk", "crop", "threads", "mmap_threshold")}
     report = {"command": command, "machine": info, "settings": settings, "rows": rows}
     print(markdown(report))
-    if args.original:
-        report["comparison"] = run_original("hunyuan_portrait", args.original, threads=args.threads or 1)
-        print(comparison_line(report["comparison"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+    finish_report("hunyuan_portrait", args, report, threads=args.threads or 1)
     return 0
 
 

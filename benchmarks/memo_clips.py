@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import (comparison_line, import_pack, peak_gpu_mb, peak_host_mb, run_isolated,  # noqa: E402
-                     run_original)
+from _common import finish_report, import_pack, peak_gpu_mb, peak_host_mb, run_isolated  # noqa: E402
 
 
 def child(args) -> dict:
@@ -92,15 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
         print(f"{r['clips']:>5} {r['frames']:>6} {r['s_per_frame']:>8.3f} {r['s_per_step']:>7.3f} "
               f"{r['peak_host_mb']:>12.0f} {gpu:>11}")
-    comparison = None
-    if args.original:
-        comparison = run_original("memo", args.original, threads=args.threads)
-        print(comparison_line(comparison))
-    if args.json:
-        settings = {k: getattr(args, k) for k in ("size", "steps", "clip_length", "fps", "device", "dtype", "threads")}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"family": "memo", "settings": settings, "rows": rows,
-                                         "comparison": comparison}, indent=1))
+    settings = {k: getattr(args, k) for k in ("size", "steps", "clip_length", "fps", "device", "dtype", "threads")}
+    finish_report("memo", args, {"family": "memo", "settings": settings, "rows": rows, "comparison": None},
+                  threads=args.threads)
     return 0
 
 

@@ -3,7 +3,7 @@ short and a long input, and, given the originals' source trees, the pack's denoi
 
     python benchmarks/run_all.py                                   # CPU, small configs (minutes)
     python benchmarks/run_all.py --quick                           # CI-sized smoke run (seconds per family)
-    python benchmarks/run_all.py --original-root /work/originals   # + the originals side by side, one ratio each
+    python benchmarks/run_all.py --original-root ~/originals   # + the originals side by side, one ratio each
     python benchmarks/run_all.py --device cuda                     # real sizes, the originals' steps and guidance
     python benchmarks/run_all.py --json out.json --markdown out.md
 

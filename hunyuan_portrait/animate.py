@@ -157,4 +157,5 @@ def identity_scores(bundle, conditions, frames: torch.Tensor, window: int,
     return IdentityReport(per_frame=scores, window=window)
 
 
-__all__ = ["IdentityReport", "animate", "identity_scores", "iter_animate", "iter_pasted", "pasted_frames", "progress_total", "settings_for"]
+__all__ = ["IdentityReport", "animate", "identity_scores", "iter_animate", "iter_pasted", "pasted_frames",
+           "progress_total", "settings_for"]

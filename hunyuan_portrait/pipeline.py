@@ -27,7 +27,7 @@ import torch
 from ..motion.hunyuan import loading as motion_loading
 from ..motion.hunyuan.intensity import IntensitySettings
 from ..motion.hunyuan.tokens import motion_tokens
-from ..runtime.speed import SpeedOptions, accelerated
+from ..runtime.speed import SpeedOptions, accelerated, reuse_interval
 from . import appearance_loading, identity, paste_back
 from . import pose_guider as hp_pose_guider
 from . import scheduler as hp_scheduler
@@ -213,7 +213,8 @@ def denoise(models: PortraitModels, ref_img: torch.Tensor, appearance: torch.Ten
     ref_latents = ref_latents.to(state_device)
     init = scheduler.add_noise(ref_latents, initial_noise.to(ref_latents),
                                scheduler.start_index(s.i2i_noise_strength))                  # (1, F, 4, h, w)
-    with accelerated(speed, [models.unet], "HunyuanPortrait"):
+    reuse_interval(speed, "HunyuanPortrait", supported=False)
+    with accelerated(speed, [models.unet]):
         return sample(models.unet, scheduler, init, image_latents, appearance, motion.to(state_device), pose,
                       s.sampler_settings(), on_window=on_window, on_step=on_step, interrupt=interrupt)
 

@@ -21,16 +21,13 @@ Emotion per clip: the mode of the clip's per-frame labels (ties -> smallest labe
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from ..runtime.speed import SpeedOptions, accelerated
-
-log = logging.getLogger(__name__)
+from ..runtime.speed import SpeedOptions, accelerated, reuse_interval
 
 LATENT_SCALE = 0.18215
 NULL_EMOTION = 9
@@ -190,10 +187,7 @@ class MemoSampler:
         past = ref_image.repeat(s.num_init_past_frames or n, 1, 1, 1)  # (N, 3, H, W) in [-1, 1]
         h, w = ref_image.shape[-2] // _vae_factor(self.vae), ref_image.shape[-1] // _vae_factor(self.vae)
         uc_mask = torch.cat([torch.ones(f, dtype=torch.bool), torch.zeros(f, dtype=torch.bool)])
-        if speed is not None and speed.cache_interval > 1:  # said once per run, not per clip
-            log.warning("Speed Options: cache_interval=%d is not supported for MEMO yet (HelloMeme only); ignored",
-                        speed.cache_interval)
-            speed = speed.with_(cache_interval=1)
+        reuse_interval(speed, "MEMO", supported=False)  # said once per run, not per clip
         net.reset_memory()
         ref_latent = {}  # the reference image's latent, encoded once per run (per preprocessing outcome)
 

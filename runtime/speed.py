@@ -65,10 +65,6 @@ class SpeedOptions:
         if not 1 <= int(self.cache_interval) <= 10:
             raise ValueError(f"cache_interval must be between 1 (off) and 10, got {self.cache_interval}")
 
-    @property
-    def exact(self) -> bool:
-        return self.attention == "sdpa" and self.compile == "off" and self.cache_interval == 1
-
     def with_(self, **changes) -> "SpeedOptions":
         return replace(self, **changes)
 
@@ -252,18 +248,25 @@ def denoiser_blocks(model: nn.Module) -> list[nn.Module]:
 # ---- the whole set -----------------------------------------------------------------------------------------------
 
 
+def reuse_interval(options: SpeedOptions | None, what: str, supported: bool = True) -> int:
+    """The feature-reuse interval a sampler runs with (1: every step whole). A sampler without feature reuse
+    (``supported=False``) gets 1, and the log says once per call that ``cache_interval`` was ignored for ``what``."""
+    interval = options.cache_interval if options is not None else 1
+    if interval > 1 and not supported:
+        log.warning("Speed Options: cache_interval=%d is not supported for %s yet (HelloMeme only); ignored",
+                    interval, what)
+        return 1
+    return interval
+
+
 @contextlib.contextmanager
-def accelerated(options: SpeedOptions | None, models: Iterable[nn.Module] = (), what: str = "this model",
-                feature_reuse: bool = False) -> Iterator[SpeedOptions]:
+def accelerated(options: SpeedOptions | None, models: Iterable[nn.Module] = ()) -> Iterator[SpeedOptions]:
     """Apply ``options`` to a sampling run over ``models`` (the denoisers): kernel, SDPA backend, diffusers
-    processors, compiled blocks. Exact options change nothing. Feature reuse is the sampler's own job; a sampler
-    without it (``feature_reuse=False``) says once per run that ``cache_interval`` is ignored."""
+    processors, compiled blocks. The default attention and no compilation change nothing. Feature reuse is the
+    sampler's own loop (:func:`reuse_interval`)."""
     options = options or EXACT
     models = list(models)
-    if options.cache_interval > 1 and not feature_reuse:
-        log.warning("Speed Options: cache_interval=%d is not supported for %s yet (HelloMeme only); ignored",
-                    options.cache_interval, what)
-    if options.attention == "sdpa" and options.compile == "off":  # nothing to install (feature reuse: the samplers)
+    if options.attention == "sdpa" and options.compile == "off":
         yield options
         return
     kernel = attention_kernel_for(options)

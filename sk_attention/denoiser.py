@@ -175,10 +175,7 @@ class SKDenoiser(nn.Module):
         if deep is not None and deep.reuse:
             return self._shallow(h, emb, text, deep, ctrl, pad, reference_cache, use_motion, num_frames), cache
         for i, block in enumerate(unet.down_blocks):
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=text)
-            else:
-                h, res = block(hidden_states=h, temb=emb)
+            h, res = self._down(block, h, emb, text)
             if collect_cache:
                 cache[f"down_{i}"] = h.clone()
             c = ctrl(f"down3_{i}")
@@ -214,6 +211,13 @@ class SKDenoiser(nn.Module):
             h = self._up(i, h, emb, text, res, upsample_size, ctrl, pad, reference_cache, use_motion, num_frames)
         return self._out(h, num_frames), cache
 
+    @staticmethod
+    def _down(block, h, emb, text):
+        """A down block (text for its cross-attention where it has one) -> (output, skip tensors)."""
+        if getattr(block, "has_cross_attention", False):
+            return block(hidden_states=h, temb=emb, encoder_hidden_states=text)
+        return block(hidden_states=h, temb=emb)
+
     def _up(self, i, h, emb, text, res, upsample_size, ctrl, pad, reference_cache, use_motion, num_frames):
         """Up block ``i`` with what enters before it: control, reference knitting, motion."""
         c = ctrl(f"up3_{i}")
@@ -241,11 +245,7 @@ class SKDenoiser(nn.Module):
         """A reuse call: down block 0 gives the last up block's skips (``conv_in`` and its resnets' outputs, which the
         control does not touch); the deeper blocks are replaced by the stored input of the last up block."""
         unet = self.unet
-        block = unet.down_blocks[0]
-        if getattr(block, "has_cross_attention", False):
-            _, res = block(hidden_states=h, temb=emb, encoder_hidden_states=text)
-        else:
-            _, res = block(hidden_states=h, temb=emb)
+        _, res = self._down(unet.down_blocks[0], h, emb, text)
         last = len(unet.up_blocks) - 1
         n = len(unet.up_blocks[last].resnets)
         skips = ((h,) + tuple(res))[:n]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..runtime.base import ModelHandle, Runtime
-from ..runtime.speed import SpeedOptions, accelerated
+from ..runtime.speed import SpeedOptions, accelerated, reuse_interval
 from .conditioning import BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, builtin_prompt  # noqa: F401 (re-exported)
 from .denoiser import DeepFeature, SKDenoiser
 from .schedulers import NoiseSource, as_noise_source, make_scheduler, scheduler_step, set_steps
@@ -644,8 +644,8 @@ def generate_image(
     runtime.load([den])
     try:
         with runtime.progress(len(timesteps), desc="HelloMeme image") as progress, \
-                accelerated(speed, [den.module], feature_reuse=True):
-            interval = speed.cache_interval if speed is not None else 1
+                accelerated(speed, [den.module]):
+            interval = reuse_interval(speed, "HelloMeme")
             deep = DeepFeature(device) if interval > 1 else None  # feature reuse across steps (opt-in)
             for i, t in enumerate(timesteps):
                 x = torch.cat([latents] * rows.count) if rows.count > 1 else latents

@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..runtime.base import Runtime
-from ..runtime.speed import SpeedOptions, accelerated
+from ..runtime.speed import SpeedOptions, accelerated, reuse_interval
 from .pipeline_image import (DEFAULT_GUIDANCE, DEFAULT_STEPS, VIDEO_VERSIONS, ControlSource, FeatureDict,
                              HelloMemeModels, Observer, PromptEntries, TextRows, _BoundedStore,
                              check_reference_geometry, decode_latents, encode_reference, reference_cache_rows,
@@ -257,7 +257,7 @@ class VideoGeneration:
         runtime.load([den, ref, *ctrl_handles])
         try:
             with runtime.progress(total, desc="HelloMeme video") as progress, \
-                    accelerated(self.speed, [den.module], feature_reuse=True):
+                    accelerated(self.speed, [den.module]):
                 for k, plan in enumerate(self.plan):
                     lat = self._run_pass(k, plan, base_noise, den.module, rows, cache, pads, motion_pads, guided,
                                          progress, device, offload)
@@ -322,7 +322,7 @@ class VideoGeneration:
             first, last = plan.frames[wnd[0]], plan.frames[wnd[-1]]
             window_pads.append((first, last) if pads.has(first) and pads.has(last) else None)
 
-        interval = self.speed.cache_interval if self.speed is not None else 1
+        interval = reuse_interval(self.speed, "HelloMeme")
         deeps = [DeepFeature(offload) for _ in plan.windows] if interval > 1 else None  # feature reuse, per window
 
         for i, t in enumerate(timesteps):

@@ -266,11 +266,9 @@ def test_video_feature_reuse_skips_deep_blocks_but_never_the_reference_pass():
 
 
 def test_samplers_without_feature_reuse_say_cache_interval_is_ignored(caplog):
-    model = TinyUNet()
+    options = speed.SpeedOptions(cache_interval=2)
     with caplog.at_level("WARNING", logger="portrait_animation.runtime.speed"):
-        with speed.accelerated(speed.SpeedOptions(cache_interval=2), [model], "HunyuanPortrait"):
-            pass
-        with speed.accelerated(speed.SpeedOptions(cache_interval=2), [model], feature_reuse=True):
-            pass
+        assert speed.reuse_interval(options, "HunyuanPortrait", supported=False) == 1
+        assert speed.reuse_interval(options, "HelloMeme") == 2
     assert [r.getMessage() for r in caplog.records] == [
         "Speed Options: cache_interval=2 is not supported for HunyuanPortrait yet (HelloMeme only); ignored"]
