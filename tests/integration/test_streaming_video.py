@@ -68,6 +68,27 @@ def test_hunyuan_portrait_streams_the_pasted_back_video(comfy_server):
     _check(frames, audio_s, loader["frame_cap"], float(info["fps"]), size)
 
 
+def test_hellomeme_video_streams_the_pasted_back_video(comfy_server):
+    graph = fast(load_api_workflow(ROOT / "workflows" / "api" / "HelloMeme video.json"))
+    portrait, cond = _node(graph, "LoadImage"), _node(graph, "PortraitAnim_HelloMemeConditions")
+    loader, sampler = _node(graph, "PortraitAnim_LoadVideoFrames"), _node(graph, "PortraitAnim_HelloMemeVideo")
+    graph[cond]["inputs"]["driving_fps"] = 0.0                      # every driving frame, at the source rate
+    graph[sampler]["inputs"].update(output="video file", crop_info=[cond, 4], original=[portrait, 0],
+                                    audio=[loader, 2])
+    for cls in ("PortraitAnim_FacePasteBack", "PortraitAnim_FramesToVideo", "PortraitAnim_ModelFiles"):
+        if any(v["class_type"] == cls for v in graph.values()):
+            del graph[_node(graph, cls)]
+    graph[_node(graph, "SaveVideo")]["inputs"]["video"] = [sampler, 1]
+    frames, audio_s = _saved_video(comfy_server, comfy_server.run(graph, timeout=600))
+    from PIL import Image
+
+    from portrait_animation.media.video import video_info
+
+    size = Image.open(comfy_server.input_dir / graph[portrait]["inputs"]["image"]).size[::-1]
+    info = video_info(comfy_server.input_dir / graph[loader]["inputs"]["video"])
+    _check(frames, audio_s, graph[loader]["inputs"]["frame_cap"], float(info["fps"]), size)
+
+
 @pytest.fixture(autouse=True)
 def _no_temp_leftovers(comfy_server):
     yield
