@@ -104,10 +104,11 @@ def convert_svd_vae(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_svd_vae(path: str | Path) -> dict[str, torch.Tensor]:
+def read_svd_vae(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The VAE tensors of an SVD single-file checkpoint (safetensors, memory-mapped: only these are read), with their
     prefixes removed: ``decoder.*`` from ``first_stage_model.``, ``encoder.*`` and ``quant_conv.*`` from the
-    conditioning embedder where present (else from ``first_stage_model.``)."""
+    conditioning embedder where present (else from ``first_stage_model.``). ``dtype``: cast each tensor as it is read
+    (no full-precision copy of the VAE in memory)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -121,7 +122,11 @@ def read_svd_vae(path: str | Path) -> dict[str, torch.Tensor]:
                 if found:
                     wanted.update(found)
                     break
-        return {bare: f.get_tensor(full) for bare, full in wanted.items()}
+        return {bare: _cast(f.get_tensor(full), dtype) for bare, full in wanted.items()}
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
 
 __all__ = ["DECODER_PREFIX", "ENCODER_PREFIXES", "convert_svd_vae", "is_svd_checkpoint", "read_svd_vae",

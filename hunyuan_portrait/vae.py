@@ -59,10 +59,10 @@ def load_vae(path: str | Path, config=None, dtype: torch.dtype | None = None):
     cfg.pop("_name_or_path", None)
     policy = VAE_POLICY
     if _is_svd_single_file(weights):
-        sd = read_svd_vae(weights)                               # the VAE's tensors only, not the 9 GB UNet
+        sd = read_svd_vae(weights, dtype=dtype)                  # the VAE's tensors only, not the 9 GB UNet
         policy = VAE_POLICY.with_(conversions=(SVD_LDM_CONVERSION,))
     else:
-        sd = read_state_dict(weights)
+        sd = read_state_dict(weights, dtype=dtype)          # cast as read
         if any(k.startswith(("first_stage_model.", "model.diffusion_model.")) for k in sd):
             raise ValueError(f"{weights} is an LDM checkpoint without the SVD temporal decoder (an image-only decoder "
                              "or another model); use svd_xt.safetensors or the diffusers SVD-xt VAE "

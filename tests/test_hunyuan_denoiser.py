@@ -123,6 +123,44 @@ def test_load_vae_keeps_file_dtype_and_rejects_ldm(tmp_path):
         vae.load_vae(ldm)
 
 
+def test_load_vae_reads_in_the_target_dtype(tmp_path):
+    """dtype given: the file's tensors are cast as read (no float32 copy kept); the result equals casting the
+    float32 model (diffusers folder); an SVD single file's VAE tensors are cast as read."""
+    from diffusers import AutoencoderKLTemporalDecoder
+    from safetensors.torch import save_file
+
+    if not TINY_VAE.is_file():
+        pytest.skip("parity kit not found")
+    cfg = json.loads(TINY_VAE.read_text())
+    torch.manual_seed(0)
+    model = AutoencoderKLTemporalDecoder.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(folder / "diffusion_pytorch_model.safetensors"))
+    loaded = vae.load_vae(tmp_path, dtype=torch.float16)
+    got = loaded.state_dict()
+    assert {v.dtype for v in got.values() if v.is_floating_point()} == {torch.float16}
+    for k, v in sd.items():
+        assert torch.equal(got[k], v.half()), k
+    # an SVD single file: only the VAE's tensors are read, each cast as read
+    from portrait_animation.hunyuan_portrait.svd_vae_ldm import read_svd_vae
+
+    single = tmp_path / "svd_xt.safetensors"
+    ldm = {"first_stage_model.decoder.mid.block_1.mix_factor": torch.tensor([0.3]),
+           "first_stage_model.decoder.conv_in.weight": torch.randn(8, 4, 3, 3),
+           "conditioner.embedders.3.encoder.encoder.conv_in.weight": torch.randn(8, 3, 3, 3),
+           "conditioner.embedders.3.encoder.quant_conv.weight": torch.randn(8, 8, 1, 1),
+           "model.diffusion_model.input_blocks.0.0.weight": torch.randn(4, 4)}
+    save_file(ldm, str(single))
+    full, half = read_svd_vae(single), read_svd_vae(single, dtype=torch.float16)
+    assert set(full) == set(half) == {"decoder.mid.block_1.mix_factor", "decoder.conv_in.weight",
+                                       "encoder.conv_in.weight", "quant_conv.weight"}
+    for k, v in full.items():
+        assert v.dtype == torch.float32 and half[k].dtype == torch.float16 and torch.equal(half[k], v.half()), k
+
+
 def test_decode_chunks_are_independent():
     from diffusers import AutoencoderKLTemporalDecoder
 
