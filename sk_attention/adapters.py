@@ -1,4 +1,4 @@
-"""Containers whose state dicts are the released HelloMeme v5 / v5b / v5c checkpoint files, and their loader.
+"""Containers whose state dicts are the released HelloMeme checkpoint files, and their loader.
 
 Every released HelloMeme module is a diffusers-style folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)
 whose ``_class_name`` names the original class:
@@ -6,9 +6,16 @@ whose ``_class_name`` names the original class:
 =====================  ==============================================  =============================================
 ``_class_name``        repositories                                    module here
 =====================  ==============================================  =============================================
+HMReferenceAdapter     songkey/hm_reference (``version`` v1),          :class:`ReferenceAdapter` (variant ``v1``;
+                       songkey/hm2_reference (any other version)       v1 adds down + mid blocks)
+HM3ReferenceAdapter    songkey/hm3_reference, songkey/hm4_reference    :class:`ReferenceAdapter` (variant ``v3``)
 HM5ReferenceAdapter    songkey/hm5_reference                           :class:`ReferenceAdapter` (variant ``v5``)
 HM5bReferenceAdapter   songkey/hm5b_reference, songkey/hm5c_reference  :class:`ReferenceAdapter` (variant ``v5b``)
-HM5MotionAdapter       songkey/hm5_motion                              :class:`MotionAdapter`
+HM3MotionAdapter       songkey/hm3_motion, songkey/hm4_motion          :class:`MotionAdapter` (variant ``v3``)
+HM5MotionAdapter       songkey/hm5_motion                              :class:`MotionAdapter` (variant ``v5``)
+MotionAdapter          songkey/hm_animatediff_frame12,                 diffusers ``MotionAdapter`` (AnimateDiff, see
+                       hm2_animatediff_frame12, hm3_animatediff,       :func:`load_animatediff_adapter`)
+                       hm4_animatediff
 HM5ControlNetBase      songkey/hm5_control_base                        :class:`~.control.ControlEncoder`
 HM5SD15ControlProj     songkey/hm5_control_proj, hm5c_control_proj     :class:`~.control.ControlProjector`
 =====================  ==============================================  =============================================
@@ -17,8 +24,9 @@ HM5SD15ControlProj     songkey/hm5_control_proj, hm5c_control_proj     :class:`~
 strictly (every key, every shape); the control networks, whose released ``config.json`` holds no widths, are sized
 from the checkpoint's tensor shapes where config.json is silent (released files: the class defaults; reduced stand-in
 models: their own widths, same key names). The adapters are containers: the denoiser calls their blocks,
-``reference_modules_up[i](hidden, ref, num_frames)`` before up block i and ``motion_down[i]`` / ``motion_up[i]``
-``(hidden, pad, temb, num_frames)`` after down block i / before up block i.
+``reference_modules_up[j](hidden, ref, num_frames)`` before up block ``j + first_up_block`` (v1/v2: also
+``reference_modules_down[i]`` after down block i and ``reference_modules_mid`` after the mid block) and
+``motion_down[i]`` / ``motion_up[i]`` ``(hidden, pad, temb, num_frames)`` after down block i / before up block i.
 """
 from __future__ import annotations
 
@@ -34,36 +42,56 @@ from torch import nn
 
 from .control import (ControlEncoder, ControlEncoderConfig, ControlProjector, control_encoder_widths,
                       control_projections)
+from .keyframe_motion import AnchoredTemporalAttention
 from .knitting import KnittedReferenceAttention, KnittedReferenceModule
 from .motion import AnchoredMotionModule
 
 SD15_DOWN_CHANNELS = (320, 640, 1280, 1280)  # output channels of the SD1.5 UNet down blocks
 SD15_UP_CHANNELS = (1280, 1280, 1280, 640)  # input channels of the SD1.5 UNet up blocks (after the skip concat)
 
-REFERENCE_VARIANTS = ("v5", "v5b")
+REFERENCE_VARIANTS = ("v1", "v3", "v5", "v5b")
+STORED_TABLE_LENGTH = 128  # v1/v3 reference blocks: positions of the stored table pos_embed.pe (2W, 2H <= 128)
+
+
+def _per_block(heads: int | Sequence[int], n: int) -> tuple[int, ...]:
+    return (heads,) * n if isinstance(heads, int) else tuple(heads)
 
 
 @dataclass
 class ReferenceAdapterConfig:
     """Fields of the released ``config.json`` plus the block variant (given by ``_class_name``).
 
-    ``block_down_channels`` and ``use_3d`` are stored in the released configs but unused.
+    ``block_down_channels`` and ``use_3d`` are stored in the released v3-v5 configs but unused there.
     ``column_pe_from_row_length`` (v5 only, not a weight): see :class:`~.knitting.KnittedReferenceAttention`.
+    ``down_and_mid`` (v1, ``HMReferenceAdapter`` with ``version`` 'v1'): also ``reference_modules_down[i]``
+    (C = ``block_down_channels[i]``) and ``reference_modules_mid`` (C = ``block_down_channels[-1]``).
+    ``num_attention_heads``: one value, or one per down block (then the mid block takes the last);
+    ``up_attention_heads``: per up module (None: ``num_attention_heads`` when it is one value).
+    ``first_up_block``: the UNet up block served by ``reference_modules_up[0]`` (1 for v1/v2, whose up block 0 has
+    no cross-attention and no reference).
     """
 
     block_down_channels: tuple[int, ...] = SD15_DOWN_CHANNELS
     block_up_channels: tuple[int, ...] = SD15_UP_CHANNELS
-    num_attention_heads: int = 8
+    num_attention_heads: int | tuple[int, ...] = 8
     use_3d: bool = False
     variant: str = "v5"
     column_pe_from_row_length: bool = True
+    down_and_mid: bool = False
+    up_attention_heads: Optional[tuple[int, ...]] = None
+    first_up_block: int = 0
 
 
 class ReferenceAdapter(nn.Module):
-    """``reference_modules_up[i]`` serves UNet up block i (C = ``block_up_channels[i]``).
+    """``reference_modules_up[j]`` serves UNet up block ``j + first_up_block`` (C = ``block_up_channels[j]``).
 
-    variant ``v5``: :class:`~.knitting.KnittedReferenceAttention` (released ``SKReferenceAttentionV5``);
-    ``v5b`` (v5b and v5c files): :class:`~.knitting.KnittedReferenceModule` (released ``STKReferenceModule``).
+    variant ``v1`` (``HMReferenceAdapter``, v1/v2 files) and ``v3`` (``HM3ReferenceAdapter``, v3/v4 files):
+    :class:`~.knitting.KnittedReferenceAttention` with the stored 128-position table (released
+    ``SKReferenceAttention`` / ``SKReferenceAttentionV3``, the same arithmetic); ``v5``: the same class with
+    computed positions (``SKReferenceAttentionV5``); ``v5b`` (v5b and v5c files):
+    :class:`~.knitting.KnittedReferenceModule` (``STKReferenceModule``). With ``down_and_mid`` (v1 files) the
+    adapter also holds ``reference_modules_down[i]`` (after down block i; the last is never used by the original
+    denoiser) and ``reference_modules_mid`` (after the mid block).
     """
 
     def __init__(self, config: ReferenceAdapterConfig | None = None, **overrides):
@@ -71,14 +99,28 @@ class ReferenceAdapter(nn.Module):
         config = config or ReferenceAdapterConfig(**overrides)
         if config.variant not in REFERENCE_VARIANTS:
             raise ValueError(f"unknown reference adapter variant {config.variant!r} (known: {REFERENCE_VARIANTS})")
+        if config.down_and_mid and config.variant != "v1":
+            raise ValueError("down and mid reference blocks exist only in the v1 adapter (HMReferenceAdapter)")
         self.config = config
-        heads = config.num_attention_heads
-        if config.variant == "v5":
-            blocks = [KnittedReferenceAttention(c, heads, column_pe_from_row_length=config.column_pe_from_row_length)
-                      for c in config.block_up_channels]
-        else:
-            blocks = [KnittedReferenceModule(c, heads) for c in config.block_up_channels]
+        self.first_up_block = config.first_up_block
+        up_heads = config.up_attention_heads or _per_block(config.num_attention_heads, len(config.block_up_channels))
+        blocks = [self._block(c, h) for c, h in zip(config.block_up_channels, up_heads, strict=True)]
         self.reference_modules_up = nn.ModuleList(blocks)
+        if config.down_and_mid:
+            down_heads = _per_block(config.num_attention_heads, len(config.block_down_channels))
+            self.reference_modules_down = nn.ModuleList(
+                [self._block(c, h) for c, h in zip(config.block_down_channels, down_heads, strict=True)])
+            self.reference_modules_mid = self._block(config.block_down_channels[-1], down_heads[-1])
+
+    def _block(self, channels: int, heads: int) -> nn.Module:
+        variant = self.config.variant
+        if variant in ("v1", "v3"):
+            return KnittedReferenceAttention(channels, heads, position_table_length=STORED_TABLE_LENGTH,
+                                             unused_time_embed_dim=None)
+        if variant == "v5":
+            return KnittedReferenceAttention(channels, heads,
+                                             column_pe_from_row_length=self.config.column_pe_from_row_length)
+        return KnittedReferenceModule(channels, heads)
 
     def use_row_length_column_positions(self, enabled: bool = True) -> "ReferenceAdapter":
         """v5: True reproduces the released column-position quirk (square maps only); False lifts it."""
@@ -89,26 +131,45 @@ class ReferenceAdapter(nn.Module):
         return self
 
 
+MOTION_VARIANTS = ("v3", "v5")
+
+
 @dataclass
 class MotionAdapterConfig:
-    """Fields of the released ``HM5MotionAdapter`` ``config.json``."""
+    """Fields of the released ``HM3MotionAdapter`` / ``HM5MotionAdapter`` ``config.json`` plus the block variant
+    (given by ``_class_name``). ``use_3d`` (v3 configs) is stored but unused."""
 
     block_down_channels: tuple[int, ...] = SD15_DOWN_CHANNELS
     block_up_channels: tuple[int, ...] = SD15_UP_CHANNELS
     num_attention_heads: int = 8
+    use_3d: bool = True
+    variant: str = "v5"
 
 
 class MotionAdapter(nn.Module):
-    """``motion_down[i]`` (after down block i) and ``motion_up[i]`` (before up block i, after the reference block),
-    each an :class:`~.motion.AnchoredMotionModule` (released ``SKMotionModuleV5``)."""
+    """``motion_down[i]`` (after down block i) and ``motion_up[i]`` (before up block i, after the reference block).
+
+    variant ``v5``: :class:`~.motion.AnchoredMotionModule` (released ``SKMotionModuleV5``; pads optional);
+    ``v3`` (v3/v4 files): :class:`~.keyframe_motion.AnchoredTemporalAttention` (``SKMotionModule``; pads required,
+    reads the time embedding). Every block is called ``(hidden (B*F, C, H, W), pads (B, C, 2, H, W) or None,
+    temb (B*F, 1280), num_frames)``.
+    """
 
     def __init__(self, config: MotionAdapterConfig | None = None, **overrides):
         super().__init__()
         config = config or MotionAdapterConfig(**overrides)
+        if config.variant not in MOTION_VARIANTS:
+            raise ValueError(f"unknown motion adapter variant {config.variant!r} (known: {MOTION_VARIANTS})")
         self.config = config
         heads = config.num_attention_heads
-        self.motion_down = nn.ModuleList([AnchoredMotionModule(c, heads) for c in config.block_down_channels])
-        self.motion_up = nn.ModuleList([AnchoredMotionModule(c, heads) for c in config.block_up_channels])
+        block = AnchoredTemporalAttention if config.variant == "v3" else AnchoredMotionModule
+        self.motion_down = nn.ModuleList([block(c, heads) for c in config.block_down_channels])
+        self.motion_up = nn.ModuleList([block(c, heads) for c in config.block_up_channels])
+
+    @property
+    def needs_pads(self) -> bool:
+        """v3/v4 blocks have no path without keyframe pads."""
+        return self.config.variant == "v3"
 
 
 def _dataclass_from(cls, config: dict, what: str, **fixed):
@@ -135,8 +196,47 @@ def _reference(variant: str) -> Callable[[dict, dict, Shapes], nn.Module]:
     return build
 
 
-def _motion(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
-    return MotionAdapter(_dataclass_from(MotionAdapterConfig, config, "motion adapter"))
+def _hm_reference(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
+    """``HMReferenceAdapter`` (v1/v2): fields ``block_out_channels``, ``down_block_types``, ``up_block_types``,
+    ``num_attention_heads``, ``version`` ('v1' adds the down and mid blocks). Up module j serves up block j + 1 with
+    that block's input width (the previous up block's output, ``reversed(block_out_channels)[j]``)."""
+    known = ("block_out_channels", "down_block_types", "up_block_types", "num_attention_heads", "version")
+    for key in config:
+        if not key.startswith("_") and key not in known:
+            warnings.warn(f"reference adapter: ignoring unknown config field {key!r}")
+    out = tuple(config.get("block_out_channels", SD15_DOWN_CHANNELS))
+    n_down = len(config.get("down_block_types", out))
+    n_up = len(config.get("up_block_types", out))
+    heads = _per_block(config.get("num_attention_heads", 8), n_down)
+    reversed_out, reversed_heads = out[::-1], heads[::-1]
+    return ReferenceAdapter(ReferenceAdapterConfig(
+        block_down_channels=out[:n_down], block_up_channels=tuple(reversed_out[j] for j in range(n_up - 1)),
+        num_attention_heads=heads, up_attention_heads=tuple(reversed_heads[j + 1] for j in range(n_up - 1)),
+        variant="v1", down_and_mid=config.get("version", "v1") == "v1", first_up_block=1))
+
+
+def _motion(variant: str) -> Callable[[dict, dict, Shapes], nn.Module]:
+    def build(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
+        return MotionAdapter(_dataclass_from(MotionAdapterConfig, config, "motion adapter", variant=variant))
+    return build
+
+
+def _animatediff(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
+    """diffusers ``MotionAdapter`` (AnimateDiff temporal modules of the v1-v4 video UNet) from its config fields."""
+    import inspect
+
+    from diffusers import MotionAdapter as AnimateDiffMotionAdapter
+
+    accepted = set(inspect.signature(AnimateDiffMotionAdapter.__init__).parameters) - {"self"}
+    fields = {}
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        if key not in accepted:
+            warnings.warn(f"AnimateDiff motion adapter: ignoring unknown config field {key!r}")
+            continue
+        fields[key] = tuple(value) if isinstance(value, list) else value
+    return AnimateDiffMotionAdapter(**fields)
 
 
 def _control_encoder(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
@@ -155,18 +255,19 @@ OPTIONS = ("column_pe_from_row_length",)  # v5 reference: see KnittedReferenceAt
 
 # released ``_class_name`` -> builder(config dict, options, shapes) of the module whose state dict is that file
 RELEASED_CLASSES: dict[str, Callable[[dict, dict, Shapes], nn.Module]] = {
+    "HMReferenceAdapter": _hm_reference,
+    "HM3ReferenceAdapter": _reference("v3"),
     "HM5ReferenceAdapter": _reference("v5"),
     "HM5bReferenceAdapter": _reference("v5b"),
-    "HM5MotionAdapter": _motion,
+    "HM3MotionAdapter": _motion("v3"),
+    "HM5MotionAdapter": _motion("v5"),
+    "MotionAdapter": _animatediff,
     "HM5ControlNetBase": _control_encoder,
     "HM5SD15ControlProj": _control_projector,
 }
 
 # classes of the earlier releases, recognised to give a clear error
 UNSUPPORTED_CLASSES = {
-    "HMReferenceAdapter": "v1/v2 reference adapter (hm_reference, hm2_reference)",
-    "HM3ReferenceAdapter": "v3/v4 reference adapter (hm3_reference, hm4_reference)",
-    "HM3MotionAdapter": "v3/v4 motion adapter (hm3_motion, hm4_motion)",
     "HMControlNet": "v1 control network (hm_control)",
     "HMControlNet2": "v1 control network (hm_control2)",
     "HMV2ControlNet": "v2 control network (hm2_control)",
@@ -174,7 +275,6 @@ UNSUPPORTED_CLASSES = {
     "HMV3ControlNet": "v3 control network (hm3_control_mix)",
     "HMControlNetBase": "v4 control network (hm_control_base)",
     "HM4SD15ControlProj": "v4 control projector (hm4_control_proj)",
-    "MotionAdapter": "AnimateDiff motion adapter of v1-v4 video (hm*_animatediff*)",
 }
 
 
@@ -183,8 +283,8 @@ def _builder(config: dict, source: str) -> Callable[[dict, dict, Shapes], nn.Mod
     if name in RELEASED_CLASSES:
         return RELEASED_CLASSES[name]
     if name in UNSUPPORTED_CLASSES:
-        raise ValueError(f"{source}: {name} is the HelloMeme {UNSUPPORTED_CLASSES[name]}; only the v5, v5b and v5c "
-                         f"modules ({', '.join(RELEASED_CLASSES)}) are supported so far")
+        raise ValueError(f"{source}: {name} is the HelloMeme {UNSUPPORTED_CLASSES[name]}, not supported yet "
+                         f"(supported: {', '.join(RELEASED_CLASSES)})")
     raise ValueError(f"{source}: config.json _class_name {name!r} is not a HelloMeme module this pack knows "
                      f"(supported: {', '.join(RELEASED_CLASSES)})")
 
@@ -206,7 +306,8 @@ def build_hellomeme_module(config: dict, source: str = "config", shapes: Shapes 
 
 
 def load_hellomeme_module(folder: str | Path, dtype: torch.dtype | None = None, **options) -> nn.Module:
-    """Load a released HelloMeme v5/v5b/v5c folder (``config.json`` + weights) in eval mode.
+    """Load a released HelloMeme module folder (``config.json`` + weights; classes in :data:`RELEASED_CLASSES`) in
+    eval mode.
 
     The class comes from ``config.json``'s ``_class_name`` (checked before any weight is read; ``_name_or_path`` and
     the other ``_`` bookkeeping fields are ignored, class-name-only configs take the class defaults); the module is
@@ -232,3 +333,21 @@ def load_hellomeme_module(folder: str | Path, dtype: torch.dtype | None = None, 
     module = load_with_policy(lambda: build_hellomeme_module(config, source=str(folder), shapes=shapes, **options),
                               state_dict, policy, source=str(folder), dtype=dtype)
     return module.eval()
+
+
+def load_animatediff_adapter(folder: str | Path, dtype: torch.dtype | None = None):
+    """The AnimateDiff motion adapter of HelloMeme v1-v4 video (``songkey/hm_animatediff_frame12``,
+    ``hm2_animatediff_frame12``, ``hm3_animatediff``, ``hm4_animatediff``) as a diffusers ``MotionAdapter``, loaded
+    strictly like every other HelloMeme folder (:func:`load_hellomeme_module`: every key and shape, the stored
+    ``pe`` tables included; read in ``dtype``, else the file's: the released files are fp16).
+
+    Insert it into an SD1.5 UNet as diffusers ``UNetMotionModel.from_unet2d(unet, adapter)`` does:
+    ``down_blocks[i].motion_modules`` / ``up_blocks[i].motion_modules``.
+    """
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        name = json.loads(config_path.read_text()).get("_class_name")
+        if name != "MotionAdapter":
+            raise ValueError(f"{folder}: config.json _class_name {name!r} is not an AnimateDiff MotionAdapter")
+    return load_hellomeme_module(folder, dtype=dtype)

@@ -23,6 +23,9 @@ MANIFESTS = SHARED / "parity" / "hellomeme" / "manifests"
 
 REPOS = ("hm5_reference", "hm5b_reference", "hm5c_reference", "hm5_motion", "hm5_control_base", "hm5_control_proj",
          "hm5c_control_proj")
+# v1-v4 reference and motion adapters, and the AnimateDiff motion adapters of v1-v4 video (diffusers MotionAdapter)
+REPOS += ("hm_reference", "hm2_reference", "hm3_reference", "hm4_reference", "hm3_motion", "hm4_motion",
+          "hm_animatediff_frame12", "hm2_animatediff_frame12", "hm3_animatediff", "hm4_animatediff")
 
 
 def manifest(repo: str) -> dict:
@@ -56,8 +59,8 @@ def test_module_matches_released_manifest(repo):
 def test_unsupported_release_names_the_folder(tmp_path):
     folder = tmp_path / "hm4_reference"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"_class_name": "HM3ReferenceAdapter"}))
-    with pytest.raises(ValueError, match="hm4_reference.*HM3ReferenceAdapter.*not|hm4_reference.*v3/v4"):
+    (folder / "config.json").write_text(json.dumps({"_class_name": "HM9ReferenceAdapter"}))
+    with pytest.raises(ValueError, match="hm4_reference.*HM9ReferenceAdapter.*not a HelloMeme module"):
         load_hellomeme_module(folder)
     (folder / "config.json").write_text(json.dumps({"_class_name": "SomethingElse"}))
     with pytest.raises(ValueError, match="hm4_reference.*SomethingElse"):
