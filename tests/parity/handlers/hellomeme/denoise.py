@@ -16,13 +16,14 @@ from parity.runner import Case, handler
 from portrait_animation.runtime.standalone import StandaloneRuntime
 from portrait_animation.sk_attention.adapters import load_hellomeme_module
 from portrait_animation.sk_attention.base_models import load_unet_folder, load_vae_folder
-from portrait_animation.sk_attention.denoiser import SKDenoiser
+from portrait_animation.sk_attention.denoiser import SKDenoiser, build_denoiser
 from portrait_animation.sk_attention.pipeline_image import HelloMemeModels, PrecomputedControls, generate_image
 from portrait_animation.sk_attention.pipeline_video import VideoGeneration
 from portrait_animation.sk_attention.schedulers import RecordedNoise
 
-REFERENCE_CLASSES = ("HM5ReferenceAdapter", "HM5bReferenceAdapter")
-MOTION_CLASSES = ("HM5MotionAdapter",)
+REFERENCE_CLASSES = ("HMReferenceAdapter", "HM3ReferenceAdapter", "HM5ReferenceAdapter", "HM5bReferenceAdapter")
+MOTION_CLASSES = ("HM3MotionAdapter", "HM5MotionAdapter")
+ANIMATEDIFF_CLASSES = ("MotionAdapter",)  # diffusers AnimateDiff adapter of v1-v4 video (inside the UNet's blocks)
 SD15 = "songkey/stable-diffusion-v1-5"
 
 
@@ -38,13 +39,21 @@ def _folder_of(case: Case, ckpt_dir: Path, classes: tuple[str, ...]) -> Path | N
 
 
 def _denoiser(case: Case, ckpt_dir: Path) -> tuple[SKDenoiser, SKDenoiser]:
-    """(denoiser with its adapters, reference UNet) as the case's checkpoints describe them."""
+    """(denoiser with its adapters, reference UNet) as the case's checkpoints and version describe them."""
+    version = case.spec["versions"][0]
     ref_folder = _folder_of(case, ckpt_dir, REFERENCE_CLASSES)
     motion_folder = _folder_of(case, ckpt_dir, MOTION_CLASSES)
-    denoiser = SKDenoiser(load_unet_folder(ckpt_dir / "checkpoint/unet"),
-                          reference=load_hellomeme_module(ref_folder) if ref_folder else None,
-                          motion=load_hellomeme_module(motion_folder) if motion_folder else None).eval()
-    reference = SKDenoiser(load_unet_folder(ckpt_dir / SD15 / "unet")).eval()
+    animatediff_folder = _folder_of(case, ckpt_dir, ANIMATEDIFF_CLASSES)
+    animatediff = None
+    if animatediff_folder:
+        from portrait_animation.sk_attention.adapters import load_animatediff_adapter
+
+        animatediff = load_animatediff_adapter(animatediff_folder)
+    denoiser = build_denoiser(version, load_unet_folder(ckpt_dir / "checkpoint/unet"),
+                              reference=load_hellomeme_module(ref_folder) if ref_folder else None,
+                              motion=load_hellomeme_module(motion_folder) if motion_folder else None,
+                              animatediff=animatediff).eval()
+    reference = build_denoiser(version, load_unet_folder(ckpt_dir / SD15 / "unet")).eval()
     return denoiser, reference
 
 
@@ -57,8 +66,10 @@ def _runtime() -> StandaloneRuntime:
     return StandaloneRuntime("cpu", show_progress=False)
 
 
-@handler("hellomeme.denoise_v5_image", "hellomeme.denoise_v5_video", "hellomeme.denoise_v5b_video",
-         "hellomeme.denoise_v5c_image")
+@handler("hellomeme.denoise_v3_image", "hellomeme.denoise_v3_video", "hellomeme.denoise_v4_image",
+         "hellomeme.denoise_v4_video", "hellomeme.denoise_v5_image", "hellomeme.denoise_v5_video",
+         "hellomeme.denoise_v5b_image", "hellomeme.denoise_v5b_video", "hellomeme.denoise_v5c_image",
+         "hellomeme.denoise_v5c_video")
 def denoise(case: Case, ckpt_dir: Path) -> dict:
     inp = case.inputs()
     denoiser, reference = _denoiser(case, ckpt_dir)
