@@ -24,6 +24,8 @@ from portrait_animation.sk_attention.schedulers import RecordedNoise
 REFERENCE_CLASSES = ("HMReferenceAdapter", "HM3ReferenceAdapter", "HM5ReferenceAdapter", "HM5bReferenceAdapter")
 MOTION_CLASSES = ("HM3MotionAdapter", "HM5MotionAdapter")
 ANIMATEDIFF_CLASSES = ("MotionAdapter",)  # diffusers AnimateDiff adapter of v1-v4 video (inside the UNet's blocks)
+# v1/v2 control networks are configurable, so their cases run them (on the case's pose and expression inputs)
+CONTROL_CLASSES = ("HMControlNet", "HMControlNet2", "HMV2ControlNet", "HMV2ControlNet2")
 SD15 = "songkey/stable-diffusion-v1-5"
 
 
@@ -66,20 +68,37 @@ def _runtime() -> StandaloneRuntime:
     return StandaloneRuntime("cpu", show_progress=False)
 
 
-@handler("hellomeme.denoise_v3_image", "hellomeme.denoise_v3_video", "hellomeme.denoise_v4_image",
-         "hellomeme.denoise_v4_video", "hellomeme.denoise_v5_image", "hellomeme.denoise_v5_video",
-         "hellomeme.denoise_v5b_image", "hellomeme.denoise_v5b_video", "hellomeme.denoise_v5c_image",
-         "hellomeme.denoise_v5c_video")
+def _run_controls(case: Case, ckpt_dir: Path, inp: dict) -> dict[str, torch.Tensor]:
+    """The union of the outputs of the case's control networks (v1/v2: an ARKit net on condition / drive_coeff /
+    face_parts and a PD-FGC net on condition / emo_embedding), {insertion point: (B, C, F, h_i, w_i)}."""
+    expression = {k: inp[k] for k in ("emo_embedding", "drive_coeff", "face_parts") if k in inp}
+    control: dict[str, torch.Tensor] = {}
+    for c in case.spec.get("checkpoints", []):
+        if c.get("class") in CONTROL_CLASSES:
+            net = load_hellomeme_module(ckpt_dir / c["folder"])
+            control.update(net(inp["condition"].float(), **expression))
+    return control
+
+
+@handler("hellomeme.denoise_v1_image", "hellomeme.denoise_v1_video", "hellomeme.denoise_v2_image",
+         "hellomeme.denoise_v2_video", "hellomeme.denoise_v3_image", "hellomeme.denoise_v3_video",
+         "hellomeme.denoise_v4_image", "hellomeme.denoise_v4_video", "hellomeme.denoise_v5_image",
+         "hellomeme.denoise_v5_video", "hellomeme.denoise_v5b_image", "hellomeme.denoise_v5b_video",
+         "hellomeme.denoise_v5c_image", "hellomeme.denoise_v5c_video")
 def denoise(case: Case, ckpt_dir: Path) -> dict:
     inp = case.inputs()
     denoiser, reference = _denoiser(case, ckpt_dir)
     ref_control = _group(inp, "ref_control.") or None
     cache = reference.reference_features(inp["latent_ref"], inp["text_ref"], control=ref_control)
+    out = {f"ref_cache.{k}": v for k, v in cache.items()}
+    control = _group(inp, "control.")  # v3+: the control features are inputs
+    if not control and "condition" in inp:
+        control = _run_controls(case, ckpt_dir, inp)
+        out.update({f"control.{k}": v for k, v in control.items()})
     pads = _group(inp, "pad.") or None
     noise_pred, _ = denoiser(inp["sample"], inp["timestep"], inp["text"], reference_cache=cache,
-                             control=_group(inp, "control.") or None, motion_pads=pads,
+                             control=control or None, motion_pads=pads,
                              use_motion=denoiser.motion is not None, collect_cache=False)
-    out = {f"ref_cache.{k}": v for k, v in cache.items()}
     out["noise_pred"] = noise_pred
     return out
 
