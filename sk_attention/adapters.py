@@ -16,6 +16,15 @@ HM5MotionAdapter       songkey/hm5_motion                              :class:`M
 MotionAdapter          songkey/hm_animatediff_frame12,                 diffusers ``MotionAdapter`` (AnimateDiff, see
                        hm2_animatediff_frame12, hm3_animatediff,       :func:`load_animatediff_adapter`)
                        hm4_animatediff
+HMControlNet           songkey/hm_control                              :class:`~.control.KnittedControlNet` (v1,
+HMControlNet2          songkey/hm_control2                             v2 and v3 nets: one class, the released
+HMV2ControlNet         songkey/hm2_control                             class fixes the expression input and the
+HMV2ControlNet2        songkey/hm2_control2                            output names, see
+HMV3ControlNet         songkey/hm3_control_mix                         :data:`~.control.RELEASED_CONTROL_NETS`)
+HMControlNetBase       songkey/hm_control_base                         :class:`~.control.ControlEncoder` (stored
+                                                                       position tables)
+HM4SD15ControlProj     songkey/hm4_control_proj                        :class:`~.control.ControlProjector` (plain
+                                                                       convs, ``attention=False``)
 HM5ControlNetBase      songkey/hm5_control_base                        :class:`~.control.ControlEncoder`
 HM5SD15ControlProj     songkey/hm5_control_proj, hm5c_control_proj     :class:`~.control.ControlProjector`
 =====================  ==============================================  =============================================
@@ -40,7 +49,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .control import (ControlEncoder, ControlEncoderConfig, ControlProjector, control_encoder_widths,
+from .control import (RELEASED_CONTROL_NETS, ControlEncoder, ControlEncoderConfig, ControlProjector,
+                      KnittedControlNet, KnittedControlNetConfig, control_encoder_widths, control_net_widths,
                       control_projections)
 from .keyframe_motion import AnchoredTemporalAttention
 from .knitting import KnittedReferenceAttention, KnittedReferenceModule
@@ -242,12 +252,36 @@ def _animatediff(config: dict, options: dict, shapes: Shapes = None) -> nn.Modul
 def _control_encoder(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
     # widths: config.json fields first, then the checkpoint's shapes, then the released class defaults
     inferred = control_encoder_widths(shapes) if shapes else {}
+    return ControlEncoder(_dataclass_from(ControlEncoderConfig, {**inferred, **config}, "control encoder",
+                                          position_table_lengths=None))
+
+
+def _control_encoder_v4(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
+    # HMControlNetBase: the v5 arithmetic with the U-Net's stored position tables (released: 512 / 1024 positions)
+    inferred = {"position_table_lengths": (512, 1024), **(control_encoder_widths(shapes) if shapes else {})}
     return ControlEncoder(_dataclass_from(ControlEncoderConfig, {**inferred, **config}, "control encoder"))
 
 
 def _control_projector(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
     # the released config.json has no fields; each map's widths come from its weight (released widths without one)
     return ControlProjector(control_projections(shapes))
+
+
+def _control_projector_v4(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
+    return ControlProjector(control_projections(shapes), attention=False)
+
+
+def _control_net(class_name: str) -> Callable[[dict, dict, Shapes], nn.Module]:
+    def build(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
+        # v1-v3: config.json fields first (v1 holds the constructor's), then the checkpoint's shapes (v2 / v3
+        # configs hold only the class name), then the class's defaults; expression and output names are the class's
+        release = RELEASED_CONTROL_NETS[class_name]
+        inferred = control_net_widths(shapes) if shapes else {}
+        fixed = {k: release[k] for k in ("expression", "output_prefix") if k in release}
+        fixed["outputs_from_bottom"] = release.get("outputs_from_bottom", False)
+        return KnittedControlNet(_dataclass_from(KnittedControlNetConfig, {**release, **inferred, **config},
+                                                 f"{class_name} control network", **fixed))
+    return build
 
 
 # settings that are not weights, accepted by every loader call and applied where they mean something
@@ -262,20 +296,15 @@ RELEASED_CLASSES: dict[str, Callable[[dict, dict, Shapes], nn.Module]] = {
     "HM3MotionAdapter": _motion("v3"),
     "HM5MotionAdapter": _motion("v5"),
     "MotionAdapter": _animatediff,
+    **{name: _control_net(name) for name in RELEASED_CONTROL_NETS},
+    "HMControlNetBase": _control_encoder_v4,
+    "HM4SD15ControlProj": _control_projector_v4,
     "HM5ControlNetBase": _control_encoder,
     "HM5SD15ControlProj": _control_projector,
 }
 
 # classes of the earlier releases, recognised to give a clear error
-UNSUPPORTED_CLASSES = {
-    "HMControlNet": "v1 control network (hm_control)",
-    "HMControlNet2": "v1 control network (hm_control2)",
-    "HMV2ControlNet": "v2 control network (hm2_control)",
-    "HMV2ControlNet2": "v2 control network (hm2_control2)",
-    "HMV3ControlNet": "v3 control network (hm3_control_mix)",
-    "HMControlNetBase": "v4 control network (hm_control_base)",
-    "HM4SD15ControlProj": "v4 control projector (hm4_control_proj)",
-}
+UNSUPPORTED_CLASSES: dict[str, str] = {}
 
 
 def _builder(config: dict, source: str) -> Callable[[dict, dict, Shapes], nn.Module]:
@@ -295,9 +324,10 @@ def build_hellomeme_module(config: dict, source: str = "config", shapes: Shapes 
     references; ignored by the modules it does not concern).
 
     ``shapes`` (``{key: shape}`` of the checkpoint to be loaded) sizes the control networks, whose released
-    ``config.json`` files carry no widths: ``HM5ControlNetBase`` takes the fields config.json leaves out from
-    :func:`~.control.control_encoder_widths`, ``HM5SD15ControlProj`` each map's in / out channels from
-    :func:`~.control.control_projections` (names unchanged). The released files give the class defaults, so this only
+    ``config.json`` files carry no widths: ``HMControlNetBase`` / ``HM5ControlNetBase`` take the fields config.json
+    leaves out from :func:`~.control.control_encoder_widths`, the v1-v3 nets from
+    :func:`~.control.control_net_widths`, ``HM4SD15ControlProj`` / ``HM5SD15ControlProj`` each map's in / out
+    channels from :func:`~.control.control_projections` (names unchanged). The released files give the class defaults, so this only
     matters for reduced (stand-in) models. The adapters are sized by their config.json alone."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:

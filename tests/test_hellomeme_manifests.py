@@ -26,6 +26,9 @@ REPOS = ("hm5_reference", "hm5b_reference", "hm5c_reference", "hm5_motion", "hm5
 # v1-v4 reference and motion adapters, and the AnimateDiff motion adapters of v1-v4 video (diffusers MotionAdapter)
 REPOS += ("hm_reference", "hm2_reference", "hm3_reference", "hm4_reference", "hm3_motion", "hm4_motion",
           "hm_animatediff_frame12", "hm2_animatediff_frame12", "hm3_animatediff", "hm4_animatediff")
+# v1-v4 control networks and the v4 projector
+REPOS += ("hm_control", "hm_control2", "hm2_control", "hm2_control2", "hm3_control_mix", "hm_control_base",
+          "hm4_control_proj")
 
 
 def manifest(repo: str) -> dict:
