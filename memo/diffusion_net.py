@@ -40,6 +40,7 @@ from ..layers.attention import Attention, multihead_attention
 from ..layers.embeddings import TimestepEmbedding, timestep_embedding, timesteps_for_batch
 from ..layers.feedforward import FeedForward
 from ..motion.memory_attention import MemoryLinearAttention, MemoryState, MemoryTemporalModule, MotionModuleConfig
+from ..runtime.speed import DeepFeature
 from .layers import (Downsample, ResnetBlock, Upsample, check_block_types, check_config_values, clip_group_norm,
                      dataclass_from_config, heads_per_block)
 
@@ -479,7 +480,8 @@ class DiffusionNet(nn.Module):
     def forward(self, sample: torch.Tensor, ref_features: dict, timestep, encoder_hidden_states: torch.Tensor,
                 audio_embedding: torch.Tensor, audio_emotion: torch.Tensor, uc_mask: torch.Tensor | None = None,
                 is_new_audio: bool = True, update_past_memory: bool = False,
-                faithful_tiling: bool = True, reference_cache: dict | None = None) -> torch.Tensor:
+                faithful_tiling: bool = True, reference_cache: dict | None = None,
+                deep: DeepFeature | None = None) -> torch.Tensor:
         """``sample (B, 4, F, H, W)`` -> velocity ``(B, 4, F, H, W)``.
 
         ``ref_features``: ``{"down": [[per layer] per block], "mid": [[f]], "up": [...]}`` as returned by
@@ -489,6 +491,12 @@ class DiffusionNet(nn.Module):
         ``uc_mask``, batch and weights), e.g. the steps of one clip; what depends only on them (the reference tokens'
         keys/values, the temporal memory built from the motion frames alone) is computed once and reused. Same
         outputs; None computes everything every call.
+
+        ``deep`` (opt-in feature reuse across steps, DeepCache-style): a full call stores what enters the last up
+        block (hidden states and the audio stream) in it; a call with ``deep.reuse`` set runs only ``conv_in``, down
+        block 0 (the last up block's skips) and the last up block, on the stored features (:meth:`reuses`). The
+        temporal memory of the skipped blocks is left as it is, so a call that updates the memory
+        (``update_past_memory``) always runs whole.
         """
         b, c, f, h, w = sample.shape
         dtype = self.dtype
@@ -529,18 +537,51 @@ class DiffusionNet(nn.Module):
         forward_size = any(s % up_factor != 0 for s in (h, w))
 
         x = self.conv_in(x)
+        if self.reuses(deep, update_past_memory):
+            return self._shallow(x, deep, ref_features, audio, cond)
         skips = [x]
         for i, block in enumerate(self.down_blocks):
             x, block_skips, audio = block(x, ref_features["down"][i], audio, cond)
             skips.extend(block_skips)
         x, audio = self.mid_block(x, ref_features["mid"][0], audio, cond)
+        last = len(self.up_blocks) - 1
         for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips = skips[-n:]
             del skips[-n:]
-            size = skips[-1].shape[-2:] if (forward_size and i < len(self.up_blocks) - 1) else None
+            size = skips[-1].shape[-2:] if (forward_size and i < last) else None
+            if deep is not None and i == last:
+                deep.store(x, audio)  # (B*F, C, h, w), (B*F, T, A)
             x, audio = block(x, block_skips, ref_features["up"][i], audio, cond, size)
+        return self._out(x, cond)
 
+    @staticmethod
+    def reuses(deep: DeepFeature | None, update_past_memory: bool) -> bool:
+        """Whether a call reuses the stored deep features (runs the shallow blocks only).
+
+        The memory rule: the temporal memory changes only in a call that updates it from the past frames
+        (``update_past_memory``; or ``is_new_audio``, which rebuilds it from the past frames alone). A reuse call
+        leaves the skipped blocks' memory untouched, so an updating call always runs whole. A rebuilding call
+        (``is_new_audio``, every step of the first clip) may reuse: the skipped blocks hold the state the full call
+        that stored the features built from the same past frames, which is what the rebuild would give again (one
+        :class:`DeepFeature` per clip keeps this true)."""
+        return deep is not None and deep.reuse and deep.stored and not update_past_memory
+
+    def _shallow(self, x: torch.Tensor, deep: DeepFeature, ref_features: dict, audio, cond: ClipConditioning):
+        """A reuse call from ``conv_in``'s output ``x (B*F, C0, h, w)``: down block 0 gives the last up block's skips
+        (with ``conv_in``), the deeper blocks are replaced by the stored input of the last up block and the audio
+        stream there."""
+        last = len(self.up_blocks) - 1
+        n = len(self.up_blocks[last].resnets)
+        _, block_skips, _ = self.down_blocks[0](x, ref_features["down"][0], audio, cond)
+        skips = ([x] + block_skips)[:n]
+        deep_x, deep_audio = deep.load(x.device, x.dtype)
+        x, _ = self.up_blocks[last](deep_x, skips, ref_features["up"][last], deep_audio, cond, None)
+        return self._out(x, cond)
+
+    def _out(self, x: torch.Tensor, cond: ClipConditioning) -> torch.Tensor:
+        """``(B*F, C0, H, W)`` rows -> velocity ``(B, 4, F, H, W)``."""
         x = F.silu(clip_group_norm(self.conv_norm_out, x, cond.pooled_frames))
         x = self.conv_out(x)
-        return x.view(b, f, -1, h, w).transpose(1, 2)
+        _, c, h, w = x.shape
+        return x.view(cond.batch, cond.frames, c, h, w).transpose(1, 2)

@@ -14,6 +14,10 @@ Clip loop (the official inference script + pipeline):
 * every step runs the Diffusion Net on ``[uncond, cond]``: uncond = ``image_proj(zeros)`` identity tokens, zero audio
   tokens (after audio_proj), emotion 9 (null), no reference tokens in self-attention; the temporal memory is rebuilt
   at every step of clip 0 (``is_new_audio``) and, for later clips, updated at step 0 only and reused afterwards;
+* opt-in feature reuse (Speed Options' ``cache_interval`` n > 1, DeepCache-style): step 0 of each clip and every
+  n-th step after it run the whole Diffusion Net, the steps between only its outermost blocks on the stored deep
+  features (:meth:`~..memo.diffusion_net.DiffusionNet.reuses` gives the memory rule: the memory is the exact path's
+  at every step). The Reference Net runs once per clip as always;
 * ``v = u + scale * (c - u)``; after the last step the clip is decoded frame by frame (``/ 0.18215``, ``x/2 + 0.5``,
   clamp [0, 1]) and yielded, so only the last N frames of a clip are kept (bounded memory for any audio length).
 
@@ -27,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..runtime.speed import SpeedOptions, accelerated, reuse_interval
+from ..runtime.speed import DeepFeature, SpeedOptions, accelerated, reuse_interval
 
 LATENT_SCALE = 0.18215
 NULL_EMOTION = 9
@@ -187,7 +191,7 @@ class MemoSampler:
         past = ref_image.repeat(s.num_init_past_frames or n, 1, 1, 1)  # (N, 3, H, W) in [-1, 1]
         h, w = ref_image.shape[-2] // _vae_factor(self.vae), ref_image.shape[-1] // _vae_factor(self.vae)
         uc_mask = torch.cat([torch.ones(f, dtype=torch.bool), torch.zeros(f, dtype=torch.bool)])
-        reuse_interval(speed, "MEMO", supported=False)  # said once per run, not per clip
+        interval = reuse_interval(speed, "MEMO")  # feature reuse across steps (opt-in; 1: every step whole)
         net.reset_memory()
         ref_latent = {}  # the reference image's latent, encoded once per run (per preprocessing outcome)
 
@@ -209,22 +213,27 @@ class MemoSampler:
 
             latents = draw(k, (1, 4, f, h, w)).to(dev, torch.float32)
             reference_cache = {}  # what the Diffusion Net derives from this clip's reference features alone
+            # feature reuse: one store per clip (the features belong to this clip's memory and reference); step 0
+            # (the memory update) and every interval-th step run whole, the steps between reuse
+            deep = DeepFeature(dev) if interval > 1 else None
             with accelerated(speed, [net]):
                 for step in range(len(schedule)):
                     t = schedule.timesteps[step]
                     inspect(f"clip{k}.step{step}.timestep", t)
                     inspect(f"clip{k}.step{step}.latents_in", latents)
                     model_in = torch.cat([latents, latents]).to(dtype)
+                    if deep is not None:
+                        deep.reuse = step % interval != 0
                     pred = net(model_in, ref_features, t.to(dev), tokens.to(dev, dtype), audio, emotion,
                                uc_mask=uc_mask, is_new_audio=k == 0, update_past_memory=step == 0,
-                               faithful_tiling=s.faithful, reference_cache=reference_cache)
+                               faithful_tiling=s.faithful, reference_cache=reference_cache, deep=deep)
                     u, c = pred.float().chunk(2)
                     velocity = u + s.guidance_scale * (c - u)
                     inspect(f"clip{k}.step{step}.velocity", velocity)
                     latents = euler_step(latents, velocity, schedule.sigmas[step], schedule.sigmas[step + 1])
                     if on_step is not None:
                         on_step(k, step)
-            del ref_features, reference_cache
+            del ref_features, reference_cache, deep
             inspect(f"clip{k}.final_latents", latents)
 
             if s.offload_memory:

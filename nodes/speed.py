@@ -8,8 +8,8 @@ from .common import CATEGORY, PREFIX
 
 SpeedOptionsType = io.Custom("PA_SPEED_OPTIONS")  # runtime.speed.SpeedOptions
 
-SPEED_TOOLTIP = ("Optional: Speed Options (attention kernel, torch.compile). Not connected: the exact path, which "
-                 "reproduces the original model.")
+SPEED_TOOLTIP = ("Optional: Speed Options (attention kernel, torch.compile, feature reuse). Not connected: the exact "
+                 "path, which reproduces the original model.")
 
 
 def speed_input():
@@ -40,11 +40,12 @@ class SpeedOptionsNode(io.ComfyNode):
                                        "(minutes); later runs of the same size are faster. Needs a working Triton "
                                        "on CUDA (a C++ compiler on CPU)."),
                 io.Int.Input("cache_interval", default=1, min=1, max=10,
-                             tooltip="Feature reuse across steps (DeepCache-style), HelloMeme only so far: every "
+                             tooltip="Feature reuse across steps (DeepCache-style), HelloMeme and MEMO: every "
                                      "n-th step runs the whole UNet, the steps between rerun only its outermost "
                                      "blocks on the stored deep features (about n-fold fewer deep-block calls; the "
                                      "result drifts from the exact one as n grows). 1 = off. The reference pass "
-                                     "always runs whole."),
+                                     "always runs whole, and so does MEMO's first step of each clip (its temporal "
+                                     "memory update)."),
             ],
             outputs=[SpeedOptionsType.Output(display_name="speed",
                                              tooltip="Connect to a sampler's 'speed' input.")],

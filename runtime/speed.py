@@ -52,7 +52,7 @@ class SpeedOptions:
     attention: str = "sdpa"
     compile: str = "off"  # torch.compile mode for the denoiser's blocks
     compile_dynamic: bool = False
-    # feature reuse across steps (DeepCache-style) in the SD1.5 denoisers that support it (HelloMeme): every
+    # feature reuse across steps (DeepCache-style) in the SD1.5 denoisers that support it (HelloMeme, MEMO): every
     # cache_interval-th step runs the whole UNet, the steps between reuse its deep features; 1 = off
     cache_interval: int = 1
 
@@ -248,12 +248,41 @@ def denoiser_blocks(model: nn.Module) -> list[nn.Module]:
 # ---- the whole set -----------------------------------------------------------------------------------------------
 
 
+class DeepFeature:
+    """One denoiser call site's stored deep features for feature reuse across steps (DeepCache-style): what enters
+    the last up block (its hidden states, and any stream carried beside them, e.g. MEMO's audio tokens), kept on
+    ``store_device`` (the host by default, so a long video's windows do not hold accelerator memory). ``reuse``
+    says whether the next call may use them instead of the deep blocks; ``stores`` counts the full calls that
+    stored."""
+
+    def __init__(self, store_device: torch.device | str = "cpu"):
+        self.store_device = torch.device(store_device)
+        self.tensors: tuple[torch.Tensor | None, ...] | None = None
+        self.reuse = False
+        self.stores = 0
+
+    @property
+    def stored(self) -> bool:
+        return self.tensors is not None
+
+    def store(self, *tensors: torch.Tensor | None) -> None:
+        self.tensors = tuple(None if t is None else t.detach().to(self.store_device, copy=True) for t in tensors)
+        self.stores += 1
+
+    def load(self, device, dtype):
+        """The stored tensor (one was stored) or tuple of tensors, on ``device`` in ``dtype``."""
+        if self.tensors is None:
+            raise RuntimeError("feature reuse asked before a full step stored the deep feature")
+        out = tuple(None if t is None else t.to(device=device, dtype=dtype) for t in self.tensors)
+        return out[0] if len(out) == 1 else out
+
+
 def reuse_interval(options: SpeedOptions | None, what: str, supported: bool = True) -> int:
     """The feature-reuse interval a sampler runs with (1: every step whole). A sampler without feature reuse
     (``supported=False``) gets 1, and the log says once per call that ``cache_interval`` was ignored for ``what``."""
     interval = options.cache_interval if options is not None else 1
     if interval > 1 and not supported:
-        log.warning("Speed Options: cache_interval=%d is not supported for %s yet (HelloMeme only); ignored",
+        log.warning("Speed Options: cache_interval=%d is not supported for %s yet (HelloMeme and MEMO only); ignored",
                     interval, what)
         return 1
     return interval

@@ -271,4 +271,4 @@ def test_samplers_without_feature_reuse_say_cache_interval_is_ignored(caplog):
         assert speed.reuse_interval(options, "HunyuanPortrait", supported=False) == 1
         assert speed.reuse_interval(options, "HelloMeme") == 2
     assert [r.getMessage() for r in caplog.records] == [
-        "Speed Options: cache_interval=2 is not supported for HunyuanPortrait yet (HelloMeme only); ignored"]
+        "Speed Options: cache_interval=2 is not supported for HunyuanPortrait yet (HelloMeme and MEMO only); ignored"]
