@@ -60,7 +60,8 @@ class AnchoredTemporalAttention(nn.Module):
         if b * num_frames != bf or pad_states.shape[0] != b:
             raise ValueError(f"features batch {bf} is not {pad_states.shape[0]} clip(s) of {num_frames} frame(s)")
         # the time embedding of each clip's first frame, projected: (B, 1, 1, 1, C)
-        t = self.time_emb_proj(temb.reshape(b, num_frames, -1)[:, 0])[:, None, None, None, :]
+        first = temb.reshape(b, num_frames, -1)[:, 0].to(hidden_states.dtype)
+        t = self.time_emb_proj(first)[:, None, None, None, :]
         frames = hidden_states.reshape(b, num_frames, c, h, w)
         pads = pad_states.to(hidden_states.dtype).permute(0, 2, 1, 3, 4)  # (B, 2, C, H, W)
         seq = torch.cat([pads[:, :1], frames, pads[:, -1:]], dim=1)  # (B, F+2, C, H, W)
