@@ -34,8 +34,48 @@ from .conditioning import BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, builtin_prompt  # 
 from .denoiser import DeepFeature, SKDenoiser
 from .schedulers import NoiseSource, as_noise_source, make_scheduler, scheduler_step, set_steps
 
-VERSIONS = ("v5", "v5b", "v5c")
-VIDEO_VERSIONS = ("v5", "v5b")
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """What a HelloMeme version changes in the pipelines (the modules themselves come with the loaded files).
+
+    image_scheduler / video_scheduler: the released sampler ("euler": v1/v2, v3/v4 video; "dpmpp_sde": v3/v4
+    image, all v5). video: "windows" (v1/v2: per-frame pre-pass, then fixed 12-frame windows with overlap),
+    "keyframes" (v3-v5b: hierarchical keyframe windows), None (image only). pre_pass: the video pipeline first
+    generates frames without motion with ``unet_pre`` (v1-v4). keep_first_pads: a keyframe's pad keeps the first
+    cache computed for it (v3/v4; v5 overwrites it with the shallower pass's). reference_points: which reference
+    cache entries the denoiser reads ("up": up path only, v2+; "all": down, mid and up, v1).
+    """
+
+    name: str
+    image_scheduler: str
+    video_scheduler: Optional[str]
+    video: Optional[str]
+    pre_pass: bool = False
+    keep_first_pads: bool = False
+    reference_points: str = "up"
+
+
+VERSION_SPECS: dict[str, VersionSpec] = {
+    "v1": VersionSpec("v1", "euler", "euler", "windows", pre_pass=True, reference_points="all"),
+    "v2": VersionSpec("v2", "euler", "euler", "windows", pre_pass=True),
+    "v3": VersionSpec("v3", "dpmpp_sde", "euler", "keyframes", pre_pass=True, keep_first_pads=True),
+    "v4": VersionSpec("v4", "dpmpp_sde", "euler", "keyframes", pre_pass=True, keep_first_pads=True),
+    "v5": VersionSpec("v5", "dpmpp_sde", "dpmpp_sde", "keyframes"),
+    "v5b": VersionSpec("v5b", "dpmpp_sde", "dpmpp_sde", "keyframes"),
+    "v5c": VersionSpec("v5c", "dpmpp_sde", None, None),
+}
+VERSIONS = tuple(VERSION_SPECS)
+VIDEO_VERSIONS = tuple(v for v, spec in VERSION_SPECS.items() if spec.video is not None)
+# v1/v2: the CFG negative of the PD-FGC expression is the encoder's code of an all -1 face (``neg_pd_fpg``), v3+ zeros
+ENCODER_NEGATIVE_VERSIONS = ("v1", "v2")
+
+
+def version_spec(version: str) -> VersionSpec:
+    if version not in VERSION_SPECS:
+        raise ValueError(f"unknown HelloMeme version {version!r}: use one of {', '.join(VERSIONS)}")
+    return VERSION_SPECS[version]
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 1.5
 # Per-frame control features ({down3_i, up3_i}) of a 512x512 frame: 5.0 M values = 9.5 MiB in fp16 (19 MiB fp32).
@@ -66,13 +106,18 @@ class HelloMemeModels:
     decode_vae: nn.Module
     control_encoder: Optional[nn.Module] = None
     control_projector: Optional[nn.Module] = None
+    pre_denoiser: Optional[SKDenoiser] = None  # unet_pre (v1-v4 video): image UNet + reference adapter, no motion
+    arkit_control_encoder: Optional[nn.Module] = None  # v1/v2: the separate ARKit + face-parts net (hm_control)
     dtype: Optional[torch.dtype] = None  # None: the runtime's choice per role
     lora_report: Optional[list] = None  # lines saying what a LoRA merge applied and what it could not
     _handles: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if self.version not in VERSIONS:
-            raise ValueError(f"unknown HelloMeme version {self.version!r}: use one of {', '.join(VERSIONS)}")
+        version_spec(self.version)
+
+    @property
+    def spec(self) -> VersionSpec:
+        return version_spec(self.version)
 
     def handles(self, runtime: Runtime) -> dict[str, ModelHandle]:
         """Runtime handles of every module (registered once per runtime kind and device).
@@ -82,23 +127,25 @@ class HelloMemeModels:
         held and moved once."""
         key = (runtime.name, str(runtime.device))
         if key not in self._handles:
-            roles = {"denoiser": "diffusion", "reference_unet": "diffusion", "encode_vae": "vae", "decode_vae": "vae",
-                     "control_encoder": "diffusion", "control_projector": "diffusion"}
+            # larger roles first, so a role whose weights are all part of an earlier one (the reference UNet inside
+            # unet_pre or the denoiser) shares that one's managed model
+            roles = {"denoiser": "diffusion", "pre_denoiser": "diffusion", "reference_unet": "diffusion",
+                     "encode_vae": "vae", "decode_vae": "vae", "control_encoder": "diffusion",
+                     "control_projector": "diffusion", "arkit_control_encoder": "diffusion"}
             out: dict[str, ModelHandle] = {}
-            by_weights: dict[int, ModelHandle] = {}
+            managed: list[tuple[set, ModelHandle]] = []
             for name, role in roles.items():
                 module = getattr(self, name)
                 if module is None:
                     continue
-                param = next(module.parameters(), None)
-                first = id(param) if param is not None else id(module)
-                if first in by_weights:  # same weights as an already managed module
-                    owner = by_weights[first]
+                params = {id(p) for p in module.parameters()} or {id(module)}
+                owner = next((h for ids, h in managed if params <= ids), None)
+                if owner is not None:  # same weights as (part of) an already managed module
                     out[name] = ModelHandle(name=f"hellomeme.{self.version}.{name}", module=module,
                                             dtype=owner.dtype, extra=owner.extra)
                     continue
                 out[name] = runtime.manage(f"hellomeme.{self.version}.{name}", module, runtime.dtype(self.dtype, role))
-                by_weights[first] = out[name]
+                managed.append((params, out[name]))
             self._handles[key] = out
         return self._handles[key]
 
@@ -255,11 +302,16 @@ class _BoundedStore:
 
 
 class ComputedControls(ControlSource):
-    """Control features computed by the control encoder + projector from the driving parameters.
+    """Control features computed by the version's control networks from the driving parameters.
 
+    encoder / projector: the control net and (v4/v5) its projector (None: the encoder's output is the features).
+    arkit_encoder (v1/v2): the separate ARKit + face-parts net; there ``encoder`` is the PD-FGC net, and each runs
+    when its expression is given (both when both are, their features side by side, as released).
     condition: pose images (B, 3, F, H, W) in [-1, 1], or a callable ``frames -> (B, 3, f, H, W)`` (so a long clip's
-    pose images need not be held at once). Expression, one of: ``emo_embedding`` (B, F, 548) (PD-FGC), or
-    ``drive_coeff`` (B, F, 51) + ``face_parts`` (B, F, 3, 1024) (ARKit + CLIP face parts).
+    pose images need not be held at once). Expression: ``emo_embedding`` (B, F, 548) (PD-FGC) and/or
+    ``drive_coeff`` (B, F, 51) + ``face_parts`` (B, F, 3, 1024) (ARKit + CLIP face parts); one net with both
+    branches (v3-v5) uses ARKit when given. CFG negative: an all -1 pose image with zero expression, except
+    ``negative_emo_embedding`` (B, 1, 548) (v1/v2: the encoder's code of an all -1 face) for PD-FGC.
 
     The features depend only on the driving frames (never on the timestep or the latents): they are computed per
     window for the frames not yet stored, and up to ``cache_bytes`` of per-frame features are kept on
@@ -268,26 +320,37 @@ class ComputedControls(ControlSource):
     whatever the clip length (default :data:`DEFAULT_CONTROL_CACHE_BYTES`).
     """
 
-    modules = ("control_encoder", "control_projector")
+    modules = ("control_encoder", "control_projector", "arkit_control_encoder")
 
-    def __init__(self, encoder: nn.Module, projector: nn.Module,
+    def __init__(self, encoder: Optional[nn.Module], projector: Optional[nn.Module],
                  condition: torch.Tensor | Callable[[Sequence[int]], torch.Tensor],
                  emo_embedding: Optional[torch.Tensor] = None, drive_coeff: Optional[torch.Tensor] = None,
                  face_parts: Optional[torch.Tensor] = None, num_frames: Optional[int] = None,
-                 cache_bytes: int = DEFAULT_CONTROL_CACHE_BYTES, cache_device: torch.device | str = "cpu"):
+                 cache_bytes: int = DEFAULT_CONTROL_CACHE_BYTES, cache_device: torch.device | str = "cpu",
+                 arkit_encoder: Optional[nn.Module] = None,
+                 negative_emo_embedding: Optional[torch.Tensor] = None):
         if emo_embedding is None and drive_coeff is None:
             raise ValueError("give the expression: emo_embedding (B, F, 548) or drive_coeff (B, F, 51) + face_parts")
         if drive_coeff is not None and face_parts is None:
             raise ValueError("drive_coeff (ARKit) needs face_parts (B, F, 3, 1024)")
-        self.encoder, self.projector = encoder, projector
+        self.encoder, self.projector, self.arkit_encoder = encoder, projector, arkit_encoder
         self.condition = condition
-        self.expression = {"emo_embedding": emo_embedding} if drive_coeff is None else \
-            {"drive_coeff": drive_coeff, "face_parts": face_parts}
+        self.expression: dict[str, torch.Tensor] = {}
+        if drive_coeff is not None:
+            self.expression.update(drive_coeff=drive_coeff, face_parts=face_parts)
+        if emo_embedding is not None and (drive_coeff is None or arkit_encoder is not None):
+            self.expression["emo_embedding"] = emo_embedding
+        if "emo_embedding" in self.expression and encoder is None:
+            raise ValueError("the PD-FGC expression needs its control network")
+        if "drive_coeff" in self.expression and encoder is None and arkit_encoder is None:
+            raise ValueError("the ARKit expression needs its control network")
+        self.negative_emo_embedding = negative_emo_embedding
         exp = next(iter(self.expression.values()))
         self.num_frames = int(num_frames if num_frames is not None else
                               (condition.shape[2] if torch.is_tensor(condition) else exp.shape[1]))
-        if exp.shape[1] != self.num_frames:
-            raise ValueError(f"expression has {exp.shape[1]} frames, the clip {self.num_frames}")
+        for v in self.expression.values():
+            if v.shape[1] != self.num_frames:
+                raise ValueError(f"expression has {v.shape[1]} frames, the clip {self.num_frames}")
         self.cache = _BoundedStore(cache_bytes, cache_device)
         self._negative: Optional[FeatureDict] = None
 
@@ -296,17 +359,33 @@ class ComputedControls(ControlSource):
             return self.condition[:, :, list(frames)]
         return self.condition(list(frames))
 
-    def _run(self, condition: torch.Tensor, expression: dict, device, dtype) -> FeatureDict:
-        # computed where the control networks are (the pipeline makes them resident), returned on ``device``
-        param = next(self.encoder.parameters(), None)
-        where, wdtype = (param.device, param.dtype) if param is not None else (device, dtype)
+    @staticmethod
+    def _apply(net: nn.Module, condition: torch.Tensor, expression: dict) -> FeatureDict:
+        # computed where the network is (the pipeline makes it resident)
+        param = next(net.parameters(), None)
+        where, wdtype = (param.device, param.dtype) if param is not None else (condition.device, condition.dtype)
         exp = {k: v.to(device=where, dtype=wdtype) for k, v in expression.items()}
-        feats = self.encoder(condition.to(device=where, dtype=wdtype), **exp)
-        return {k: v.to(device=device, dtype=dtype) for k, v in self.projector(feats).items()}
+        return net(condition.to(device=where, dtype=wdtype), **exp)
+
+    def _run(self, condition: torch.Tensor, expression: dict, device, dtype) -> FeatureDict:
+        """Features of ``condition`` + ``expression``, returned on ``device`` in ``dtype``."""
+        feats: dict[str, torch.Tensor] = {}
+        if self.arkit_encoder is not None:
+            # v1/v2: one net per expression kind, each with its own insertion keys
+            if "drive_coeff" in expression:
+                feats.update(self._apply(self.arkit_encoder, condition, {
+                    k: expression[k] for k in ("drive_coeff", "face_parts")}))
+            if "emo_embedding" in expression:
+                feats.update(self._apply(self.encoder, condition, {"emo_embedding": expression["emo_embedding"]}))
+        else:
+            feats = dict(self._apply(self.encoder, condition, expression))
+            if self.projector is not None:
+                feats = self.projector(feats)
+        return {k: v.to(device=device, dtype=dtype) for k, v in feats.items()}
 
     def features(self, frames, device, dtype):
         frames = list(frames)
-        missing = [f for f in frames if self.cache.get(f) is None]
+        missing = [f for f in dict.fromkeys(frames) if self.cache.get(f) is None]
         fresh: dict[int, FeatureDict] = {}
         for f in missing:
             # one frame per call, as the original computes them: a frame's features do not depend on which window
@@ -321,6 +400,8 @@ class ComputedControls(ControlSource):
         if self._negative is None:
             cond = self._condition([0])
             exp = {k: torch.zeros_like(v[:, :1]) for k, v in self.expression.items()}
+            if "emo_embedding" in exp and self.negative_emo_embedding is not None:
+                exp["emo_embedding"] = self.negative_emo_embedding.reshape(exp["emo_embedding"].shape[0], 1, -1)
             out = self._run(torch.full_like(cond, -1.0), exp, device, dtype)
             self._negative = {k: v.to(self.cache.device) for k, v in out.items()}
         return {k: v.to(device=device, dtype=dtype) for k, v in self._negative.items()}
@@ -329,16 +410,30 @@ class ComputedControls(ControlSource):
 def controls_from_drive_params(models: HelloMemeModels, params: Mapping[str, torch.Tensor],
                                cache_bytes: int = DEFAULT_CONTROL_CACHE_BYTES) -> ComputedControls:
     """Controls from the released drive-parameter dict: ``condition`` (B, 3, F, H, W) in [-1, 1] plus ``pd_fpg``
-    (B, F, 548), or ``drive_coeff`` (B, F, 51) + ``face_parts`` (B, F, 3, 1024)."""
-    if models.control_encoder is None or models.control_projector is None:
-        raise ValueError("computing control features needs the control encoder and projector "
-                         "(songkey/hm5_control_base + hm5_control_proj / hm5c_control_proj)")
+    (B, F, 548) (and for v1/v2 ``neg_pd_fpg`` (B, 1, 548), the CFG negative), and/or ``drive_coeff`` (B, F, 51) +
+    ``face_parts`` (B, F, 3, 1024)."""
+    if models.control_encoder is None and models.arkit_control_encoder is None:
+        raise ValueError(f"computing control features needs HelloMeme {models.version}'s control network(s)")
     if "condition" not in params:
         raise ValueError("drive parameters need the pose images 'condition' (B, 3, F, H, W)")
+    emo = params.get("pd_fpg", params.get("emo_embedding"))
+    negative = None
+    if models.version in ENCODER_NEGATIVE_VERSIONS and emo is not None:
+        negative = params.get("neg_pd_fpg")
+        if negative is None:
+            raise ValueError(f"HelloMeme {models.version} needs 'neg_pd_fpg' (the PD-FGC code of an all -1 face) as "
+                             "the negative of its expression")
+    drive_coeff = params.get("drive_coeff")
+    if drive_coeff is not None and models.version in ENCODER_NEGATIVE_VERSIONS and models.arkit_control_encoder is None:
+        drive_coeff = None  # v1/v2 loaded without the ARKit net: PD-FGC only
+        if emo is None:
+            raise ValueError(f"HelloMeme {models.version} was loaded for the PD-FGC expression; the conditions carry "
+                             "ARKit coefficients only")
     return ComputedControls(models.control_encoder, models.control_projector, params["condition"],
-                            emo_embedding=params.get("pd_fpg", params.get("emo_embedding")),
-                            drive_coeff=params.get("drive_coeff"), face_parts=params.get("face_parts"),
-                            cache_bytes=cache_bytes)
+                            emo_embedding=emo, drive_coeff=drive_coeff,
+                            face_parts=params.get("face_parts") if drive_coeff is not None else None,
+                            cache_bytes=cache_bytes, arkit_encoder=models.arkit_control_encoder,
+                            negative_emo_embedding=negative)
 
 
 # ---- shared steps -------------------------------------------------------------------------------------------------
@@ -549,6 +644,13 @@ def reference_cache_rows(reference_unet: SKDenoiser, latent: torch.Tensor, rows:
     return {k: torch.cat([p[k].to(first[k]) for p in parts], dim=0) for k in first}
 
 
+def denoiser_reference_cache(models: HelloMemeModels, cache: FeatureDict) -> FeatureDict:
+    """The reference-cache entries the denoiser reads: the up path (v2+), everything (v1: down, mid and up)."""
+    if models.spec.reference_points == "all":
+        return cache
+    return {k: v for k, v in cache.items() if k.startswith("up_")}
+
+
 def check_reference_geometry(models: HelloMemeModels, latent_hw: tuple[int, int], size_correct: bool) -> None:
     """The released v5 reference block only works on square latents (its column stage uses the row-length position
     table); ``size_correct`` lifts that by using the column length (identical on square maps)."""
@@ -582,7 +684,7 @@ def generate_image(
     steps: int = DEFAULT_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE,
     noise: NoiseSource | int | None = None,
-    scheduler: str = "dpmpp_sde",
+    scheduler: Optional[str] = None,
     scheduler_config: Optional[dict] = None,
     frame: int = 0,
     size_correct: bool = False,
@@ -595,7 +697,8 @@ def generate_image(
     denoising UNet, or :class:`PromptEntries` (several weighted entries, ComfyUI's combined conditioning; the same
     for the negative); ``reference_prompt_embeds`` for the reference pass (default: the same). controls: the driving
     control source; ``reference_controls`` (v5c, required there): the reference image's own pose/expression.
-    noise: a :class:`NoiseSource` or a seed. observer(event, data) receives ``reference_cache`` and ``step`` events.
+    noise: a :class:`NoiseSource` or a seed. scheduler: "euler" / "dpmpp_sde" (None: the version's released one,
+    Euler for v1/v2, DPM++ SDE for v3+). observer(event, data) receives ``reference_cache`` and ``step`` events.
     speed: opt-in accelerations of the denoiser (None: the exact path).
     """
     if models.version == "v5c" and reference_controls is None:
@@ -634,11 +737,11 @@ def generate_image(
     cache = reference_cache_rows(ref.module, latent.to(device), TextRows(
         ref_rows.text.to(device), ref_rows.negative, ref_rows.weights, b), ref_control)
     emit("reference_cache", {"cache": cache})
-    cache = {k: v for k, v in cache.items() if k.startswith("up_")}  # the denoiser reads the up-path entries
+    cache = denoiser_reference_cache(models, cache)
     runtime.offload([ref, *ctrl_handles])
 
     # 3. denoising
-    sched = make_scheduler(scheduler, scheduler_config)
+    sched = make_scheduler(scheduler or models.spec.image_scheduler, scheduler_config)
     timesteps = set_steps(sched, steps, device)
     latents = (base_noise * sched.init_noise_sigma).to(device)
     runtime.load([den])

@@ -1,4 +1,16 @@
-"""HelloMeme v5 / v5b video pipeline: hierarchical keyframe windows with bounded memory.
+"""HelloMeme video pipelines with bounded memory: hierarchical keyframe windows (v3, v4, v5, v5b) and the v1/v2
+two-stage fixed windows.
+
+v1/v2 (``windows``, :func:`plan_fixed_windows`): stage 1 generates every frame alone with ``unet_pre`` (the image
+UNet + reference + control, no motion) for ``min(10, steps)`` Euler steps, frame 0 from noise, frame k from the
+previous frame's result re-noised with the same noise to the first timestep. Stage 2 re-noises those latents with a
+fresh draw and denoises windows of 12 frames overlapping by ``overlap`` (4) with the AnimateDiff denoiser: the frame
+list is padded at the end with the last frame (its latent copies the second-to-last frame, as released), window
+predictions are averaged uniformly, then CFG and one Euler step over the whole sequence.
+
+v3/v4 run the keyframe scheme below with Euler, and first generate the two end frames of the deepest pass with
+``unet_pre`` (no motion, the same noise for both), whose reference-UNet caches are the first pads; a keyframe keeps the
+first pad computed for it. v5/v5b (DPM++ SDE) have no pre-pass.
 
 Windowing (as released): a pass over ``n`` frames with ``n > window`` (12) splits them into windows of ``window``
 frames starting every ``stride`` (11) frames, so neighbours share one boundary frame; a trailing 1-frame window is
@@ -37,13 +49,15 @@ from ..runtime.base import Runtime
 from ..runtime.speed import SpeedOptions, accelerated, reuse_interval
 from .pipeline_image import (DEFAULT_GUIDANCE, DEFAULT_STEPS, VIDEO_VERSIONS, ControlSource, FeatureDict,
                              HelloMemeModels, Observer, PromptEntries, TextRows, _BoundedStore,
-                             check_reference_geometry, decode_latents, encode_reference, reference_cache_rows,
-                             text_rows)
+                             check_reference_geometry, decode_latents, denoiser_reference_cache, encode_reference,
+                             reference_cache_rows, text_rows)
 from .denoiser import DeepFeature
 from .schedulers import NoiseSource, as_noise_source, make_scheduler, scheduler_step, set_steps
 
 DEFAULT_WINDOW = 12
 DEFAULT_STRIDE = 11
+DEFAULT_OVERLAP = 4  # v1/v2 windows
+PRE_PASS_MAX_STEPS = 10  # v1/v2 stage 1
 MAX_WINDOW = 30  # the motion modules' position table holds 32 frames = window + 2 pads
 # Frames per VAE decode call. The SD VAE decoder's activations are ~190 MiB per frame at 256x256 in fp32 (measured:
 # peak host memory of one decode call grows from 262 MiB (1 frame) to 786 MiB (4 frames)), so ~380 MiB per frame at
@@ -90,6 +104,38 @@ def plan_passes(num_frames: int, window: int = DEFAULT_WINDOW, stride: int = DEF
     return passes[::-1]
 
 
+@dataclass
+class FixedWindows:
+    """The v1/v2 stage-2 plan: ``frames`` maps each position of the padded sequence to its driving frame (the tail
+    repeats the last frame), ``windows`` lists the positions of each window."""
+
+    frames: list[int]
+    windows: list[list[int]]
+    overlap: int
+
+    @property
+    def padded(self) -> int:
+        return len(self.frames)
+
+
+def plan_fixed_windows(num_frames: int, window: int = DEFAULT_WINDOW, overlap: int = DEFAULT_OVERLAP) -> FixedWindows:
+    """Windows of ``window`` frames every ``window - overlap`` (overlap clamped to [0, window/2 - 1]), the sequence
+    padded at the end until the windows tile it exactly; the last window runs to the padded end. (The original
+    fails for clips shorter than 4 frames, which give no window: they get one window over the padded sequence.)"""
+    if num_frames < 1:
+        raise ValueError(f"need at least one frame, got {num_frames}")
+    overlap = min(max(0, int(overlap)), window // 2 - 1)
+    stride = window - overlap
+    pad = stride - (num_frames - overlap) % stride  # always >= 1, as released
+    frames = list(range(num_frames)) + [num_frames - 1] * pad
+    n = len(frames)
+    windows = [list(range(s, min(s + window, n))) for s in range(0, n - stride + 1, stride)]
+    if not windows:
+        windows = [list(range(n))]
+    windows[-1] = list(range(windows[-1][0], n))
+    return FixedWindows(frames, windows, overlap)
+
+
 def count_unet_calls(num_frames: int, steps: int, window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE) -> int:
     return steps * sum(len(p.windows) for p in plan_passes(num_frames, window, stride))
 
@@ -104,7 +150,9 @@ class PadStore:
         self.cache = _BoundedStore(cache_bytes, device)
         self.computed = 0
 
-    def set_latent(self, frame: int, latent: torch.Tensor) -> None:
+    def set_latent(self, frame: int, latent: torch.Tensor, keep_first: bool = False) -> None:
+        if keep_first and frame in self.latents:  # v3/v4: a keyframe keeps its first pad
+            return
         self.latents[frame] = latent
         self.cache.discard(frame)
 
@@ -146,15 +194,21 @@ class VideoGeneration:
                  reference_negative_prompt_embeds: Optional[torch.Tensor] = None,
                  num_frames: Optional[int] = None, steps: int = DEFAULT_STEPS,
                  guidance_scale: float = DEFAULT_GUIDANCE, noise: NoiseSource | int | None = None,
-                 window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE, scheduler: str = "dpmpp_sde",
+                 window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE, overlap: int = DEFAULT_OVERLAP,
+                 scheduler: Optional[str] = None,
                  scheduler_config: Optional[dict] = None, size_correct: bool = False,
                  pad_cache_bytes: int = 1 << 30, decode: bool = True,
                  decode_batch: int = DEFAULT_DECODE_BATCH,
                  observer: Optional[Observer] = None, speed: Optional[SpeedOptions] = None):
         if models.version not in VIDEO_VERSIONS:
-            raise ValueError(f"the video pipeline runs {', '.join(VIDEO_VERSIONS)} (got {models.version})")
-        if models.denoiser.motion is None:
+            raise ValueError(f"HelloMeme {models.version} is an image-only version; the video pipeline runs "
+                             f"{', '.join(VIDEO_VERSIONS)}")
+        self.spec = models.spec
+        if self.spec.video == "keyframes" and not self.spec.pre_pass and getattr(models.denoiser, "motion", 0) is None:
             raise ValueError("the video denoiser needs the motion adapter (songkey/hm5_motion)")
+        if self.spec.pre_pass and models.pre_denoiser is None:
+            raise ValueError(f"HelloMeme {models.version} video needs its pre-pass UNet (unet_pre: the image UNet with "
+                             "the reference adapter); load the models for video")
         if window > MAX_WINDOW:
             raise ValueError(f"window {window} exceeds the motion modules' {MAX_WINDOW}-frame limit")
         self.models, self.runtime = models, runtime
@@ -171,14 +225,21 @@ class VideoGeneration:
         self.steps, self.guidance_scale = steps, guidance_scale
         self.noise = as_noise_source(noise)
         self.window, self.stride = window, stride
-        self.scheduler, self.scheduler_config = scheduler, scheduler_config
+        self.scheduler = scheduler or self.spec.video_scheduler
+        self.scheduler_config = scheduler_config
         self.size_correct = size_correct
         self.pad_cache_bytes = pad_cache_bytes
         self.decode, self.decode_batch = decode, decode_batch
         self.emit = observer or (lambda event, data: None)
         self.speed = speed  # opt-in accelerations of the denoiser (None: the exact path)
-        self.plan = plan_passes(self.num_frames, window, stride)
-        self.stats = VideoStats(passes=[(p.depth, len(p.frames), len(p.windows)) for p in self.plan])
+        if self.spec.video == "windows":
+            self.fixed = plan_fixed_windows(self.num_frames, window, overlap)
+            self.plan = []
+            self.stats = VideoStats(passes=[(0, self.fixed.padded, len(self.fixed.windows))])
+        else:
+            self.fixed = None
+            self.plan = plan_passes(self.num_frames, window, stride)
+            self.stats = VideoStats(passes=[(p.depth, len(p.frames), len(p.windows)) for p in self.plan])
         self.latents: Optional[torch.Tensor] = None
         self._iter: Optional[Iterator] = None
 
@@ -210,7 +271,10 @@ class VideoGeneration:
         runtime.offload([enc])
         b, c, h, w = latent.shape
         check_reference_geometry(models, (h, w), self.size_correct)
-        base_noise = noise.draw((b, c, self.num_frames + self.window + 1, h, w), "latents").to(offload)
+        if self.fixed is not None:  # v1/v2: stage 1's noise now, stage 2's after stage 1 (the original's order)
+            base_noise = noise.draw((b, c, 1, h, w), "latents").to(offload)
+        else:
+            base_noise = noise.draw((b, c, self.num_frames + self.window + 1, h, w), "latents").to(offload)
 
         # 2. reference cache (t = 0, reference text), one row per text entry ([negative..., positive...])
         rows = text_rows(self.prompt_embeds, self.negative_prompt_embeds, guided, b)
@@ -223,7 +287,7 @@ class VideoGeneration:
         runtime.load([ref])
         cache = reference_cache_rows(ref.module, latent.to(device), ref_rows)
         self.emit("reference_cache", {"cache": cache})
-        cache = {k: v for k, v in cache.items() if k.startswith("up_")}
+        cache = denoiser_reference_cache(models, cache)
 
         pads = PadStore(self.pad_cache_bytes, offload)  # keyframe latents -> their reference-UNet caches
         negative_pad: dict = {}
@@ -251,23 +315,38 @@ class VideoGeneration:
             return {k: torch.cat([negative_pad[k][:, :, None].expand(-1, -1, 2, -1, -1), v], dim=0)
                     for k, v in out.items()}
 
-        # 3. passes, deepest first
-        total = sum(self.steps * len(p.windows) for p in self.plan)
+        # 3. passes, deepest first (v1/v2: stage 1 per frame, then the fixed windows)
+        pre = handles.get("pre_denoiser")
+        pre_steps = min(PRE_PASS_MAX_STEPS, self.steps)
+        if self.fixed is not None:
+            total = self.num_frames * pre_steps + self.steps * len(self.fixed.windows)
+        else:
+            total = sum(self.steps * len(p.windows) for p in self.plan) + (self.steps if self.spec.pre_pass else 0)
+        keep_first = self.spec.keep_first_pads
         final = None
-        runtime.load([den, ref, *ctrl_handles])
+        resident = [den, ref, *ctrl_handles] + ([pre] if pre is not None else [])
+        runtime.load(resident)
         try:
             with runtime.progress(total, desc="HelloMeme video") as progress, \
-                    accelerated(self.speed, [den.module]):
+                    accelerated(self.speed, [den.module] + ([pre.module] if pre is not None else [])):
+                if self.fixed is not None:
+                    pre_latents = self._stage1(pre.module, base_noise, rows, cache, guided, pre_steps, progress,
+                                               device, offload)
+                    final = self._stage2(pre_latents, den.module, rows, cache, guided, progress, offload, b, c, h, w)
                 for k, plan in enumerate(self.plan):
+                    if k == 0 and self.spec.pre_pass:
+                        ends = self._end_frames(plan, pre.module, base_noise, rows, cache, guided, progress, device)
+                        for frame, lat in ends.items():
+                            pads.set_latent(frame, lat.to(offload), keep_first)
                     lat = self._run_pass(k, plan, base_noise, den.module, rows, cache, pads, motion_pads, guided,
                                          progress, device, offload)
                     if plan.depth > 0:
                         for pos, frame in enumerate(plan.frames):
-                            pads.set_latent(frame, lat[:, :, pos].clone())
+                            pads.set_latent(frame, lat[:, :, pos].clone(), keep_first)
                     else:
                         final = lat
         finally:
-            runtime.offload([den, ref, *ctrl_handles])
+            runtime.offload(resident)
         self.stats.pad_computations = pads.computed
         self.stats.pad_cache_peak_bytes = pads.cache.peak_bytes
         cache_store = getattr(self.controls, "cache", None)
@@ -276,6 +355,8 @@ class VideoGeneration:
         del pads, base_noise
 
         sf = models.scaling_factor
+        self.emit("final_latents", {"latents": final})  # v1/v2: the padded sequence, as the original returns it
+        final = final[:, :, :self.num_frames]
         self.latents = (final / sf).cpu()
         if not self.decode:
             return
@@ -302,6 +383,101 @@ class VideoGeneration:
                 del images
         finally:
             runtime.offload([dec])
+
+    def _cfg_step(self, denoiser, sched, latents, t, rows: TextRows, cache, control, guided) -> torch.Tensor:
+        """One guided prediction of ``latents`` (B, 4, f, h, w) without motion (the pre-pass UNet) -> eps after CFG."""
+        x = sched.scale_model_input(torch.cat([latents] * rows.count) if rows.count > 1 else latents, t)
+        eps = denoiser(x, t, rows.text, reference_cache=cache, control=control, collect_cache=False)[0]
+        return rows.combine(eps.float().to(latents.device), self.guidance_scale)
+
+    def _stage1(self, pre, base_noise, rows: TextRows, cache, guided, pre_steps, progress, device,
+                offload) -> torch.Tensor:
+        """v1/v2 stage 1: every frame alone with ``unet_pre`` -> (B, 4, F, h, w) on the offload device."""
+        noise1 = base_noise.to(device)  # (B, 4, 1, h, w)
+        out = torch.empty((noise1.shape[0], noise1.shape[1], self.num_frames, *noise1.shape[3:]),
+                          dtype=torch.float32, device=offload)
+        latent = None
+        for f in range(self.num_frames):
+            sched = make_scheduler(self.scheduler, self.scheduler_config)
+            timesteps = set_steps(sched, pre_steps, device)
+            if f == 0:
+                latent = noise1 * sched.init_noise_sigma
+            else:  # the previous frame's result, re-noised with the same noise to the first timestep
+                latent = sched.add_noise(latent, noise1, timesteps[:1])
+            control = rows.expand_features(self.controls.cfg_features([f], device, pre.dtype, guided), guided)
+            for i, t in enumerate(timesteps):
+                eps = self._cfg_step(pre, sched, latent, t, rows, cache, control, guided)
+                latent = scheduler_step(sched, eps, t, latent, self.noise)
+                self.stats.unet_calls += 1
+                progress.update()
+            out[:, :, f] = latent[:, :, 0].to(offload)
+            self.emit("stage1_frame", {"frame": f, "latents": latent})
+            del control
+        self.emit("stage1", {"latents": out})
+        return out
+
+    def _stage2(self, pre_latents, denoiser, rows: TextRows, cache, guided, progress, offload, b, c, h, w):
+        """v1/v2 stage 2: fixed overlapping windows with motion over the padded sequence (offload device)."""
+        plan = self.fixed
+        n, tail = plan.padded, plan.padded - self.num_frames
+        if tail:  # padded latents copy the SECOND-TO-LAST frame (as released; the only frame of a 1-frame clip)
+            src = pre_latents[:, :, max(0, self.num_frames - 2):max(1, self.num_frames - 1)]
+            pre_latents = torch.cat([pre_latents, src.expand(-1, -1, tail, -1, -1)], dim=2)
+        noise2 = self.noise.draw((b, c, n, h, w), "latents").to(offload)
+        sched = make_scheduler(self.scheduler, self.scheduler_config)
+        timesteps = set_steps(sched, self.steps, offload)
+        latents = sched.add_noise(pre_latents, noise2, timesteps[:1].repeat(b)).float()
+        del noise2, pre_latents
+        self.stats.state_bytes = max(self.stats.state_bytes, latents.numel() * latents.element_size() * 6)
+        self.emit("pass", {"index": 0, "depth": 0, "frames": list(plan.frames), "windows": plan.windows})
+        count = torch.zeros(n, dtype=torch.float32)
+        for wnd in plan.windows:
+            count[wnd] += 1
+        count = count.view(1, 1, n, 1, 1).to(offload)
+        interval = reuse_interval(self.speed, "HelloMeme")
+        deeps = [DeepFeature(offload) for _ in plan.windows] if interval > 1 else None
+        device = self.runtime.device
+        for i, t in enumerate(timesteps):
+            eps_sum = torch.zeros((rows.count * b, *latents.shape[1:]), dtype=torch.float32, device=offload)
+            x_all = sched.scale_model_input(latents, t)  # Euler scales every frame alike
+            for j, wnd in enumerate(plan.windows):
+                deep = deeps[j] if deeps is not None else None
+                if deep is not None:
+                    deep.reuse = i % interval != 0
+                idx = torch.as_tensor(wnd, dtype=torch.long, device=offload)
+                x = x_all.index_select(2, idx).to(device)
+                x = torch.cat([x] * rows.count) if rows.count > 1 else x
+                frames = [plan.frames[p] for p in wnd]
+                control = rows.expand_features(self.controls.cfg_features(frames, device, denoiser.dtype, guided),
+                                               guided)
+                eps = denoiser(x, t.to(device), rows.text, reference_cache=cache, control=control, use_motion=True,
+                               collect_cache=False, deep=deep)[0]
+                eps_sum.index_add_(2, idx, eps.float().to(offload))
+                del x, eps, control
+                self.stats.unet_calls += 1
+                progress.update()
+            eps = rows.combine(eps_sum / count, self.guidance_scale)
+            latents = scheduler_step(sched, eps, t, latents, self.noise)
+            self.emit("step", {"pass": 0, "depth": 0, "step": i, "timestep": t, "noise_pred": eps,
+                               "latents": latents})
+        return latents
+
+    def _end_frames(self, plan: PassPlan, pre, base_noise, rows: TextRows, cache, guided, progress,
+                    device) -> dict[int, torch.Tensor]:
+        """v3/v4: the deepest pass's first and last frames with ``unet_pre`` (no motion, both from the first noise
+        frame) -> {frame: latent (B, 4, h, w)}."""
+        ends = [plan.frames[0], plan.frames[-1]]
+        sched = make_scheduler(self.scheduler, self.scheduler_config)
+        timesteps = set_steps(sched, self.steps, device)
+        latent = base_noise[:, :, [0, 0]].to(device) * sched.init_noise_sigma  # (B, 4, 2, h, w)
+        control = rows.expand_features(self.controls.cfg_features(ends, device, pre.dtype, guided), guided)
+        for t in timesteps:
+            eps = self._cfg_step(pre, sched, latent, t, rows, cache, control, guided)
+            latent = scheduler_step(sched, eps, t, latent, self.noise)
+            self.stats.unet_calls += 1
+            progress.update()
+        self.emit("end_frames", {"frames": ends, "latents": latent})
+        return {ends[1]: latent[:, :, 1], ends[0]: latent[:, :, 0]}
 
     def _run_pass(self, k, plan: PassPlan, base_noise, denoiser, rows: TextRows, cache, pads: PadStore, motion_pads,
                   guided, progress, device, offload) -> torch.Tensor:

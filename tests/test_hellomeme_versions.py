@@ -1,0 +1,233 @@
+"""HelloMeme v1-v4 pipelines beyond parity: the v1/v2 two-stage fixed windows (against a direct whole-clip
+implementation of the released algorithm), the v3/v4 end-frame pre-pass and first-pad rule, the versions' samplers,
+the v1/v2 PD-FGC negative and the image-only refusals.
+
+The v1-v4 roles are played by the tiny v5-topology stand-ins of ``test_hellomeme_pipeline`` (the pipelines only
+need the denoiser's call signature), on the CPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.tiny_sd15 import tiny_unet
+from portrait_animation.sk_attention import pipeline_image, pipeline_video
+from portrait_animation.sk_attention.adapters import ReferenceAdapter
+from portrait_animation.sk_attention.denoiser import SKDenoiser
+from portrait_animation.sk_attention.pipeline_image import (ComputedControls, HelloMemeModels, PrecomputedControls,
+                                                            generate_image, reference_cache)
+from portrait_animation.sk_attention.pipeline_video import VideoGeneration, plan_fixed_windows
+from portrait_animation.sk_attention.schedulers import RecordedNoise, make_scheduler
+from test_hellomeme_pipeline import UP_CHANNELS, reference_image, runtime, text, tiny_models
+
+HW = (64, 64)  # image; latents 8x8
+
+
+def as_version(version, video=True):
+    """Stand-in models for ``version``: the v5-topology denoiser plus a pre-pass UNet (reference adapter, no motion)."""
+    models, shapes = tiny_models("v5", video=video, latent_hw=(8, 8))
+    pre = SKDenoiser(tiny_unet(4), ReferenceAdapter(block_up_channels=UP_CHANNELS, variant="v5")).eval()
+    out = HelloMemeModels(version=version, denoiser=models.denoiser, reference_unet=models.reference_unet,
+                          encode_vae=models.encode_vae, decode_vae=models.decode_vae,
+                          control_encoder=models.control_encoder, control_projector=models.control_projector,
+                          pre_denoiser=pre, dtype=torch.float32)
+    return out, shapes
+
+
+def controls_for(models, frames, negative=None):
+    g = torch.Generator().manual_seed(7)
+    cond = torch.rand(1, 3, frames, *HW, generator=g) * 2 - 1
+    emo = torch.randn(1, frames, 548, generator=g)
+    return ComputedControls(models.control_encoder, models.control_projector, cond, emo_embedding=emo,
+                            negative_emo_embedding=negative)
+
+
+def draws(*shapes, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    return RecordedNoise([torch.randn(s, generator=g) for s in shapes])
+
+
+# ---- v1/v2 window plan ----------------------------------------------------------------------------------------------
+def test_fixed_windows_match_the_recorded_case():
+    plan = plan_fixed_windows(14, 12, 4)  # pipeline_v1_video: 14 frames padded to 20, windows at 0 and 8
+    assert plan.padded == 20 and plan.frames == list(range(14)) + [13] * 6
+    assert plan.windows == [list(range(12)), list(range(8, 20))]
+
+
+@pytest.mark.parametrize("overlap", [0, 2, 4, 5, 9])
+def test_fixed_windows_tile_the_padded_clip(overlap):
+    for n in range(1, 60):
+        plan = plan_fixed_windows(n, 12, overlap)
+        o = plan.overlap
+        assert 0 <= o <= 5 and (plan.padded - o) % (12 - o) == 0 and plan.padded > n
+        assert sorted({i for w in plan.windows for i in w}) == list(range(plan.padded))
+        assert all(len(w) <= 12 for w in plan.windows) and plan.windows[-1][-1] == plan.padded - 1
+        assert all(b[0] - a[0] == 12 - o for a, b in zip(plan.windows, plan.windows[1:]))
+
+
+# ---- v1/v2 two-stage video against the released algorithm written out over the whole clip ---------------------------
+def _whole_clip_v1(models, frames, steps, gs, stage1_noise, stage2_noise, vae_noise):
+    """The released HMVideoPipeline loop, whole clip in memory (controls computed up front as the original does)."""
+    controls = controls_for(models, frames, negative=torch.full((1, 1, 548), 0.3))
+    lat_ref = pipeline_image.encode_reference(models.encode_vae, reference_image(HW), RecordedNoise([vae_noise]),
+                                              "cpu", torch.float32)
+    txt = torch.cat([text(2), text(1)])
+    cache = reference_cache(models.reference_unet, lat_ref, txt, True)
+    neg = controls.negative("cpu", torch.float32)
+    per_frame = [{k: torch.cat([neg[k], v]) for k, v in controls.features([f], "cpu", torch.float32).items()}
+                 for f in range(frames)]
+    pre = []
+    latent = None
+    for f in range(frames):
+        sched = make_scheduler("euler")
+        sched.set_timesteps(min(10, steps))
+        ts = sched.timesteps
+        latent = stage1_noise * sched.init_noise_sigma if f == 0 else sched.add_noise(latent, stage1_noise, ts[:1])
+        for t in ts:
+            eps = models.pre_denoiser(sched.scale_model_input(torch.cat([latent] * 2), t), t, txt,
+                                      reference_cache=cache, control=per_frame[f], collect_cache=False)[0]
+            u, c = eps.chunk(2)
+            latent = sched.step(u + gs * (c - u), t, latent, return_dict=False)[0]
+        pre.append(latent)
+    pre = torch.cat(pre, dim=2)
+    stride, overlap = 8, 4
+    pad = stride - (frames - overlap) % stride
+    idx = list(range(frames)) + [frames - 1] * pad
+    n = len(idx)
+    chunks = [idx[i:i + 12] for i in range(0, n - stride + 1, stride)]
+    chunks[-1] = list(range(chunks[-1][0], n))
+    chunks = [list(range(c[0], c[0] + len(c))) for c in chunks]  # positions
+    pre = torch.cat([pre, pre[:, :, -2:-1].repeat_interleave(pad, 2)], dim=2)
+    controls_padded = per_frame + [per_frame[-1]] * pad
+    sched = make_scheduler("euler")
+    sched.set_timesteps(steps)
+    lat = sched.add_noise(pre, stage2_noise, sched.timesteps[:1])
+    for t in sched.timesteps:
+        acc = torch.zeros(2, *lat.shape[1:])
+        cnt = torch.zeros(1, 1, n, 1, 1)
+        x_all = sched.scale_model_input(torch.cat([lat, lat]), t)
+        for ch in chunks:
+            ctrl = {k: torch.cat([controls_padded[p][k] for p in ch], dim=2) for k in controls_padded[0]}
+            eps = models.denoiser(x_all[:, :, ch], t, txt, reference_cache=cache, control=ctrl, use_motion=True,
+                                  collect_cache=False)[0]
+            acc[:, :, ch] += eps
+            cnt[:, :, ch] += 1
+        u, c = (acc / cnt).chunk(2)
+        lat = sched.step(u + gs * (c - u), t, lat, return_dict=False)[0]
+    return pre[:, :, :frames], lat
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_two_stage_video_equals_the_released_whole_clip_loop(version):
+    torch.manual_seed(0)
+    models, _ = as_version(version)
+    frames, steps, gs = 14, 2, 1.5
+    n = plan_fixed_windows(frames).padded
+    g = torch.Generator().manual_seed(3)
+    vae_noise, s1, s2 = (torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 1, 8, 8, generator=g),
+                         torch.randn(1, 4, n, 8, 8, generator=g))
+    with torch.no_grad():
+        want_pre, want = _whole_clip_v1(models, frames, steps, gs, s1, s2, vae_noise)
+    seen = {}
+    job = VideoGeneration(models, runtime(), reference_image(HW), text(1),
+                          controls_for(models, frames, negative=torch.full((1, 1, 548), 0.3)),
+                          negative_prompt_embeds=text(2), steps=steps, guidance_scale=gs,
+                          noise=RecordedNoise([vae_noise, s1, s2]), decode=False,
+                          observer=lambda e, d: seen.update({e: d["latents"]}) if "latents" in d else None)
+    with torch.no_grad():
+        job.run()
+    torch.testing.assert_close(seen["stage1"], want_pre, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(seen["final_latents"], want, atol=1e-4, rtol=1e-4)
+    assert job.latents.shape[2] == frames  # the padded tail is not handed out
+    assert job.stats.unet_calls == frames * steps + steps * 2
+
+
+def test_v1_negative_expression_is_the_encoders_code_of_a_blank_face():
+    models, _ = as_version("v1")
+    neg_code = torch.full((1, 1, 548), 0.3)
+    with_code = controls_for(models, 2, negative=neg_code).negative("cpu", torch.float32)
+    zeros = controls_for(models, 2).negative("cpu", torch.float32)
+    assert any(not torch.equal(with_code[k], zeros[k]) for k in zeros)
+    params = {"condition": torch.zeros(1, 3, 2, *HW), "pd_fpg": torch.zeros(1, 2, 548)}
+    with pytest.raises(ValueError, match="neg_pd_fpg"):
+        pipeline_image.controls_from_drive_params(models, params)
+    controls = pipeline_image.controls_from_drive_params(models, {**params, "neg_pd_fpg": neg_code})
+    assert torch.equal(controls.negative_emo_embedding, neg_code)
+
+
+# ---- v3/v4: keyframes with the end-frame pre-pass -------------------------------------------------------------------
+@pytest.mark.parametrize("frames", [5, 14])
+def test_keyframe_versions_pre_generate_the_deepest_ends_and_keep_their_pads(frames):
+    models, _ = as_version("v3")
+    events, pre_calls, pads_seen = [], [], []
+    original = models.pre_denoiser.forward
+
+    def spy(x, *a, **kw):
+        pre_calls.append(x.shape[2])
+        return original(x, *a, **kw)
+
+    models.pre_denoiser.forward = spy
+    den_forward = models.denoiser.forward
+
+    def den_spy(x, *a, motion_pads=None, **kw):
+        pads_seen.append(motion_pads is not None)
+        return den_forward(x, *a, motion_pads=motion_pads, **kw)
+
+    models.denoiser.forward = den_spy
+    schedulers = []
+    real = pipeline_video.make_scheduler
+    job = VideoGeneration(models, runtime(), reference_image(HW), text(1), controls_for(models, frames),
+                          negative_prompt_embeds=text(2), steps=2, noise=5, decode=False,
+                          observer=lambda e, d: events.append((e, d)))
+    try:
+        pipeline_video.make_scheduler = lambda kind, cfg=None: schedulers.append(kind) or real(kind, cfg)
+        with torch.no_grad():
+            job.run()
+    finally:
+        pipeline_video.make_scheduler = real
+    assert set(schedulers) == {"euler"}
+    ends = [d for e, d in events if e == "end_frames"]
+    deepest = job.plan[0].frames
+    assert len(ends) == 1 and ends[0]["frames"] == [deepest[0], deepest[-1]]
+    assert pre_calls == [2, 2]  # the two end frames together, once per step, without motion
+    assert all(pads_seen)  # every window of every pass is anchored (the pre-pass gives the deepest pass its pads)
+
+
+def test_keep_first_pads():
+    store = pipeline_video.PadStore(1 << 20)
+    store.set_latent(3, torch.zeros(1, 4, 2, 2), keep_first=True)
+    store.set_latent(3, torch.ones(1, 4, 2, 2), keep_first=True)
+    assert torch.equal(store.latents[3], torch.zeros(1, 4, 2, 2))
+    store.set_latent(3, torch.ones(1, 4, 2, 2))
+    assert torch.equal(store.latents[3], torch.ones(1, 4, 2, 2))
+
+
+# ---- samplers and refusals ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version,kind", [("v1", "euler"), ("v2", "euler"), ("v3", "dpmpp_sde"), ("v4", "dpmpp_sde")])
+def test_image_pipeline_uses_the_versions_released_sampler(version, kind):
+    models, shapes = as_version(version, video=False)
+    g = torch.Generator().manual_seed(1)
+    feats = {k: torch.randn(2, c, 1, h, w, generator=g) for k, (c, h, w) in shapes.items()}
+    controls = PrecomputedControls.from_cfg_batch(feats)
+
+    def run(scheduler=None):
+        with torch.no_grad():
+            return generate_image(models, runtime(), reference_image(HW), text(1), controls,
+                                  negative_prompt_embeds=text(2), steps=2, noise=4, scheduler=scheduler).latents
+
+    assert torch.equal(run(), run(kind))
+    other = "dpmpp_sde" if kind == "euler" else "euler"
+    assert not torch.allclose(run(), run(other))
+
+
+def test_image_only_version_is_refused_for_video():
+    models, _ = as_version("v5c", video=False)
+    with pytest.raises(ValueError, match="image-only"):
+        VideoGeneration(models, runtime(), reference_image(HW), text(1), controls_for(models, 3))
+
+
+def test_video_versions_need_the_pre_pass_unet():
+    models, _ = as_version("v2")
+    models.pre_denoiser = None
+    with pytest.raises(ValueError, match="pre-pass"):
+        VideoGeneration(models, runtime(), reference_image(HW), text(1), controls_for(models, 3))
