@@ -450,8 +450,10 @@ class VideoGeneration:
                 frames = [plan.frames[p] for p in wnd]
                 control = rows.expand_features(self.controls.cfg_features(frames, device, denoiser.dtype, guided),
                                                guided)
-                eps = denoiser(x, t.to(device), rows.text, reference_cache=cache, control=control, use_motion=True,
-                               collect_cache=False, deep=deep)[0]
+                # the AnimateDiff modules sit inside the UNet's blocks; use_motion is for a HelloMeme motion adapter
+                eps = denoiser(x, t.to(device), rows.text, reference_cache=cache, control=control,
+                               use_motion=getattr(denoiser, "motion", None) is not None, collect_cache=False,
+                               deep=deep)[0]
                 eps_sum.index_add_(2, idx, eps.float().to(offload))
                 del x, eps, control
                 self.stats.unet_calls += 1
