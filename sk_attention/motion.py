@@ -9,6 +9,11 @@ Two diffusers ``AnimateDiffTransformer3D`` temporal transformers per UNet level 
 * ``attn1`` then runs over the F frames.
 
 Without pads only ``attn1`` runs.
+
+The transformers run through :func:`temporal_attention` (the diffusers forward's computation, op for op, on the
+released submodules) so that ``attn_pad`` computes the pads' positions only where the kept frames need them: the
+pads are keys/values of both self-attentions, but the second attention's queries, the feed-forward and ``proj_out``
+run on the F kept frames only (their outputs are dropped).
 """
 from __future__ import annotations
 
@@ -31,6 +36,41 @@ def temporal_transformer(channels: int, num_attention_heads: int = 8, max_frames
     )
 
 
+def temporal_attention(transformer: nn.Module, clip: torch.Tensor, keep: slice = slice(None)) -> torch.Tensor:
+    """A diffusers ``AnimateDiffTransformer3D`` (layer-norm blocks with two self-attentions, as
+    :func:`temporal_transformer` builds it) on a clip, returning only the frames ``keep``.
+
+    clip: (B, F, C, H, W) -> (B, F', C, H, W) with F' the kept frames; ``transformer(x, num_frames=F)`` on the same
+    clip flattened to '(b f)' gives the same values at the kept frames. Every frame is a key/value of every attention;
+    the last block's second attention queries, feed-forward, ``proj_out`` and residual run on the kept frames only.
+    """
+    b, f, c, h, w = clip.shape
+    # GroupNorm over each clip (B, C, F, H, W) -> tokens (B*H*W, F, C)
+    tokens = transformer.norm(clip.permute(0, 2, 1, 3, 4)).permute(0, 3, 4, 2, 1).reshape(b * h * w, f, c)
+    x = transformer.proj_in(tokens)
+    blocks = transformer.transformer_blocks
+    for i, block in enumerate(blocks):
+        x = _block(block, x, keep if i == len(blocks) - 1 else slice(None))
+    x = transformer.proj_out(x)  # (B*H*W, F', C)
+    x = x.reshape(b, h, w, x.shape[1], c).permute(0, 3, 4, 1, 2).contiguous()  # (B, F', C, H, W)
+    return x + clip[:, keep]
+
+
+def _block(block: nn.Module, x: torch.Tensor, keep: slice) -> torch.Tensor:
+    """diffusers ``BasicTransformerBlock`` (layer norms, sinusoidal positions, self-attention ``attn1``, self-attention
+    ``attn2`` (double_self_attention), GEGLU ``ff``) on tokens (N, F, C) -> (N, F', C), F' the ``keep`` frames:
+    ``attn2``'s queries and everything after it only for those."""
+    pe = block.pos_embed
+    x = block.attn1(pe(block.norm1(x))) + x
+    kv = pe(block.norm2(x))  # (N, F, C): keys and values of every frame
+    if keep == slice(None):
+        x = block.attn2(kv) + x
+    else:
+        x = x[:, keep]
+        x = block.attn2(kv[:, keep], encoder_hidden_states=kv) + x
+    return block.ff(block.norm3(x)) + x
+
+
 class AnchoredMotionModule(nn.Module):
     """Temporal attention over a clip, optionally anchored by two keyframe feature maps (pads).
 
@@ -48,14 +88,13 @@ class AnchoredMotionModule(nn.Module):
                 num_frames: int) -> torch.Tensor:
         # hidden_states: (B*F, C, H, W); pad_states: (B, C, 2, H, W) = [first, last] keyframe features or None;
         # temb: (B*F, 1280), unused by this module -> (B*F, C, H, W)
-        x = hidden_states
+        bf, c, h, w = hidden_states.shape
+        b = bf // num_frames
+        frames = hidden_states.reshape(b, num_frames, c, h, w)
+        x = frames
         if pad_states is not None:
-            bf, c, h, w = hidden_states.shape
-            b = bf // num_frames
-            frames = hidden_states.reshape(b, num_frames, c, h, w)
-            pads = pad_states.to(hidden_states.dtype).permute(0, 2, 1, 3, 4)  # (B, 2, C, H, W)
-            seq = torch.cat([pads[:, :1], frames, pads[:, -1:]], dim=1)  # (B, F+2, C, H, W)
-            seq = self.attn_pad(seq.reshape(b * (num_frames + 2), c, h, w), num_frames=num_frames + 2)
-            seq = seq.reshape(b, num_frames + 2, c, h, w)[:, 1:-1].reshape(bf, c, h, w)
-            x = seq + hidden_states  # attn_pad already holds one residual: the input counts twice (as released)
-        return self.attn1(x, num_frames=num_frames)
+            pads = pad_states.to(hidden_states.dtype).transpose(1, 2)  # (B, 2, C, H, W)
+            seq = torch.cat([pads[:, :1], frames, pads[:, 1:]], dim=1)  # (B, F+2, C, H, W)
+            # the pads' outputs are dropped; attn_pad already holds one residual: the input counts twice (as released)
+            x = temporal_attention(self.attn_pad, seq, keep=slice(1, num_frames + 1)) + frames
+        return temporal_attention(self.attn1, x).reshape(bf, c, h, w)
