@@ -39,8 +39,8 @@ SCRIPTS = {"hellomeme": "hellomeme_video.py", "memo": "memo_clips.py", "hunyuan_
 
 def family_args(family: str, mode: str, device: str, threads: int) -> list[str]:
     """The family script's options for ``mode`` (quick / cpu / gpu). gpu: released sizes at 512^2 with the
-    original's steps and guidance (HelloMeme v5 video: 25 steps, cfg 1.5; HunyuanPortrait: 25 steps, its official
-    window settings)."""
+    original's steps and guidance (HelloMeme v5 video: 25 steps, cfg 1.5; MEMO: memo_clips.py's real preset, 16-frame
+    clips, 20 steps, cfg 3.5, bf16; HunyuanPortrait: 25 steps, its official window settings)."""
     t = ["--threads", str(threads)]
     if family == "hellomeme":
         base = {"quick": ["--frames", "4", "8", "--steps", "1", "--size", "128"],
@@ -48,9 +48,9 @@ def family_args(family: str, mode: str, device: str, threads: int) -> list[str]:
                 "gpu": ["--frames", "24", "96", "--steps", "25", "--cfg", "1.5", "--real-size", "--size", "512"]}[mode]
         return base + ["--device", device] + t
     if family == "memo":
-        base = {"quick": ["--clips", "1", "2", "--steps", "1", "--size", "64"],
-                "cpu": ["--clips", "1", "16", "--steps", "2", "--size", "128"],
-                "gpu": ["--clips", "1", "16", "--steps", "20", "--size", "512"]}[mode]
+        base = {"quick": ["--clips", "1", "2", "--steps", "1", "--size", "small", "--image", "64"],
+                "cpu": ["--clips", "1", "16", "--steps", "2", "--size", "small", "--image", "128"],
+                "gpu": ["--clips", "1", "16", "--size", "real"]}[mode]  # 512^2, 16-frame clips, 20 steps, cfg 3.5
         return base + ["--device", device] + t
     base = {"quick": ["--size", "small", "--frames", "8", "24", "--image", "32", "--steps", "1", "--window", "4",
                       "--overlap", "1", "--pad", "2", "--decode-chunk", "4", "--crop", "32"],
