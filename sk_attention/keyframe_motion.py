@@ -8,7 +8,8 @@ One attention over the frame axis of each pixel, anchored by two keyframe featur
    (B*H*W, F+2, C);
 3. ``ff(temp_attn(norm(tokens + pe[:F+2])))``: stored position table ``pos_embed_t.pe`` (1, 154, C), LayerNorm,
    self-attention, GEGLU feed-forward (inner 2C), no inner residuals;
-4. the pad positions are dropped and ``out = hidden + proj(result)`` (3x3 conv).
+4. the pad positions are dropped and ``out = hidden + proj(result)`` (3x3 conv). (Computed as: the pads are keys and
+   values only, the F frames are the queries and the only feed-forward inputs.)
 
 The v5 module (two AnimateDiff transformers) is :class:`~.motion.AnchoredMotionModule`; both share the call
 ``(hidden (B*F, C, H, W), pads (B, C, 2, H, W), temb (B*F, 1280), num_frames)``.
@@ -67,7 +68,9 @@ class AnchoredTemporalAttention(nn.Module):
         seq = torch.cat([pads[:, :1], frames, pads[:, -1:]], dim=1)  # (B, F+2, C, H, W)
         length = num_frames + 2
         tokens = (seq.permute(0, 3, 4, 1, 2) + t).reshape(b * h * w, length, c)  # (B*H*W, F+2, C)
-        out = self.ff(self.temp_attn(self.norm(self.pos_embed_t(tokens))))
-        out = out.reshape(b, h, w, length, c)[:, :, :, 1:-1]  # pads dropped: (B, H, W, F, C)
-        out = out.permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)
+        tokens = self.norm(self.pos_embed_t(tokens))
+        # the pad positions' outputs are dropped: only the F frames are queries (and go through ff); every position
+        # stays a key and value, so the result is the same for 2 fewer queries per pixel
+        out = self.ff(self.temp_attn(tokens[:, 1:-1], context=tokens))  # (B*H*W, F, C)
+        out = out.reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)
         return hidden_states + self.proj(out)
