@@ -41,6 +41,11 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from ..runtime.speed import DeepFeature  # feature reuse store, shared with MEMO (re-exported)
+
+__all__ = ["DeepFeature", "InjectionScheme", "SKDenoiser", "V1_SCHEME", "V3_SCHEME", "animatediff_unet",
+           "batch_to_frames", "build_denoiser", "frames_to_batch", "scheme_for"]
+
 FeatureDict = Mapping[str, torch.Tensor]
 
 
@@ -70,9 +75,10 @@ class InjectionScheme:
             (``str.format(i)``).
         control_up: control key templates added, in this order, to the input of up block ``i``.
         cross_attention_points: True (v1/v2): the cache and the reference knitting are at the cross-attention blocks
-            only, plus the mid block's output (cached as ``mid``), and the reference adapter's ``reference_modules_down``
-            / ``reference_modules_mid`` (v1 files) act after down blocks / the mid block. False (v3+): every down block
-            output and every up block input is cached, references enter the up path only.
+            only, plus the mid block's output (cached as ``mid``), and the reference adapter's
+            ``reference_modules_down`` / ``reference_modules_mid`` (v1 files) act after down blocks / the mid block.
+            False (v3+): every down block output and every up block input is cached, references enter the up path
+            only.
     """
 
     name: str
@@ -148,10 +154,10 @@ def animatediff_unet(unet: nn.Module, motion_adapter: nn.Module) -> nn.Module:
         raise TypeError("animatediff_unet needs a plain UNet2DConditionModel")
     with torch.device("meta"):
         model = UNetMotionModel.from_unet2d(_MetaConfig(unet), motion_adapter, load_weights=False)
-    dtype = unet.conv_in.weight.dtype
+    weight = unet.conv_in.weight
     state = dict(unet.state_dict())
     for key, value in motion_adapter.state_dict().items():
-        state[key] = value.to(dtype)
+        state[key] = value.to(device=weight.device, dtype=weight.dtype)  # no copy where they already match
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError("AnimateDiff UNet: the UNet and the motion adapter do not fill the motion UNet; missing "
@@ -172,28 +178,6 @@ class _MetaConfig:
 def _frames_kw(block: nn.Module, num_frames: int) -> dict:
     """AnimateDiff blocks (``motion_modules`` inside) take the clip length; plain blocks take nothing."""
     return {"num_frames": num_frames} if hasattr(block, "motion_modules") else {}
-
-
-# ---- feature reuse -----------------------------------------------------------------------------------------------
-
-
-class DeepFeature:
-    """One denoiser call site's stored deep feature for feature reuse across steps (DeepCache-style): the input of
-    the last up block, kept on ``store_device`` (the host by default, so a long video's windows do not hold
-    accelerator memory). ``reuse`` says whether the next call may use it instead of the deep blocks."""
-
-    def __init__(self, store_device: torch.device | str = "cpu"):
-        self.store_device = torch.device(store_device)
-        self.tensor: Optional[torch.Tensor] = None
-        self.reuse = False
-
-    def store(self, h: torch.Tensor) -> None:
-        self.tensor = h.detach().to(self.store_device, copy=True)
-
-    def load(self, device, dtype) -> torch.Tensor:
-        if self.tensor is None:
-            raise RuntimeError("feature reuse asked before a full step stored the deep feature")
-        return self.tensor.to(device=device, dtype=dtype)
 
 
 # ---- the denoiser ------------------------------------------------------------------------------------------------
