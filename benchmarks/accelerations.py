@@ -3,20 +3,23 @@
     python benchmarks/accelerations.py --family hunyuan_portrait                     # small nets, CPU, float32
     python benchmarks/accelerations.py --family hunyuan_portrait --size real --device cuda --frames 50 --steps 4
     python benchmarks/accelerations.py --options sdpa_math compile bf16 --json out.json
+    python benchmarks/accelerations.py --family memo --frames 8 --options cache2 cache3 sdpa_math bf16
 
 Each option runs the same generation as the exact path (same random weights, inputs and seed draws) and reports
-``denoise s`` (min over ``--repeats`` runs after one warm-up run, so compilation is not counted; the warm-up time is
-reported as ``first s``), the speed-up over the exact path, and the difference of the decoded frames from the exact
-path's: PSNR over the whole clip, the worst frame's PSNR, and the largest absolute difference (frames in [0, 1]).
+``denoise s`` (min over ``--repeats`` rounds after one warm-up run, so compilation is not counted; the rounds run the
+exact path and every option in turn, interleaved; the warm-up time is reported as ``first s``), the speed-up over
+the exact path, and the difference of the decoded frames from the exact path's: PSNR over the whole clip, the worst
+frame's PSNR, and the largest absolute difference (frames in [0, 1]).
 
 Options: ``sdpa_math`` / ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` (SDPA restricted to one backend),
 ``sage`` (SageAttention, CUDA), ``compile`` (``torch.compile`` of the denoiser's blocks, default mode),
 ``compile_max`` (``max-autotune-no-cudagraphs``), ``cache2`` / ``cache3`` (feature reuse across steps every 2nd / 3rd
-step, HelloMeme), ``bf16`` / ``fp16`` (the denoiser in that dtype; the exact path is
+step, HelloMeme and MEMO), ``bf16`` / ``fp16`` (the denoiser in that dtype; the exact path is
 ``--dtype``, fp32 by default). Options that cannot run here (no CUDA, package missing) are listed with the reason.
 
-The networks come from ``benchmarks/hunyuan_portrait.py`` (random weights from the released or the parity configs),
-so the figures measure arithmetic and kernels, not image quality; on a GPU use ``--size real``.
+The networks come from each family's benchmark script (``hunyuan_portrait.py``, ``hellomeme_video.py``,
+``memo_clips.py``: random weights from the released or the parity configs), so the figures measure arithmetic and
+kernels, not image quality; on a GPU use ``--size real``.
 """
 from __future__ import annotations
 
@@ -166,36 +169,121 @@ class HelloMemeCase:
         return marks[-1] - t0, frames.permute(0, 3, 1, 2)
 
 
-CASES = {"hunyuan_portrait": HunyuanCase, "hellomeme": HelloMemeCase}
+class MemoCase:
+    """MEMO: clip-by-clip sampling + decode of ``frames`` frames (benchmarks/memo_clips.py's models: the parity
+    stand-ins with ``--size small``, the released architectures with random weights with ``--size real``; its
+    presets give the frame size, clip length, steps and guidance). The audio tokens are drawn at random (the audio
+    models are not what the options change); ``denoise s`` sums, over the clips, the Reference Net pass and the
+    Diffusion Net steps (not the VAE)."""
+
+    name = "memo"
+
+    def __init__(self, args):
+        import torch
+
+        import memo_clips as bench
+        from portrait_animation.motion.memo_sampler import MemoSampler, MemoSamplerSettings
+        from portrait_animation.runtime import parse_dtype
+
+        preset = bench.PRESETS[args.size]
+        dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
+        self.bundle = bench.Bundle(args.size, args.device, dtype).bundle
+        self.dtype = parse_dtype(dtype)
+        self.steps = args.steps or preset.steps
+        f = preset.clip_length
+        clips = max(1, -(-args.frames // f))
+        b = self.bundle
+        self.sampler = MemoSampler(b.vae.module, b.reference_net.module, b.diffusion_net.module, b.image_proj.module,
+                                   MemoSamplerSettings(steps=self.steps, guidance_scale=preset.cfg, frames_per_clip=f,
+                                                       num_past_frames=f))
+        b.runtime.load(b.sampling_models)
+        gen = torch.Generator().manual_seed(0)
+        width = b.diffusion_net.module.config.audio_attention_dim
+        self.ref = torch.rand(1, 3, preset.image, preset.image, generator=gen) * 2 - 1
+        self.face = torch.randn(1, 512, generator=gen)
+        self.audio = torch.randn(1, clips * f, 32, width, generator=gen)
+        self.emotions = torch.randint(0, 8, (clips * f,), generator=gen)
+        self.frames = clips * f
+
+    def denoiser(self):
+        import torch
+
+        # the dtype options cast the Reference Net too: the sampler feeds it in the Diffusion Net's dtype
+        return torch.nn.ModuleList([self.bundle.diffusion_net.module, self.bundle.reference_net.module])
+
+    def run(self, speed):
+        import torch
+
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        spans = []
+
+        def inspect(name, _):
+            if name.endswith(".ref_latents"):  # the clip's Reference Net pass and steps follow
+                sync()
+                spans.append([time.perf_counter()])
+
+        def on_step(clip, step):
+            if step == self.steps - 1:
+                sync()
+                spans[-1].append(time.perf_counter())
+
+        with torch.no_grad():
+            clips = self.sampler.clips(self.ref, self.face, self.audio, self.emotions, noise=0, inspect=inspect,
+                                       on_step=on_step, speed=speed)
+            frames = torch.cat([c.frames[0].transpose(0, 1) for c in clips])  # (N, 3, H, W)
+        return sum(end - start for start, end in spans), frames.float()
 
 
-def measure(case, option: str | None, repeats: int) -> dict:
-    import torch
+CASES = {"hunyuan_portrait": HunyuanCase, "hellomeme": HelloMemeCase, "memo": MemoCase}
 
+
+def run_once(case, option: str | None):
+    """One generation with ``option`` (None: the exact path) -> (denoise seconds, frames); a dtype option casts the
+    case's denoiser for the run only."""
+    from portrait_animation.runtime import parse_dtype
     from portrait_animation.runtime.speed import SpeedOptions
 
     spec = dict(OPTIONS.get(option, {})) if option else {}
     dtype = spec.pop("dtype", None)
-    speed = SpeedOptions(**spec)
     unet = case.denoiser()
     original_dtype = next(unet.parameters()).dtype
     if dtype:
-        from portrait_animation.runtime import parse_dtype
-
         unet.to(parse_dtype(dtype))
     try:
-        t0 = time.perf_counter()
-        _, frames = case.run(speed)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(repeats):
-            seconds, again = case.run(speed)
-            times.append(seconds)
-        if not torch.equal(frames, again):
-            raise AssertionError(f"{option or 'exact'}: two runs of the same option differ")
+        return case.run(SpeedOptions(**spec))
     finally:
         unet.to(original_dtype)
-    return {"option": option or "exact", "first_s": first, "denoise_s": min(times), "frames": frames}
+
+
+def measure(case, options: list[str], repeats: int) -> list[dict]:
+    """The exact path and every option: one warm-up run each (``first_s``; compilation happens there), then
+    ``repeats`` rounds that run them all in turn (interleaved, so a change in the machine's load hits every option
+    alike); ``denoise_s`` is the minimum. An option that cannot run here is a row with ``skipped``."""
+    import torch
+
+    rows = []
+    for option in [None, *options]:
+        t0 = time.perf_counter()
+        try:
+            _, frames = run_once(case, option)
+        except Exception as exc:  # an option this machine cannot run (no CUDA, package missing)
+            if option is None:
+                raise
+            rows.append({"option": option, "skipped": f"{type(exc).__name__}: {exc}".splitlines()[0][:160]})
+            continue
+        rows.append({"option": option or "exact", "first_s": time.perf_counter() - t0, "frames": frames, "times": []})
+    for _ in range(repeats):
+        for row in rows:
+            if "skipped" in row:
+                continue
+            seconds, again = run_once(case, None if row["option"] == "exact" else row["option"])
+            if not torch.equal(row["frames"], again):
+                raise AssertionError(f"{row['option']}: two runs of the same option differ")
+            row["times"].append(seconds)
+    for row in rows:
+        if "times" in row:
+            row["denoise_s"] = min(row.pop("times"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,13 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     case = CASES[args.family](args)
-    exact = measure(case, None, args.repeats)
-    rows = [exact]
-    for option in args.options:
-        try:
-            rows.append(measure(case, option, args.repeats))
-        except Exception as exc:  # an option this machine cannot run (no CUDA, package missing)
-            rows.append({"option": option, "skipped": f"{type(exc).__name__}: {exc}".splitlines()[0][:160]})
+    rows = measure(case, args.options, max(1, args.repeats))
+    exact = rows[0]
     print(f"\n{args.family}, {args.size} config, {args.frames} frames, {case.steps} steps, "
           f"{args.device}, exact dtype {case.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| option | first s | denoise s | speed-up | PSNR dB | worst frame dB | max abs diff |")
