@@ -186,7 +186,7 @@ class MemoCase:
         from portrait_animation.runtime import parse_dtype
 
         preset = bench.PRESETS[args.size]
-        dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
+        dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")  # MEMO's own precision (fp16 overflows)
         self.bundle = bench.Bundle(args.size, args.device, dtype).bundle
         self.dtype = parse_dtype(dtype)
         self.steps = args.steps or preset.steps
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--family", choices=sorted(CASES), default="hunyuan_portrait")
     ap.add_argument("--size", choices=("small", "real"), default="small")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default=None, help="the exact path's dtype (default fp32 on CPU, fp16 on CUDA)")
+    ap.add_argument("--dtype", default=None, help="the exact path's dtype (default fp32 on CPU, fp16 on CUDA; MEMO bf16)")
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--options", nargs="+", default=["sdpa_math", "compile", "bf16"], choices=sorted(OPTIONS))
