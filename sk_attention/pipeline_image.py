@@ -645,10 +645,15 @@ def reference_cache_rows(reference_unet: SKDenoiser, latent: torch.Tensor, rows:
 
 
 def denoiser_reference_cache(models: HelloMemeModels, cache: FeatureDict) -> FeatureDict:
-    """The reference-cache entries the denoiser reads: the up path (v2+), everything (v1: down, mid and up)."""
-    if models.spec.reference_points == "all":
-        return cache
-    return {k: v for k, v in cache.items() if k.startswith("up_")}
+    """The reference-cache entries the denoiser reads: the up path (v2+), everything (v1: down, mid and up); wrapped
+    so that each knitting block computes its reference side once per run (:func:`.knitting.prepared_reference_cache`).
+    """
+    from .knitting import prepared_reference_cache
+
+    if models.spec.reference_points != "all":
+        cache = {k: v for k, v in cache.items() if k.startswith("up_")}
+    pre = getattr(models, "pre_denoiser", None)
+    return prepared_reference_cache(cache, models.denoiser.reference, None if pre is None else pre.reference)
 
 
 def check_reference_geometry(models: HelloMemeModels, latent_hw: tuple[int, int], size_correct: bool) -> None:

@@ -2,12 +2,18 @@
 
 * motion (v5 ``AnchoredMotionModule``): ``attn_pad`` computes the pads' positions only where the kept frames need
   them; the result equals running the diffusers transformer over all F + 2 frames and dropping the pads.
+* reference knitting: a reference-cache entry wrapped as ``ReferenceFeatures`` gives the same output as the bare
+  tensor (the reference side computed once and reused), for v5 / v3 reference attention and the v5b/v5c module,
+  per-clip references over several frames and the CFG batch; the side is computed once per run, not per call.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
+from portrait_animation.sk_attention import knitting
+from portrait_animation.sk_attention.knitting import (KnittedReferenceAttention, KnittedReferenceModule,
+                                                       ReferenceFeatures, prepared_reference_cache)
 from portrait_animation.sk_attention.motion import AnchoredMotionModule, temporal_attention
 
 
@@ -60,3 +66,62 @@ def test_temporal_attention_keeps_requested_frames():
         kept = temporal_attention(module.attn_pad, clip, keep=slice(1, 4))
     assert kept.shape == (2, 3, 32, 4, 4)
     torch.testing.assert_close(kept, full[:, 1:4], atol=2e-5, rtol=1e-5)
+
+
+def _repeat_knit(module, hidden, ref, num_frames):
+    """The plain computation: the per-clip reference repeated over its frames, the module run on per-frame pairs."""
+    per_frame = ref.repeat_interleave(hidden.shape[0] // ref.shape[0], dim=0)
+    return module(hidden, per_frame, num_frames)
+
+
+@pytest.mark.parametrize("block", ["v5", "v3", "v5b"])
+def test_prepared_reference_equals_bare_tensor(block):
+    torch.manual_seed(2)
+    make = {"v5": lambda: KnittedReferenceAttention(32, 4),
+            "v3": lambda: KnittedReferenceAttention(32, 4, position_table_length=128, unused_time_embed_dim=None),
+            "v5b": lambda: KnittedReferenceModule(32, 4)}[block]
+    module = _randomized(make(), seed=3)
+    frames = 3
+    hidden = torch.randn(2 * frames, 32, 8, 8)  # CFG batch of one clip: [uncond, cond] x 3 frames, '(b f)'
+    ref = torch.stack([torch.zeros(32, 8, 8), torch.randn(32, 8, 8)])  # uncond reference: cache of a zero latent
+    prepared = ReferenceFeatures(ref)
+    with torch.no_grad():
+        bare = module(hidden, ref, frames)
+        first, again = module(hidden, prepared, frames), module(hidden, prepared, frames)
+        per_frame = _repeat_knit(module, hidden, ref, frames)
+    torch.testing.assert_close(first, bare, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    torch.testing.assert_close(bare, per_frame, atol=1e-5, rtol=1e-5)
+    # the reference really enters: another reference changes the output
+    with torch.no_grad():
+        other = module(hidden, ReferenceFeatures(torch.randn_like(ref)), frames)
+    assert not torch.allclose(other, first, atol=1e-3)
+
+
+def test_reference_side_computed_once_per_run(monkeypatch):
+    module = _randomized(KnittedReferenceModule(32, 4), seed=4)
+    calls = []
+    real = knitting.knit_reference
+    monkeypatch.setattr(knitting, "knit_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = ReferenceFeatures(torch.randn(1, 32, 4, 4))
+    with torch.no_grad():
+        for _ in range(3):  # three steps
+            module(torch.randn(2, 32, 4, 4), ref.to(dtype=torch.float32), 2)
+    assert len(calls) == 1
+    with torch.no_grad():
+        module(torch.randn(2, 32, 4, 4), torch.randn(1, 32, 4, 4), 2)  # a bare tensor: computed per call
+    assert len(calls) == 2
+
+
+def test_prepared_cache_only_for_knitting_adapters():
+    class Adapter(torch.nn.Module):
+        def __init__(self, blocks):
+            super().__init__()
+            self.reference_modules_up = torch.nn.ModuleList(blocks)
+
+    cache = {"up_0": torch.randn(1, 32, 4, 4)}
+    wrapped = prepared_reference_cache(cache, Adapter([KnittedReferenceAttention(32, 4)]))
+    assert isinstance(wrapped["up_0"], ReferenceFeatures) and wrapped["up_0"].features is cache["up_0"]
+    other = prepared_reference_cache(cache, Adapter([KnittedReferenceAttention(32, 4)]), Adapter([torch.nn.Identity()]))
+    assert other["up_0"] is cache["up_0"]
+    assert prepared_reference_cache(cache, None)["up_0"] is cache["up_0"]
