@@ -58,8 +58,9 @@ def _sampler_inputs():
         io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (the original uses 25)."),
         io.Float.Input("cfg", default=1.5, min=1.0, max=20.0, step=0.05,
                        tooltip="Guidance scale; 1.5 as in the original scripts (<= 1 disables guidance)."),
-        io.Combo.Input("scheduler", options=["dpmpp_sde", "euler"], default="dpmpp_sde",
-                       tooltip="DPM++ SDE is what v5 was released with; Euler is the v1-v4 sampler."),
+        io.Combo.Input("scheduler", options=["auto", "dpmpp_sde", "euler"], default="auto",
+                       tooltip="DPM++ SDE is what v5 was released with (and v3/v4 images); Euler is the v1/v2 sampler "
+                               "and the v3/v4 video sampler. auto: the loaded version's released sampler."),
         io.Int.Input("width", default=512, min=SIZE_MIN, max=SIZE_MAX, step=SIZE_MULTIPLE,
                      tooltip="Output width: a multiple of 64 from 64 to 2048. The released model works at 512x512; "
                              "non-square sizes need 'size_correct'."),
@@ -70,6 +71,11 @@ def _sampler_inputs():
                                  "(identical results on square sizes)."),
         speed_input(),
     ]
+
+
+def _scheduler(choice: str):
+    """The sampler input -> the pipelines' scheduler (None: the version's released one)."""
+    return None if choice == "auto" else choice
 
 
 def _text(models, positive, negative):
@@ -115,14 +121,20 @@ class HelloMemeLoader(io.ComfyNode):
             node_id=f"{PREFIX}_HelloMemeLoader",
             display_name="HelloMeme Loader",
             category=CAT_HM,
-            description="Loads HelloMeme v5 / v5b / v5c (official songkey/hm5* files, strict) on an SD1.5 "
-                        "checkpoint of your choice, under ComfyUI's model management. Missing files are listed with "
-                        "source and destination, or downloaded when 'download' is on.",
+            description="Loads HelloMeme v1 to v5c (official songkey/hm* files, strict) on an SD1.5 checkpoint of "
+                        "your choice, under ComfyUI's model management. Missing files are listed with source and "
+                        "destination, or downloaded when 'download' is on.",
             inputs=[
                 io.Combo.Input("version", options=list(IMAGE_VERSIONS), default="v5c",
-                               tooltip="v5c: best for images (image only). v5 / v5b: images and video."),
+                               tooltip="v5c: best images and style transfer (image only; the reference is also read "
+                                       "with its own pose). v5b: best likeness, images and video. v5: the lighter "
+                                       "v5, images and video (the released video default). v4 / v3: the 2025 "
+                                       "keyframe video models with AnimateDiff (v4: projector-based control). v2 / "
+                                       "v1: the first releases, 12-frame AnimateDiff windows after a per-frame "
+                                       "pre-pass (Euler); weaker expression, for comparison. See the README's "
+                                       "version table."),
                 io.Combo.Input("mode", options=["image", "video"], default="image",
-                               tooltip="video adds the motion modules (v5, v5b only)."),
+                               tooltip="video adds the motion modules (every version but v5c)."),
                 io.Combo.Input("checkpoint", options=[OFFICIAL] + _files("checkpoints"), default=OFFICIAL,
                                tooltip="SD1.5-derived checkpoint for the denoising UNet and the decoding VAE (the "
                                        "style). 'official SD1.5' uses the base weights."),
@@ -149,6 +161,19 @@ class HelloMemeLoader(io.ComfyNode):
                                       tooltip="What was loaded; what a LoRA merged and what it could not apply.")],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, version=None, mode=None):
+        from ..sk_attention.loading import IMAGE_VERSIONS, VIDEO_VERSIONS
+
+        if version is not None and version not in IMAGE_VERSIONS:
+            return f"unknown HelloMeme version {version!r}: use one of {', '.join(IMAGE_VERSIONS)}"
+        if mode is not None and mode not in ("image", "video"):
+            return f"mode must be 'image' or 'video', got {mode!r}"
+        if mode == "video" and version is not None and version not in VIDEO_VERSIONS:
+            return (f"HelloMeme {version} is an image-only version: pick mode 'image', or one of "
+                    f"{', '.join(VIDEO_VERSIONS)} for video")
+        return True
 
     @classmethod
     def execute(cls, version, mode, checkpoint, stylize, lora, lora_scale, dtype, download) -> io.NodeOutput:
@@ -319,7 +344,7 @@ class HelloMemeImage(io.ComfyNode):
         models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
         result = generate_image(models, node_runtime(cls), ref, pos, controls,
                                 negative_prompt_embeds=neg, reference_controls=ref_controls,
-                                steps=steps, guidance_scale=cfg, noise=seed, scheduler=scheduler,
+                                steps=steps, guidance_scale=cfg, noise=seed, scheduler=_scheduler(scheduler),
                                 frame=driving_frame, size_correct=size_correct, speed=speed)
         return io.NodeOutput(result.image, {"samples": result.latents})
 
@@ -376,8 +401,15 @@ class HelloMemeVideo(io.ComfyNode):
         from ..sk_attention.pipeline_video import generate_video
         from .common import paste_frame_fn, stream_video_path, video_from_file
 
+        from ..sk_attention.loading import VIDEO_VERSIONS
+
+        version = hellomeme["models"].version
+        if version not in VIDEO_VERSIONS:
+            raise ValueError(f"HelloMeme {version} is an image-only version: load one of "
+                             f"{', '.join(VIDEO_VERSIONS)} in mode 'video' for HelloMeme Video")
         if not hellomeme["video"]:
-            raise ValueError("the HelloMeme Loader was set to mode 'image': set it to 'video' (v5 or v5b)")
+            raise ValueError(f"the HelloMeme Loader was set to mode 'image': set it to 'video' ({version} has a "
+                             "video model)")
         _checked_size(width, height)
         streaming = output == "video file"
         paste = paste_frame_fn(crop_info, original) if streaming else None  # checked before any work
@@ -404,7 +436,8 @@ class HelloMemeVideo(io.ComfyNode):
                 writer.write(frame)
             state["next"] += 1
 
-        options = dict(negative_prompt_embeds=neg, steps=steps, guidance_scale=cfg, noise=seed, scheduler=scheduler,
+        options = dict(negative_prompt_embeds=neg, steps=steps, guidance_scale=cfg, noise=seed,
+                       scheduler=_scheduler(scheduler),
                        size_correct=size_correct, speed=speed)
         if streaming:
             with VideoWriter(stream_video_path("hellomeme"), fps, audio=audio) as writer:

@@ -8,6 +8,7 @@ original downloads, and what ``download`` fetches).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,25 +16,57 @@ import torch
 from ..loaders.manifest import load_manifest
 from ..loaders.store import MissingModelFiles, ModelStore, ProgressFn
 
-IMAGE_VERSIONS = ("v5c", "v5b", "v5")
-VIDEO_VERSIONS = ("v5", "v5b")
+IMAGE_VERSIONS = ("v5c", "v5b", "v5", "v4", "v3", "v2", "v1")
+VIDEO_VERSIONS = ("v5", "v5b", "v4", "v3", "v2", "v1")
 OFFICIAL = "official SD1.5"
+EXPRESSIONS = ("pdfgc",)  # cntrl2 (PD-FGC), the released default; the ARKit + CLIP face-parts branch is not offered
 
-# version -> (reference adapter, control projector) folder ids in the manifest
+
+@dataclass(frozen=True)
+class VersionFiles:
+    """Manifest file ids of a version's folders (each a ``config.json`` + weights folder)."""
+
+    reference: str
+    control: str  # the PD-FGC capable control net (v1/v2: hm*_control2; v3: the mixed net; v4/v5: the base)
+    projector: str | None = None  # v4/v5: the control projector
+    arkit_control: str | None = None  # v1/v2: the separate ARKit + face-parts net (only with expression "arkit")
+    motion: str | None = None  # v3-v5 video: the HelloMeme motion adapter
+    animatediff: str | None = None  # v1-v4 video: the AnimateDiff motion adapter
+
+
 _PARTS = {
-    "v5": ("hm5_reference", "hm5_control_proj"),
-    "v5b": ("hm5b_reference", "hm5_control_proj"),
-    "v5c": ("hm5c_reference", "hm5c_control_proj"),
+    "v1": VersionFiles("hm_reference", "hm_control2", arkit_control="hm_control", animatediff="hm_animatediff_frame12"),
+    "v2": VersionFiles("hm2_reference", "hm2_control2", arkit_control="hm2_control",
+                       animatediff="hm2_animatediff_frame12"),
+    "v3": VersionFiles("hm3_reference", "hm3_control_mix", motion="hm3_motion", animatediff="hm3_animatediff"),
+    "v4": VersionFiles("hm4_reference", "hm_control_base", "hm4_control_proj", motion="hm4_motion",
+                       animatediff="hm4_animatediff"),
+    "v5": VersionFiles("hm5_reference", "hm5_control_base", "hm5_control_proj", motion="hm5_motion"),
+    "v5b": VersionFiles("hm5b_reference", "hm5_control_base", "hm5_control_proj", motion="hm5_motion"),
+    "v5c": VersionFiles("hm5c_reference", "hm5_control_base", "hm5c_control_proj"),
 }
 
 
 def version_group(version: str, video: bool) -> str:
-    if video and version not in VIDEO_VERSIONS:
-        raise ValueError(f"HelloMeme {version} has no video model (video: {', '.join(VIDEO_VERSIONS)}); "
-                         "choose v5 or v5b for video, or use the image sampler")
     if version not in IMAGE_VERSIONS:
         raise ValueError(f"unknown HelloMeme version {version!r}: use one of {', '.join(IMAGE_VERSIONS)}")
+    if video and version not in VIDEO_VERSIONS:
+        raise ValueError(f"HelloMeme {version} is an image-only version (video: {', '.join(VIDEO_VERSIONS)}); "
+                         "choose another version for video, or use the image sampler")
     return f"{version}_video" if video else version
+
+
+def version_files(version: str, video: bool, expression: str = "pdfgc") -> list[str]:
+    """The manifest ids a version needs (weights and config.json of each folder), for image or video."""
+    version_group(version, video)
+    if expression not in EXPRESSIONS:
+        raise ValueError(f"expression {expression!r} is not offered (use one of {', '.join(EXPRESSIONS)})")
+    parts = _PARTS[version]
+    ids = [parts.reference, parts.control, parts.projector]
+    if video:
+        ids += [parts.motion, parts.animatediff]
+    ids = [i for i in ids if i is not None]
+    return ids + [f"{i}_config" for i in ids]
 
 
 def official_sd15(store: ModelStore, download: bool, progress: ProgressFn | None = None) -> Path:
@@ -67,16 +100,17 @@ def load_hellomeme(version: str = "v5c", video: bool = False, checkpoint: str | 
 
     store = store or ModelStore.default()
     manifest = load_manifest("hellomeme")
-    group = version_group(version, video)
-    paths = store.ensure(manifest.select(groups=[group]), download=download, progress=progress)
+    ids = version_files(version, video)
+    paths = store.ensure(manifest.select(ids=ids), download=download, progress=progress)
     sd15 = official_sd15(store, download, progress) if (stylize == "x1" or checkpoint is None) else None
-    reference, projector = _PARTS[version]
-    folder = lambda file_id: paths[file_id].parent  # noqa: E731 (a folder holding config.json + weights)
+    parts = _PARTS[version]
+    folder = lambda file_id: None if file_id is None else paths[file_id].parent  # noqa: E731 (config.json + weights)
     return load_models(
         version=version, checkpoint=checkpoint or sd15, sd15=sd15 if stylize == "x1" else None,
-        reference=folder(reference), motion=folder("hm5_motion") if video else None,
-        control_encoder=folder("hm5_control_base"), control_projector=folder(projector),
-        vae=vae, lora=lora, lora_scale=lora_scale, stylize=stylize, dtype=dtype)
+        reference=folder(parts.reference), motion=folder(parts.motion) if video else None,
+        animatediff=folder(parts.animatediff) if video else None,
+        control_encoder=folder(parts.control), control_projector=folder(parts.projector),
+        vae=vae, lora=lora, lora_scale=lora_scale, stylize=stylize, dtype=dtype, video=video)
 
 
 def load_pdfgc_encoder(store: ModelStore | None = None, download: bool = False, device="auto"):

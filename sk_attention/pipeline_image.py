@@ -158,14 +158,19 @@ def load_models(version: str, checkpoint: str | Path, sd15: str | Path | None, r
                 motion: str | Path | None = None, control_encoder: str | Path | None = None,
                 control_projector: str | Path | None = None, vae: str | Path | None = None,
                 lora: str | Path | None = None, lora_scale: float = 1.0, stylize: str = "x1",
-                dtype: Optional[torch.dtype] = None) -> HelloMemeModels:
-    """Load a v5-family pipeline's modules from files (strict loads, no ``from_pretrained``).
+                dtype: Optional[torch.dtype] = None, animatediff: str | Path | None = None,
+                arkit_control_encoder: str | Path | None = None, video: Optional[bool] = None) -> HelloMemeModels:
+    """Load a HelloMeme pipeline's modules from files (strict loads, no ``from_pretrained``).
 
     checkpoint: the user's SD1.5 checkpoint (single file or diffusers folder): denoising UNet and decoding VAE.
     sd15: the official SD1.5 (diffusers folder with ``unet/`` and ``vae/``, or a single file): the reference UNet
     and the encoding VAE in ``stylize="x1"`` (as released); ``"x2"`` takes both from ``checkpoint`` instead (and the
-    LoRA is merged into the reference UNet too). reference / motion / control_*: released HelloMeme folders
-    (``songkey/hm5*_reference``, ``hm5_motion``, ``hm5_control_base``, ``hm5_control_proj`` / ``hm5c_control_proj``).
+    LoRA is merged into the reference UNet too). reference / motion / animatediff / control_*: released HelloMeme
+    folders of the version (e.g. v5: ``hm5_reference``, ``hm5_motion``, ``hm5_control_base``, ``hm5_control_proj``;
+    v1: ``hm_reference``, ``hm_animatediff_frame12``, ``hm_control2`` as ``control_encoder`` and ``hm_control`` as
+    ``arkit_control_encoder``). ``video`` (default: a motion or AnimateDiff adapter is given) also builds the v1-v4
+    pre-pass UNet ``unet_pre``: the official SD1.5 UNet in x1 (the checkpoint's in x2) with the reference adapter,
+    and the LoRA merged into it as released.
     vae: optional VAE file or folder replacing the decoding VAE. lora: an SD1.5 LoRA merged as released: into the
     denoising UNet (and in "x2" the reference UNet) at weight 1.0, whatever ``lora_scale`` is; ``lora_scale`` is
     the released text-encoder LoRA strength, but the prompts come as embeddings from the user's CLIP, so the
@@ -173,11 +178,16 @@ def load_models(version: str, checkpoint: str | Path, sd15: str | Path | None, r
     """
     import copy
 
-    from .adapters import load_hellomeme_module
+    from .adapters import load_animatediff_adapter, load_hellomeme_module
     from .base_models import load_sd15, load_vae_file, merge_lora
+    from .denoiser import build_denoiser
 
+    spec = version_spec(version)
     if stylize not in ("x1", "x2"):
         raise ValueError(f"stylize must be 'x1' or 'x2', got {stylize!r}")
+    video = (motion is not None or animatediff is not None) if video is None else video
+    if video and spec.video is None:
+        raise ValueError(f"HelloMeme {version} is an image-only version")
     user = load_sd15(checkpoint, parts=("unet", "vae"), dtype=dtype)
     if stylize == "x1":
         if sd15 is None:
@@ -189,22 +199,32 @@ def load_models(version: str, checkpoint: str | Path, sd15: str | Path | None, r
             ref_unet, enc_vae = official.unet, official.vae
     else:
         ref_unet, enc_vae = copy.deepcopy(user.unet), copy.deepcopy(user.vae)
+    pre_unet = None
+    if video and spec.pre_pass:  # unet_pre: official SD1.5 (x1) or the checkpoint (x2), plus the LoRA
+        pre_unet = user.unet if stylize == "x2" else (ref_unet if lora is None else copy.deepcopy(ref_unet))
     lora_report = None
     if lora is not None:
         report = merge_lora(user.unet, lora, scale=1.0, text_encoder_scale=lora_scale)
         lora_report = [f"LoRA {Path(str(lora)).name}: the denoising UNet at 1.0 (as released)"] + report.lines()
+        if pre_unet is not None and pre_unet is not user.unet:
+            pre_report = merge_lora(pre_unet, lora, scale=1.0, text_encoder_scale=lora_scale)
+            lora_report.append(f"LoRA: merged {len(pre_report.applied)} pre-pass UNet layer(s) at 1.0")
         if stylize == "x2":
             ref_report = merge_lora(ref_unet, lora, scale=1.0, text_encoder_scale=lora_scale)
             lora_report.append(f"LoRA (x2): merged {len(ref_report.applied)} reference-UNet layer(s) at 1.0")
     dec_vae = load_vae_file(vae, dtype=dtype) if vae is not None else user.vae
     load = (lambda folder: None if folder is None else load_hellomeme_module(folder, dtype=dtype))
+    ref_adapter = load(reference)
     return HelloMemeModels(
         version=version,
-        denoiser=SKDenoiser(user.unet, load(reference), load(motion)).eval(),
-        reference_unet=SKDenoiser(ref_unet).eval(),
+        denoiser=build_denoiser(version, user.unet, ref_adapter, load(motion) if video else None,
+                                load_animatediff_adapter(animatediff, dtype=dtype)
+                                if video and animatediff is not None else None).eval(),
+        reference_unet=build_denoiser(version, ref_unet).eval(),
         encode_vae=enc_vae, decode_vae=dec_vae,
-        control_encoder=load(control_encoder), control_projector=load(control_projector), dtype=dtype,
-        lora_report=lora_report)
+        control_encoder=load(control_encoder), control_projector=load(control_projector),
+        pre_denoiser=build_denoiser(version, pre_unet, ref_adapter).eval() if pre_unet is not None else None,
+        arkit_control_encoder=load(arkit_control_encoder), dtype=dtype, lora_report=lora_report)
 
 
 # ---- control features ---------------------------------------------------------------------------------------------

@@ -231,3 +231,109 @@ def test_video_versions_need_the_pre_pass_unet():
     models.pre_denoiser = None
     with pytest.raises(ValueError, match="pre-pass"):
         VideoGeneration(models, runtime(), reference_image(HW), text(1), controls_for(models, 3))
+
+
+# ---- loader ---------------------------------------------------------------------------------------------------------
+def test_every_version_asks_for_its_released_folders():
+    from portrait_animation.loaders.manifest import load_manifest
+    from portrait_animation.sk_attention.loading import IMAGE_VERSIONS, VIDEO_VERSIONS, version_files
+
+    assert set(IMAGE_VERSIONS) == {"v1", "v2", "v3", "v4", "v5", "v5b", "v5c"}
+    assert set(VIDEO_VERSIONS) == set(IMAGE_VERSIONS) - {"v5c"}
+    repos = {  # PD-FGC expression (the released default): the v1/v2 ARKit nets hm_control / hm2_control are not asked
+        ("v1", False): {"hm_reference", "hm_control2"},
+        ("v1", True): {"hm_reference", "hm_control2", "hm_animatediff_frame12"},
+        ("v2", True): {"hm2_reference", "hm2_control2", "hm2_animatediff_frame12"},
+        ("v3", False): {"hm3_reference", "hm3_control_mix"},
+        ("v3", True): {"hm3_reference", "hm3_control_mix", "hm3_motion", "hm3_animatediff"},
+        ("v4", True): {"hm4_reference", "hm_control_base", "hm4_control_proj", "hm4_motion", "hm4_animatediff"},
+        ("v5", True): {"hm5_reference", "hm5_control_base", "hm5_control_proj", "hm5_motion"},
+        ("v5c", False): {"hm5c_reference", "hm5_control_base", "hm5c_control_proj"},
+    }
+    manifest = load_manifest("hellomeme")
+    for (version, video), want in repos.items():
+        files = manifest.select(ids=version_files(version, video))
+        assert {f.repo_id.split("/", 1)[1] for f in files} == want, (version, video)
+        assert {f.path for f in files} == {"config.json", "diffusion_pytorch_model.safetensors"}
+        group = {f.id for f in manifest.select(groups=[f"{version}_video" if video else version])}
+        assert {f.id for f in files} <= group  # the Model Files node's version group holds them
+    with pytest.raises(ValueError, match="image-only"):
+        version_files("v5c", True)
+
+
+@pytest.fixture
+def hellomeme_nodes(monkeypatch):
+    """nodes/hellomeme.py imported against a stand-in comfy_api (as test_memo_nodes does)."""
+    import importlib
+    import sys
+    import types
+
+    from test_memo_nodes import _StubIO
+
+    latest = types.ModuleType("comfy_api.v0_0_2")
+    latest.io = _StubIO("io")
+    latest.ComfyExtension = type("ComfyExtension", (), {})
+    latest.InputImpl = types.SimpleNamespace(VideoFromComponents=lambda components: components)
+    latest.Types = types.SimpleNamespace(VideoComponents=lambda **fields: fields)
+    comfy_api = types.ModuleType("comfy_api")
+    comfy_api.v0_0_2 = latest
+    monkeypatch.setitem(sys.modules, "comfy_api", comfy_api)
+    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", latest)
+    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys.modules["portrait_animation"], "nodes", None, raising=False)
+    yield importlib.import_module("portrait_animation.nodes.hellomeme")
+    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
+        del sys.modules[name]
+
+
+def test_loader_node_offers_every_version_and_refuses_image_only_video(hellomeme_nodes, monkeypatch):
+    loader = hellomeme_nodes.HelloMemeLoader
+    monkeypatch.setattr(hellomeme_nodes, "_files", lambda folder: [])
+    version = {i["id"]: i for i in loader.define_schema()["inputs"]}["version"]
+    assert set(version["options"]) == {"v1", "v2", "v3", "v4", "v5", "v5b", "v5c"} and version["default"] == "v5c"
+    assert all(v in version["tooltip"] for v in version["options"])
+    assert loader.validate_inputs(version="v1", mode="video") is True
+    assert "image-only" in loader.validate_inputs(version="v5c", mode="video")
+    assert "unknown" in loader.validate_inputs(version="v6", mode="image")
+    models, _ = as_version("v5c", video=False)
+    with pytest.raises(ValueError, match="image-only"):
+        hellomeme_nodes.HelloMemeVideo.execute({"models": models, "video": False}, None, None, None, 1, 2, 1.5,
+                                               "auto", 64, 64, False)
+    assert hellomeme_nodes._scheduler("auto") is None and hellomeme_nodes._scheduler("euler") == "euler"
+
+
+def test_load_models_builds_the_released_v1_video_pipeline(tmp_path):
+    """load_models on the released v1 folder layout (the parity case's reduced files) reproduces the original's
+    pipeline_v1_video latents: official SD1.5 in the reference UNet and unet_pre, AnimateDiff in the denoiser, both
+    control nets."""
+    from parity import runner
+
+    root = runner.parity_root()
+    case_dir = root / "hellomeme" / "pipeline_v1_video"
+    if not (case_dir / "weights.json").is_file():
+        pytest.skip("parity data not available")
+    runner._materialize_module(root).materialize(case_dir / "weights.json", tmp_path)
+    case = next(c for c in runner.discover(root) if c.id.endswith("pipeline_v1_video"))
+    inp, want = case.inputs(), case.expected()
+    song = tmp_path / "songkey"
+    models = pipeline_image.load_models(
+        "v1", tmp_path / "checkpoint", song / "stable-diffusion-v1-5", song / "hm_reference",
+        animatediff=song / "hm_animatediff_frame12", control_encoder=song / "hm_control2",
+        arkit_control_encoder=song / "hm_control", dtype=torch.float32)
+    assert models.pre_denoiser is not None and models.pre_denoiser.unet is models.reference_unet.unet
+    controls = pipeline_image.controls_from_drive_params(models, {
+        "condition": inp["condition"].float(), "pd_fpg": inp["pd_fpg"], "neg_pd_fpg": inp["neg_pd_fpg"],
+        "drive_coeff": inp["drive_coeff"], "face_parts": inp["face_parts"]})
+    seen = {}
+    s = case.settings
+    job = VideoGeneration(models, runtime(), inp["ref_image"], inp["prompt_embeds"], controls,
+                          negative_prompt_embeds=inp["negative_prompt_embeds"], steps=int(s["steps"]),
+                          guidance_scale=float(s["guidance_scale"]), decode=False,
+                          noise=RecordedNoise([inp[d["input"]] for d in case.spec["random_draws"] if "input" in d]),
+                          observer=lambda e, d: seen.update({e: d["latents"]}) if e == "final_latents" else None)
+    with torch.inference_mode():
+        job.run()
+    tol = case.spec["tolerance"]["per_output"]["latents"]
+    torch.testing.assert_close(seen["final_latents"] / models.scaling_factor, want["latents"], atol=tol["atol"],
+                               rtol=tol["rtol"])
