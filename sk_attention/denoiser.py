@@ -144,9 +144,10 @@ def animatediff_unet(unet: nn.Module, motion_adapter: nn.Module) -> nn.Module:
     modules of ``motion_adapter`` (a diffusers ``MotionAdapter``, the released ``hm*_animatediff*`` files) inside its
     down / mid / up blocks, as ``UNetMotionModel.from_unet2d(unet, motion_adapter)`` builds it.
 
-    Nothing is copied: the model is built on the meta device and takes the very tensors of ``unet`` and the adapter
-    (cast to the UNet's dtype where the adapter's differs), so a v1-v4 video run can hold the image UNet (pre-pass)
-    and this one for the price of one. Loading is strict: a key that does not fit raises, naming the keys.
+    Nothing is copied: the model is built on the meta device and takes the very parameters of ``unet`` and the adapter
+    (the adapter's cast to the UNet's dtype and device where they differ), so the image UNet (the v1/v2 pre-pass in
+    stylize x2) and this one are held for the price of one and move between devices together. Loading is strict: a
+    key that does not fit raises, naming the keys.
     """
     from diffusers import UNetMotionModel
 
@@ -155,9 +156,11 @@ def animatediff_unet(unet: nn.Module, motion_adapter: nn.Module) -> nn.Module:
     with torch.device("meta"):
         model = UNetMotionModel.from_unet2d(_MetaConfig(unet), motion_adapter, load_weights=False)
     weight = unet.conv_in.weight
-    state = dict(unet.state_dict())
-    for key, value in motion_adapter.state_dict().items():
-        state[key] = value.to(device=weight.device, dtype=weight.dtype)  # no copy where they already match
+    state = dict(unet.state_dict(keep_vars=True))  # the Parameter objects themselves: moved / cast together
+    for key, value in motion_adapter.state_dict(keep_vars=True).items():
+        if value.device != weight.device or value.dtype != weight.dtype:
+            value = value.detach().to(device=weight.device, dtype=weight.dtype)
+        state[key] = value
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError("AnimateDiff UNet: the UNet and the motion adapter do not fill the motion UNet; missing "

@@ -163,10 +163,11 @@ def test_animatediff_denoiser_equals_diffusers_motion_unet_and_shares_the_unet(m
 
     unet, adapter = tiny_unet(0), _animatediff(mid=mid)
     motion_unet = animatediff_unet(unet, adapter)
-    # the UNet's tensors are taken, not copied
-    assert motion_unet.conv_in.weight.data_ptr() == unet.conv_in.weight.data_ptr()
-    assert motion_unet.up_blocks[3].attentions[0].proj_out.weight.data_ptr() == \
-        unet.up_blocks[3].attentions[0].proj_out.weight.data_ptr()
+    # the UNet's and the adapter's parameters are taken, not copied
+    assert motion_unet.conv_in.weight is unet.conv_in.weight
+    assert motion_unet.up_blocks[3].attentions[0].proj_out.weight is unet.up_blocks[3].attentions[0].proj_out.weight
+    assert motion_unet.down_blocks[1].motion_modules[0].proj_out.weight is \
+        adapter.down_blocks[1].motion_modules[0].proj_out.weight
     assert hasattr(motion_unet.mid_block, "motion_modules") == mid
     den = SKDenoiser(motion_unet, scheme=V1_SCHEME).eval()
     expected_model = UNetMotionModel.from_unet2d(unet, adapter).eval()
@@ -209,3 +210,19 @@ def test_animatediff_unet_refuses_a_motion_unet_and_names_keys_that_do_not_fit()
                           motion_norm_num_groups=32)
     with pytest.raises(ValueError, match="layers per block"):
         animatediff_unet(unet, wrong)
+
+
+def test_animatediff_unet_takes_an_fp16_adapter_in_the_unets_dtype():
+    """The released hm*_animatediff* files are fp16; the motion modules run in the UNet's dtype (cast once)."""
+    unet, adapter = tiny_unet(0), _animatediff()
+    half = _animatediff().half()
+    motion_unet = animatediff_unet(unet, half)
+    assert {p.dtype for p in motion_unet.parameters()} == {torch.float32}
+    rounded = _animatediff()
+    rounded.load_state_dict({k: v.half().float() for k, v in adapter.state_dict().items()})
+    x, text, _ = _inputs(1, 3)
+    with torch.no_grad():
+        ours = SKDenoiser(motion_unet, scheme=V1_SCHEME)(x, 100, text, collect_cache=False)[0]
+        expected = SKDenoiser(animatediff_unet(tiny_unet(0), rounded), scheme=V1_SCHEME)(x, 100, text,
+                                                                                         collect_cache=False)[0]
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
