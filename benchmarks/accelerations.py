@@ -245,14 +245,20 @@ def run_once(case, option: str | None):
 
     spec = dict(OPTIONS.get(option, {})) if option else {}
     dtype = spec.pop("dtype", None)
+    if not dtype:
+        return case.run(SpeedOptions(**spec))
+    # the exact weights are kept (not cast back: a round trip through bf16 would change them for the next runs)
     unet = case.denoiser()
-    original_dtype = next(unet.parameters()).dtype
-    if dtype:
-        unet.to(parse_dtype(dtype))
+    params = [(p, p.detach()) for p in unet.parameters()]
+    buffers = [(m, k, b) for m in unet.modules() for k, b in m._buffers.items() if b is not None]
+    unet.to(parse_dtype(dtype))
     try:
         return case.run(SpeedOptions(**spec))
     finally:
-        unet.to(original_dtype)
+        for p, data in params:
+            p.data = data
+        for m, k, b in buffers:
+            m._buffers[k] = b
 
 
 def measure(case, options: list[str], repeats: int) -> list[dict]:
