@@ -36,7 +36,7 @@ per frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -166,6 +166,9 @@ def animatediff_unet(unet: nn.Module, motion_adapter: nn.Module) -> nn.Module:
         raise RuntimeError("AnimateDiff UNet: the UNet and the motion adapter do not fill the motion UNet; missing "
                            f"{sorted(result.missing_keys)[:8]} (of {len(result.missing_keys)}), unexpected "
                            f"{sorted(result.unexpected_keys)[:8]} (of {len(result.unexpected_keys)})")
+    unfilled = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if unfilled:  # a tensor outside the state dict (non-persistent buffer) that this diffusers version added
+        raise RuntimeError(f"AnimateDiff UNet: {unfilled[:8]} are not in the UNet's or the adapter's state dict")
     return model.eval()
 
 
@@ -432,8 +435,8 @@ class _Call:
     emb: torch.Tensor  # (B·F, E)
     text: torch.Tensor  # (B·F, T, D)
     num_frames: int
-    with_control: object  # (h, keys) -> h + the control of those keys
-    pad: object  # key -> (B, C, 2, h, w) or None
+    with_control: Callable[[torch.Tensor, tuple[str, ...]], torch.Tensor]  # h + the control of those keys
+    pad: Callable[[str], Optional[torch.Tensor]]  # key -> (B, C, 2, h, w) or None
     reference_cache: Optional[FeatureDict]
     use_motion: bool
 
