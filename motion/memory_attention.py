@@ -94,15 +94,26 @@ def small_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def outer_sum(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``sum_f k_f^T v_f`` per (sequence, head) in the token layout: ``k, v (R, F, h, d)`` -> ``(R, h, d, d)``."""
-    return (k.unsqueeze(-1) * v.unsqueeze(-2)).sum(1)
+    """``sum_f k_f^T v_f`` per (sequence, head) in the token layout: ``k, v (R, F, h, d)`` -> ``(R, h, d, d)``.
+
+    One matmul per sequence over all heads at once, ``(h*d, F) @ (F, h*d)``, of which the diagonal ``d x d`` blocks
+    are the per-head sums (the same products and sums; the cross-head blocks are dropped)."""
+    r, f, h, d = k.shape
+    full = torch.bmm(k.view(r, f, h * d).transpose(1, 2), v.view(r, f, h * d))  # (R, h*d, h*d)
+    return full.view(r, h, d, h, d).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2).contiguous()
 
 
 def memory_read_tokens(q: torch.Tensor, kv: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """:func:`memory_read` in the token layout: ``q (R, F, h, d)``, ``kv (R, h, d, d)``, ``z (R, h, d)`` fp32 ->
-    ``(R, F, h, d)`` in ``q``'s dtype (normaliser, floor and division in fp32)."""
+    ``(R, F, h, d)`` in ``q``'s dtype (normaliser, floor and division in fp32).
+
+    The numerator is one matmul per sequence with the heads' ``KV`` blocks on the diagonal of an ``(h*d, h*d)``
+    matrix (zeros elsewhere add exact zeros)."""
+    r, f, h, d = q.shape
     den = (q.float() * z.unsqueeze(1)).sum(-1, keepdim=True).clamp_(min=NORMALISER_FLOOR)  # (R, F, h, 1) fp32
-    num = (q.unsqueeze(-1) * kv.to(q.dtype).unsqueeze(1)).sum(-2)  # (R, F, h, d): sum_i q_i KV[i, :]
+    blocks = q.new_zeros(r, h, d, h, d)
+    blocks.diagonal(dim1=1, dim2=3).copy_(kv.permute(0, 2, 3, 1))  # block (head, head) = KV[head]
+    num = torch.bmm(q.view(r, f, h * d), blocks.view(r, h * d, h * d)).view(r, f, h, d)
     return num.float().div_(den).to(q.dtype)
 
 
