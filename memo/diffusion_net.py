@@ -192,9 +192,9 @@ class ReferenceAttentionBlock(nn.Module):
         # x: (R, L, C), reference: (B, Lr, C) per reference element, context: (R, T, cross)
         n = self.norm1(x)
         if rows.uncond is None:
-            x = self._with_reference(n, self._reference_kv(reference, n.dtype, cache), rows.elements) + x
+            x = self._with_reference(n, self._reference_kv(reference, n.dtype, cache), rows.elements).add_(x)
         elif rows.cond is None:
-            x = self.attn1(n) + x
+            x = self.attn1(n).add_(x)
         else:
             kv_ref = self._reference_kv(reference, n.dtype, cache)
             out = torch.empty_like(x)
@@ -206,8 +206,8 @@ class ReferenceAttentionBlock(nn.Module):
                 else:
                     out.index_copy_(0, sel, a + x.index_select(0, sel))
             x = out
-        x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
+        x = self.attn2(self.norm2(x), context).add_(x)  # residuals into the fresh outputs
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class SpatialTransformer(nn.Module):
@@ -229,7 +229,7 @@ class SpatialTransformer(nn.Module):
         y = y.permute(0, 2, 3, 1).reshape(r, h * w, inner)
         y = self.transformer_blocks[0](y, reference, context, rows, cache)
         y = y.reshape(r, h, w, inner).permute(0, 3, 1, 2)
-        return self.proj_out(y) + x
+        return self.proj_out(y).add_(x)
 
 
 # ------------------------------------------------------------------------------------------------------------------

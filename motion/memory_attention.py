@@ -248,8 +248,8 @@ class TemporalLinearAttnBlock(nn.Module):
         # x: (R, F, C), motion: (R, N, C) or None when no layer reads it (no memory update)
         for attn, norm in zip(self.attention_blocks, self.norms):
             past = norm(motion) if attn.needs_motion(is_new_audio, update_past_memory) else None
-            x = attn(norm(x), past, is_new_audio, update_past_memory) + x
-        return self.ff(self.ff_norm(x)) + x
+            x = attn(norm(x), past, is_new_audio, update_past_memory).add_(x)  # residuals into the fresh outputs
+        return self.ff(self.ff_norm(x)).add_(x)
 
 
 class TemporalLinearAttnTransformer(nn.Module):
