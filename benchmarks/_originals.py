@@ -138,7 +138,11 @@ def _hunyuan(tree: Path, ckpt: Path, case_dir: Path, args):
 def _memo(tree: Path, ckpt: Path, case_dir: Path, args):
     """MEMO's Diffusion Net on the parity case ``diffusion_net_cfg`` (its config, weights and recorded inputs: CFG
     batch, reference features, audio and emotion): the three calls of the case in a row (temporal memory carried)
-    are checked, then call 0 (a new clip: memory reset, so every timed call does the same work) is timed."""
+    are checked, then the step is timed as the sampler runs it: call 2 (a step after the first of a later clip: the
+    memory carried from earlier clips is read, not changed, so every timed call does the same work), the pack with
+    the clip's ``reference_cache`` (filled by the clip's first call, as in ``memo_sampler``), the original as its
+    pipeline calls it. That is (S-1)/S of the S steps of every clip after the first. ``cold_call`` (in the row): call 0
+    (a new clip: memory rebuilt from the past frames) without any cache, timed the same way."""
     import torch
     from safetensors.torch import load_file
 
@@ -177,9 +181,10 @@ def _memo(tree: Path, ckpt: Path, case_dir: Path, args):
                           new=call["is_new_audio"], update=call["update_past_memory"]))
     text, uc = x["encoder_hidden_states"], x.get("uc_mask")
 
-    def run_pack(which=(0,)):
+    def run_pack(which=(0,), cache=None):
         return {f"call{i}.noise_pred": pack(c["sample"], c["ref"], c["t"], text, c["audio"], c["emotion"], uc_mask=uc,
-                                            is_new_audio=c["new"], update_past_memory=c["update"])
+                                            is_new_audio=c["new"], update_past_memory=c["update"],
+                                            reference_cache=cache)
                 for i, c in ((i, calls[i]) for i in which)}
 
     def run_original(which=(0,)):
@@ -188,7 +193,7 @@ def _memo(tree: Path, ckpt: Path, case_dir: Path, args):
                                             is_new_audio=c["new"], update_past_memory=c["update"]).sample
                 for i, c in ((i, calls[i]) for i in which)}
 
-    from _compare import max_deviation
+    from _compare import max_deviation, side_by_side
 
     tol = {k: v for k, v in case["tolerance"].get("per_output", {}).items()} or {"*": case["tolerance"]}
     with torch.no_grad():  # the whole case, memory carried across calls
@@ -196,10 +201,17 @@ def _memo(tree: Path, ckpt: Path, case_dir: Path, args):
         bad = {k: v for k, v in max_deviation(run_pack(every), run_original(every), tol).items() if not v["ok"]}
     if bad:
         raise AssertionError(f"MEMO diffusion net: pack and original disagree over the case's calls: {bad}")
+    steady = max(i for i, c in enumerate(calls) if not c["new"] and not c["update"])  # memory read only
+    update = max(i for i in range(steady) if not calls[i]["new"])  # the same clip's first call (state before steady)
+    cold = side_by_side(lambda: run_pack((0,)), lambda: run_original((0,)), tol, repeats=args.repeats)
+    with torch.no_grad():  # back to the state the steady call reads (the cold call reset the memory)
+        run_pack((update,)), run_original((update,))
+    clip_cache = {}  # the sampler's per-clip reference_cache, filled by the first (checked) call
     shapes = {"unet_input": list(calls[0]["sample"].shape),
               "config": "parity case diffusion_net_cfg (widths 32-64-64-64, 2 layers per block, audio + motion "
-                        "modules)"}
-    return run_pack, run_original, tol, shapes
+                        "modules)", "timed_call": steady,
+              "cold_call": {k: cold[k] for k in ("pack_s", "original_s", "ratio", "max_abs_diff")}}
+    return lambda: run_pack((steady,), clip_cache), lambda: run_original((steady,)), tol, shapes
 
 
 def _hellomeme(tree: Path, ckpt: Path, case_dir: Path, args):
@@ -266,7 +278,8 @@ def _hellomeme(tree: Path, ckpt: Path, case_dir: Path, args):
 COMPARISONS = {
     "hellomeme": Comparison("hellomeme", "hellomeme/denoise_v5_video",
                             "one v5 video denoiser call (one window, reference + motion adapters)", _hellomeme),
-    "memo": Comparison("memo", "memo/diffusion_net_cfg", "one Diffusion Net call on the CFG batch (new clip)", _memo),
+    "memo": Comparison("memo", "memo/diffusion_net_cfg", "one Diffusion Net step on the CFG batch as the sampler "
+                       "runs it (later clip, memory read, per-clip reference cache)", _memo),
     "hunyuan_portrait": Comparison("hunyuan_portrait", "hunyuan_portrait/unet_forward",
                                    "one UNet call on the three guidance branches + guidance", _hunyuan, sized=True),
 }
