@@ -11,14 +11,17 @@ Two diffusers ``AnimateDiffTransformer3D`` temporal transformers per UNet level 
 Without pads only ``attn1`` runs.
 
 The transformers run through :func:`temporal_attention` (the diffusers forward's computation, op for op, on the
-released submodules) so that ``attn_pad`` computes the pads' positions only where the kept frames need them: the
-pads are keys/values of both self-attentions, but the second attention's queries, the feed-forward and ``proj_out``
+released submodules; plain attention computed directly, see :func:`_attention`) so that ``attn_pad`` computes the
+pads' positions only where the kept frames need them: the pads are keys/values of both self-attentions, but the
+second attention's queries, the feed-forward and ``proj_out``
 run on the F kept frames only (their outputs are dropped).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..layers.attention import multihead_attention
 
 
 def temporal_transformer(channels: int, num_attention_heads: int = 8, max_frames: int = 32) -> nn.Module:
@@ -61,14 +64,33 @@ def _block(block: nn.Module, x: torch.Tensor, keep: slice) -> torch.Tensor:
     ``attn2`` (double_self_attention), GEGLU ``ff``) on tokens (N, F, C) -> (N, F', C), F' the ``keep`` frames:
     ``attn2``'s queries and everything after it only for those."""
     pe = block.pos_embed
-    x = block.attn1(pe(block.norm1(x))) + x
+    x = _attention(block.attn1, pe(block.norm1(x))) + x
     kv = pe(block.norm2(x))  # (N, F, C): keys and values of every frame
     if keep == slice(None):
-        x = block.attn2(kv) + x
+        x = _attention(block.attn2, kv) + x
     else:
         x = x[:, keep]
-        x = block.attn2(kv[:, keep], encoder_hidden_states=kv) + x
+        x = _attention(block.attn2, kv[:, keep], kv) + x
     return block.ff(block.norm3(x)) + x
+
+
+# processors computing plain multi-head attention (diffusers' SDPA one, the speed options' kernel one)
+_PLAIN_PROCESSORS = frozenset({"AttnProcessor2_0", "KernelAttnProcessor"})
+
+
+def _attention(attn: nn.Module, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """A diffusers ``Attention`` of the temporal transformers (to_q/to_k/to_v, to_out.0, no norms, no residual) on
+    tokens x (N, Lq, C) with keys/values from ``context`` (N, Lk, C) (default x) -> (N, Lq, C).
+
+    Computed here, with the kernel of :func:`...layers.attention.attention` (the speed options' choice), when its
+    processor is a plain one: the same values as the processor, without the module's per-call processing of its
+    arguments (a signature inspection per call, a large share of these small calls). Other processors run as set.
+    """
+    if type(attn.processor).__name__ not in _PLAIN_PROCESSORS or attn.norm_q is not None or attn.residual_connection:
+        return attn(x, encoder_hidden_states=context)
+    context = x if context is None else context
+    out = attn.to_out[0](multihead_attention(attn.to_q(x), attn.to_k(context), attn.to_v(context), attn.heads))
+    return out if attn.rescale_output_factor == 1 else out / attn.rescale_output_factor
 
 
 class AnchoredMotionModule(nn.Module):

@@ -125,3 +125,23 @@ def test_prepared_cache_only_for_knitting_adapters():
     other = prepared_reference_cache(cache, Adapter([KnittedReferenceAttention(32, 4)]), Adapter([torch.nn.Identity()]))
     assert other["up_0"] is cache["up_0"]
     assert prepared_reference_cache(cache, None)["up_0"] is cache["up_0"]
+
+
+def test_motion_attention_follows_the_speed_options_kernel():
+    from portrait_animation.layers.attention import attention_kernel
+
+    module = _randomized(AnchoredMotionModule(32, num_attention_heads=4), seed=5)
+    seen = []
+
+    def spy(q, k, v):
+        seen.append((q.shape[2], k.shape[2]))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    hidden, pads = torch.randn(3, 32, 4, 4), torch.randn(1, 32, 2, 4, 4)
+    with torch.no_grad():
+        plain = module(hidden, pads, None, 3)
+        with attention_kernel(spy):
+            spied = module(hidden, pads, None, 3)
+    # attn_pad: 5 frames attend to 5, then 3 kept queries to 5; attn1: 3 to 3 twice
+    assert seen == [(5, 5), (3, 5), (3, 3), (3, 3)]
+    torch.testing.assert_close(spied, plain, atol=0, rtol=0)
