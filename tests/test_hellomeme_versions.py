@@ -23,9 +23,9 @@ from test_hellomeme_pipeline import UP_CHANNELS, reference_image, runtime, text,
 HW = (64, 64)  # image; latents 8x8
 
 
-def as_version(version, video=True):
+def as_version(version, video=True, latent_hw=(8, 8)):
     """Stand-in models for ``version``: the v5-topology denoiser plus a pre-pass UNet (reference adapter, no motion)."""
-    models, shapes = tiny_models("v5", video=video, latent_hw=(8, 8))
+    models, shapes = tiny_models("v5", video=video, latent_hw=latent_hw)
     pre = SKDenoiser(tiny_unet(4), ReferenceAdapter(block_up_channels=UP_CHANNELS, variant="v5")).eval()
     out = HelloMemeModels(version=version, denoiser=models.denoiser, reference_unet=models.reference_unet,
                           encode_vae=models.encode_vae, decode_vae=models.decode_vae,
@@ -140,6 +140,31 @@ def test_two_stage_video_equals_the_released_whole_clip_loop(version):
     torch.testing.assert_close(seen["final_latents"], want, atol=1e-4, rtol=1e-4)
     assert job.latents.shape[2] == frames  # the padded tail is not handed out
     assert job.stats.unet_calls == frames * steps + steps * 2
+
+
+@pytest.mark.parametrize("version", ["v1", "v3"])
+def test_video_memory_does_not_grow_with_frame_count(version):
+    """As for v5: only latent-sized per-frame state (stage-1 results, the padded sequence, its noise, prediction
+    sums) grows with the clip on the host; control features stay within their store."""
+    from test_hellomeme_pipeline import LiveCPUBytes, computed_controls
+
+    models, shapes = as_version(version, latent_hw=(16, 16))
+
+    def peak(frames):
+        job = VideoGeneration(models, runtime(), reference_image((128, 128)), text(1),
+                              computed_controls(models, frames, (128, 128)), negative_prompt_embeds=text(2), steps=1,
+                              guidance_scale=1.5, noise=0, pad_cache_bytes=2 << 20, decode=False)
+        with torch.no_grad(), LiveCPUBytes() as meter:
+            job.run()
+        return meter.peak, job
+
+    peak24, _ = peak(24)
+    peak96, job96 = peak(96)
+    latent_frame = 4 * 16 * 16 * 4
+    control_frame = sum(c * h * w * 4 for c, h, w in shapes.values())
+    assert peak96 - peak24 <= 72 * 12 * latent_frame, (peak24, peak96)
+    assert control_frame > 12 * latent_frame  # holding every frame's controls would break the bound
+    assert job96.latents.shape == (1, 4, 96, 16, 16)
 
 
 def test_v1_negative_expression_is_the_encoders_code_of_a_blank_face():
