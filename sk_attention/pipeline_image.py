@@ -1,4 +1,4 @@
-"""HelloMeme v5 / v5b / v5c image pipeline, and the pieces the video pipeline shares with it.
+"""HelloMeme image pipeline (every version, v1 to v5c), the version table, and the pieces the video pipelines share.
 
 One generated image = the reference image re-posed and re-expressed by one driving frame:
 
@@ -7,7 +7,8 @@ One generated image = the reference image re-posed and re-expressed by one drivi
 2. reference cache: the reference UNet (plain SD1.5 weights) at t = 0 on that latent (F = 1) with the reference text;
    v5c also feeds it control features of the reference image's own pose / expression;
 3. control features of the driving frame (``down3_i`` / ``up3_i``) from the control encoder + projector, or given;
-4. ``steps`` DPM++ SDE steps (a fresh scheduler) of the SK denoiser, CFG with the official single negative branch:
+4. ``steps`` steps of the version's sampler (a fresh scheduler; DPM++ SDE for v3+, Euler for v1/v2) of the SK
+   denoiser, CFG with the official single negative branch:
    negative text, the cache of an all-zero reference latent, control of an all -1 pose image with zero expression
    (v5c: the reference-side control negative by the same rule); batches ``[uncond, cond]``,
    ``eps = eps_u + s (eps_c - eps_u)``, only when ``s > 1``;
