@@ -127,7 +127,7 @@ def _with_reference(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     # t: (N, A, L, inner), ref: (R, A, L, inner) -> [t | ref] per line: (N*A, 2L, inner)
     n, a, length, d = t.shape
     r = ref.shape[0]
-    both = torch.cat([t.view(r, n // r, a, length, d), ref[:, None].expand(r, n // r, a, length, d)], dim=3)
+    both = torch.cat([t.reshape(r, n // r, a, length, d), ref[:, None].expand(r, n // r, a, length, d)], dim=3)
     return both.view(n * a, 2 * length, d)
 
 
