@@ -31,37 +31,10 @@ FAMILIES = ("hellomeme", "memo", "hunyuan_portrait")
 # until their model issue lands; PARITY_FAMILIES=all (or a comma list of families) runs them, and an unhandled
 # component then fails.
 DONE: dict[str, str | tuple[str, ...]] = {
+    # every family is finished: every case under the root runs, including components not seen yet (they fail)
     "memo": "*",
-    "hellomeme": (
-        # v5 / v5b / v5c modules, adapters and control
-        "hellomeme.block_sk_reference_v5", "hellomeme.block_stk_attention_v5", "hellomeme.block_stk_reference_module",
-        "hellomeme.block_stk_cross_attention_v5", "hellomeme.block_small_unet_v5", "hellomeme.block_sk_motion_v5",
-        "hellomeme.adapter_hm5_reference", "hellomeme.adapter_hm5b_reference", "hellomeme.adapter_hm5_motion",
-        "hellomeme.control_hm5_control_base", "hellomeme.control_hm5_control_proj",
-        # earlier-version blocks computed by the same parameterised classes
-        "hellomeme.block_sk_reference_v1", "hellomeme.block_sk_reference_v3", "hellomeme.block_stk_cross_attention",
-        "hellomeme.block_small_unet",
-        # denoisers and pipelines
-        "hellomeme.denoise_v5_image", "hellomeme.denoise_v5_video", "hellomeme.denoise_v5b_video",
-        "hellomeme.denoise_v5c_image", "hellomeme.pipeline_v5c_image", "hellomeme.pipeline_v5_video",
-        # pre-processing geometry
-        "hellomeme.geom_crop_and_resize", "hellomeme.geom_3dmm_align", "hellomeme.geom_control_heatmaps",
-        "hellomeme.geom_arkit_align", "hellomeme.geom_face_parts", "hellomeme.geom_pdfgc_warp",
-        "hellomeme.geom_coeff_tokens",
-    ),
-    "hunyuan_portrait": (
-        # appearance and pre-processing
-        "hunyuan_portrait.dino_appearance", "hunyuan_portrait.arcface_preprocess",
-        "hunyuan_portrait.preprocess_geometry", "hunyuan_portrait.paste_back",
-        # denoiser: SVD UNet with the identity/motion cross-attention, its blocks, the EDM Euler scheduler, the temporal VAE, the window sampler
-        "hunyuan_portrait.ip_attention", "hunyuan_portrait.transformer_spatiotemporal", "hunyuan_portrait.unet_forward",
-        "hunyuan_portrait.scheduler_euler", "hunyuan_portrait.vae_tiny", "hunyuan_portrait.pipeline_sampler",
-        # motion side: coarse encoders, intensity ids, refiner, pose guider
-        "hunyuan_portrait.expression_encoder", "hunyuan_portrait.head_pose", "hunyuan_portrait.intensity_ids",
-        "hunyuan_portrait.motion_refiner", "hunyuan_portrait.pose_guider",
-        # the whole inference script (hunyuan_portrait/pipeline.py)
-        "hunyuan_portrait.e2e_inference",
-    ),
+    "hellomeme": "*",  # v1-v5c: modules, adapters, control nets, denoisers, pipelines, pre-processing geometry
+    "hunyuan_portrait": "*",
 }
 
 Handler = Callable[["Case", Path], dict]
