@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "portrait_animation"
 
 SHARED = ("layers", "runtime", "loaders", "face", "media", "motion", "audio")
-MODELS = ("memo", "sk_attention", "hunyuan_portrait")
+MODELS = ("memo", "sk_attention", "hunyuan_portrait",
+          "metrics")  # metrics: measures outputs with the model packages' networks (ArcFace, head pose)
 # adapters, entry points and tooling: may import anything (nothing in the pack imports them)
 OTHER = ("nodes", "tests", "tools", "benchmarks", "scripts", "web", "workflows")
 SKIPPED_DIRS = {"__pycache__", "node_modules"}
