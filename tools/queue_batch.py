@@ -32,7 +32,8 @@ when the jobs are done, on an error or on Ctrl-C. With --server the tool uses se
 Jobs are spread over the --server URLs (each takes the next job when one of its --max-in-flight slots is free);
 progress comes over the WebSocket (websocket-client), or by polling /history when that is missing or drops. The
 files in each finished prompt's outputs are saved under --out DIR/<job name>/ (non-"output" types under a folder
-named after the type).
+named after the type). The quality metric nodes' JSON summaries (Portrait Animation/Metrics) are printed and, with
+--summary, listed under each job's "metrics" (node id, title, metric, mean, per-frame values...).
 
 Examples:
     python custom_nodes/<pack>/tools/queue_batch.py wf_api.json --media "Load Image.image" in/*.jpg --out results
@@ -397,6 +398,7 @@ class Result:
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
     duration: float = 0.0
+    metrics: list[dict] = field(default_factory=list)  # the quality metric nodes' summaries (see collect_metrics)
 
 
 class Events:
@@ -479,6 +481,10 @@ class Runner:
             if error:
                 raise JobFailed(error)
             res.outputs = self.download(server, entry, Path(self.args.out) / job.name)
+            res.metrics = collect_metrics(entry, prompt)
+            for m in res.metrics:
+                log(f"[{job.name}] {m.get('title') or m.get('node')}: {m.get('metric')} mean {m.get('mean')} "
+                    f"{m.get('unit') or ''}".rstrip())
             res.status = "success"
         except Exception as e:  # noqa: BLE001 - report per job and go on with the others
             res.status, res.error = "failed", str(e) if isinstance(e, JobFailed) else f"{type(e).__name__}: {e}"
@@ -544,6 +550,27 @@ class Runner:
                     path.write_bytes(server.view(item))
                     files.append(str(path))
         return files
+
+
+METRICS_UI_KEY = "pa_metrics"  # the pack's metric nodes put their JSON summary under this key of their UI output
+
+
+def collect_metrics(entry: dict, prompt: dict) -> list[dict]:
+    """Every metric summary in a finished prompt's history outputs, each with the node id and title it came from
+    (in node id order)."""
+    found = []
+    outputs = entry.get("outputs") or {}
+    for nid in sorted(outputs, key=lambda k: (len(str(k)), str(k))):
+        for item in (outputs[nid] or {}).get(METRICS_UI_KEY) or []:
+            if isinstance(item, str):
+                try:
+                    item = json.loads(item)
+                except ValueError:
+                    continue
+            if isinstance(item, dict):
+                title = ((prompt.get(nid) or {}).get("_meta") or {}).get("title")
+                found.append({"node": nid, "title": title, **item})
+    return found
 
 
 def cancel(server: Server, prompt_id: str) -> None:
@@ -758,7 +785,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-in-flight", type=int, default=1, metavar="N", help="prompts queued at once per server")
     p.add_argument("--subfolder", default="", help="input subfolder for uploads")
     p.add_argument("--out", default="batch_outputs", metavar="DIR", help="download folder (default batch_outputs)")
-    p.add_argument("--summary", metavar="PATH", help="write a JSON summary of every job")
+    p.add_argument("--summary", metavar="PATH", help="write a JSON summary of every job (with its metric nodes' results)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per job (default 3600)")
     p.add_argument("--poll-interval", type=float, default=0.5, help="seconds between /history polls")
     p.add_argument("--no-websocket", action="store_true", help="poll /history instead of following the WebSocket")
