@@ -147,13 +147,16 @@ MOTION_VARIANTS = ("v3", "v5")
 @dataclass
 class MotionAdapterConfig:
     """Fields of the released ``HM3MotionAdapter`` / ``HM5MotionAdapter`` ``config.json`` plus the block variant
-    (given by ``_class_name``). ``use_3d`` (v3 configs) is stored but unused."""
+    (given by ``_class_name``). ``use_3d`` (v3 configs) is stored but unused. ``time_embed_dim`` (v3 blocks, not a
+    config field): width of the UNet time embedding they project (SD1.5: 1280; the loader reads it from the
+    checkpoint's ``time_emb_proj`` shape, so reduced stand-in models fit their UNet)."""
 
     block_down_channels: tuple[int, ...] = SD15_DOWN_CHANNELS
     block_up_channels: tuple[int, ...] = SD15_UP_CHANNELS
     num_attention_heads: int = 8
     use_3d: bool = True
     variant: str = "v5"
+    time_embed_dim: int = 1280
 
 
 class MotionAdapter(nn.Module):
@@ -172,7 +175,11 @@ class MotionAdapter(nn.Module):
             raise ValueError(f"unknown motion adapter variant {config.variant!r} (known: {MOTION_VARIANTS})")
         self.config = config
         heads = config.num_attention_heads
-        block = AnchoredTemporalAttention if config.variant == "v3" else AnchoredMotionModule
+        if config.variant == "v3":
+            def block(c, h):
+                return AnchoredTemporalAttention(c, h, time_embed_dim=config.time_embed_dim)
+        else:
+            block = AnchoredMotionModule
         self.motion_down = nn.ModuleList([block(c, heads) for c in config.block_down_channels])
         self.motion_up = nn.ModuleList([block(c, heads) for c in config.block_up_channels])
 
@@ -227,7 +234,14 @@ def _hm_reference(config: dict, options: dict, shapes: Shapes = None) -> nn.Modu
 
 def _motion(variant: str) -> Callable[[dict, dict, Shapes], nn.Module]:
     def build(config: dict, options: dict, shapes: Shapes = None) -> nn.Module:
-        return MotionAdapter(_dataclass_from(MotionAdapterConfig, config, "motion adapter", variant=variant))
+        # v3 blocks: the time-embedding width from the checkpoint (released: 1280, the class default)
+        proj = (shapes or {}).get("motion_down.0.time_emb_proj.weight") if variant == "v3" else None
+        fixed = {"time_embed_dim": int(proj[1])} if proj is not None else {}
+        if "time_embed_dim" in config:
+            warnings.warn("motion adapter: ignoring config field 'time_embed_dim' (read from the weights)")
+            config = {k: v for k, v in config.items() if k != "time_embed_dim"}
+        return MotionAdapter(_dataclass_from(MotionAdapterConfig, config, "motion adapter", variant=variant,
+                                             **fixed))
     return build
 
 
@@ -328,7 +342,8 @@ def build_hellomeme_module(config: dict, source: str = "config", shapes: Shapes 
     leaves out from :func:`~.control.control_encoder_widths`, the v1-v3 nets from
     :func:`~.control.control_net_widths`, ``HM4SD15ControlProj`` / ``HM5SD15ControlProj`` each map's in / out
     channels from :func:`~.control.control_projections` (names unchanged). The released files give the class defaults, so this only
-    matters for reduced (stand-in) models. The adapters are sized by their config.json alone."""
+    matters for reduced (stand-in) models. The adapters are sized by their config.json (v3 motion blocks: the time
+    embedding width from ``time_emb_proj``'s shape, SD1.5's 1280 in the released files)."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(f"unknown HelloMeme module option(s) {unknown} (known: {list(OPTIONS)})")

@@ -254,6 +254,123 @@ def write_hellomeme_models(models_dir: Path, parity_root: Path, seed: int = 0) -
             "control_context_dim": HELLOMEME_CONTEXT_DIM}
 
 
+# ---- HelloMeme v1 to v4 ----------------------------------------------------------------------------------------------
+def _standin_module(config: dict, folder: Path, saved_config: dict, half: bool = False) -> dict:
+    """Build the module ``config`` describes with the pack's builder (random init, seeded by the caller), check that
+    the loader reads the saved folder back to the same module (strict), and write it as a released folder:
+    ``saved_config`` as config.json (the released fields only), the state dict (fp16 if ``half``) as
+    ``diffusion_pytorch_model.safetensors``. Returns ``{key: shape}``."""
+    from portrait_animation.sk_attention.adapters import build_hellomeme_module
+
+    module = build_hellomeme_module(config, source=str(folder))
+    sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    if half:
+        sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    rebuilt = build_hellomeme_module(saved_config, source=str(folder), shapes=shapes)  # what the loader will build
+    got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if got != shapes:
+        raise AssertionError(f"{folder.name}: the loader would not rebuild the stand-in from config.json + shapes: "
+                             f"{sorted(set(got.items()) ^ set(shapes.items()))[:6]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(saved_config, indent=2) + "\n")
+    return shapes
+
+
+def write_hellomeme_v1_v4_models(models_dir: Path, seed: int = 0) -> dict:
+    """Write tiny HelloMeme v1, v2, v3 and v4 folders (image and video) under
+    ``models_dir/portrait_animation/hellomeme/``, next to the set of :func:`write_hellomeme_models` (call that
+    first: the widths follow its ``stable-diffusion-v1-5/unet``, and every version shares its SD1.5 stand-ins, user
+    checkpoint and PD-FGC encoder).
+
+    Repositories as released (``config.json`` with the released fields + ``diffusion_pytorch_model.safetensors``
+    with the released key names; random weights from the pack's own modules at widths fitting the stand-in UNet):
+    v1 ``hm_reference`` (version v1: down + mid + up), ``hm_control`` (ARKit), ``hm_control2`` (PD-FGC),
+    ``hm_animatediff_frame12``; v2 ``hm2_reference``, ``hm2_control``, ``hm2_control2`` (class-name-only configs, as
+    released), ``hm2_animatediff_frame12``; v3 ``hm3_reference``, ``hm3_control_mix``, ``hm3_motion``,
+    ``hm3_animatediff``; v4 ``hm4_reference``, ``hm_control_base``, ``hm4_control_proj``, ``hm4_motion``,
+    ``hm4_animatediff``. The AnimateDiff adapters are written in fp16 (as released). The v1-v3 control nets keep the
+    released expression token width (320) and scale factors; their outputs have the UNet's widths (v1: after each
+    down block; v2/v3: before each up block, v3 also its 1x1 maps to the first two down points). Returns the
+    repository folders by name.
+    """
+    from portrait_animation.sk_attention.adapters import MotionAdapter, MotionAdapterConfig
+    from portrait_animation.sk_attention.control import ControlProjector
+
+    models_dir = Path(models_dir)
+    hm = models_dir / "portrait_animation" / "hellomeme"
+    unet = json.loads((hm / "stable-diffusion-v1-5" / "unet" / "config.json").read_text())
+    c = list(unet["block_out_channels"])
+    up = ([c[::-1][0]] + c[::-1][:3])  # input width of each up block (SD1.5: 1280, 1280, 1280, 640)
+    temb = int(unet.get("time_embedding_dim") or 4 * c[0])  # the UNet's time embedding width (SD1.5: 1280)
+    heads = 8
+    version = "0.33.1"
+    down_types, up_types = list(unet["down_block_types"]), list(unet["up_block_types"])
+    written: dict[str, Path] = {}
+    torch.manual_seed(seed)
+
+    def put(repo: str, config: dict, saved: dict | None = None, half: bool = False):
+        saved = saved if saved is not None else config
+        saved = {"_class_name": config["_class_name"], "_diffusers_version": version,
+                 "_name_or_path": f"songkey/{repo}", **{k: v for k, v in saved.items() if not k.startswith("_")}}
+        _standin_module(config, hm / repo, saved, half=half)
+        written[repo] = hm / repo
+
+    # reference adapters: v1/v2 HMReferenceAdapter (UNet layout fields), v3/v4 HM3ReferenceAdapter
+    for repo, ver in (("hm_reference", "v1"), ("hm2_reference", "v2")):
+        put(repo, {"_class_name": "HMReferenceAdapter", "block_out_channels": c, "down_block_types": down_types,
+                   "up_block_types": up_types, "num_attention_heads": heads, "version": ver})
+    for repo in ("hm3_reference", "hm4_reference"):
+        put(repo, {"_class_name": "HM3ReferenceAdapter", "block_down_channels": c, "block_up_channels": up,
+                   "num_attention_heads": heads, "use_3d": False})
+    # v1 control nets: the constructor's fields in config.json; outputs after down blocks 0..2
+    v1 = {"block_out_channels": [max(8, c[0] // 2)] + c[:3], "cross_attention_dim": 320, "embedding_channels": 1280,
+          "input_channels": 3, "scale_factor": 8}
+    put("hm_control", {"_class_name": "HMControlNet", **v1})
+    put("hm_control2", {"_class_name": "HMControlNet2", **v1})
+    # v2/v3: class-name-only configs (widths from the weights), outputs before up blocks 3..0
+    v2 = {"block_out_channels": [max(8, c[0] // 2)] + up[::-1]}
+    put("hm2_control", {"_class_name": "HMV2ControlNet", **v2}, saved={})
+    put("hm2_control2", {"_class_name": "HMV2ControlNet2", **v2}, saved={})
+    put("hm3_control_mix", {"_class_name": "HMV3ControlNet", **v2, "down_projection_channels": c[:2]}, saved={})
+    # v4: HMControlNetBase (in_channels + cross_attention_dim in config.json) and HM4SD15ControlProj (no fields)
+    encoder_fields, projections = hellomeme_control_widths(c)
+    base = {"in_channels": 3, "cross_attention_dim": HELLOMEME_CONTEXT_DIM}
+    put("hm_control_base", {"_class_name": "HMControlNetBase", **base, **encoder_fields,
+                            "token_dim": HELLOMEME_TOKEN_DIM}, saved=base)
+    proj = ControlProjector(projections, attention=False)
+    _save_released(proj, hm / "hm4_control_proj", {"_class_name": "HM4SD15ControlProj",
+                                                   "_diffusers_version": version,
+                                                   "_name_or_path": "songkey/hm4_control_proj"})
+    written["hm4_control_proj"] = hm / "hm4_control_proj"
+    # motion: HM3MotionAdapter (v3/v4; the time embedding width follows from time_emb_proj), AnimateDiff (fp16)
+    for repo in ("hm3_motion", "hm4_motion"):
+        module = MotionAdapter(MotionAdapterConfig(block_down_channels=tuple(c), block_up_channels=tuple(up),
+                                                   num_attention_heads=heads, variant="v3", time_embed_dim=temb))
+        _save_released(module, hm / repo, {"_class_name": "HM3MotionAdapter", "_diffusers_version": version,
+                                           "_name_or_path": f"songkey/{repo}", "block_down_channels": c,
+                                           "block_up_channels": up, "num_attention_heads": heads, "use_3d": True})
+        written[repo] = hm / repo
+    animatediff = {"_class_name": "MotionAdapter", "block_out_channels": c, "conv_in_channels": None,
+                   "motion_layers_per_block": unet.get("layers_per_block", 2), "motion_max_seq_length": 32,
+                   "motion_mid_block_layers_per_block": 1, "motion_norm_num_groups": unet.get("norm_num_groups", 32),
+                   "motion_num_attention_heads": heads, "motion_transformer_layers_per_block": 1,
+                   "motion_transformer_layers_per_mid_block": 1, "use_motion_mid_block": False}
+    for repo in ("hm_animatediff_frame12", "hm2_animatediff_frame12", "hm3_animatediff", "hm4_animatediff"):
+        put(repo, animatediff, half=True)
+    return written
+
+
+def _save_released(module: torch.nn.Module, folder: Path, config: dict) -> None:
+    """A module built directly (its width fields are not config.json fields) saved as a released folder, checked to
+    load back strictly through the pack's loader."""
+    from portrait_animation.sk_attention.adapters import load_hellomeme_module
+
+    _save_module(module, folder, config)
+    load_hellomeme_module(folder)
+
+
 # ---- HunyuanPortrait ------------------------------------------------------------------------------------------------
 def write_arcface_standin(path: Path, seed: int = 0) -> Path:
     """A small ONNX network with ArcFace's interface: input ``data`` (1, 3, 112, 112) -> (1, 512). 8 x 8 average

@@ -102,7 +102,8 @@ def loopback_hub():
 def comfy_server(comfy_install, tmp_path_factory, data_dir, parity_root, loopback_hub):
     """A ComfyUI server for this install with the pack, the tests' stand-in models and the sample media."""
     from helpers.tiny_clip import widen_text_dim, write_clip_l
-    from helpers.tiny_models import write_hellomeme_models, write_hunyuan_models, write_memo_models
+    from helpers.tiny_models import (write_hellomeme_models, write_hellomeme_v1_v4_models, write_hunyuan_models,
+                                     write_memo_models)
     from portrait_animation.media.audio import load_audio
 
     base = f"http://127.0.0.1:{loopback_hub.server.server_address[1]}"
@@ -111,6 +112,7 @@ def comfy_server(comfy_install, tmp_path_factory, data_dir, parity_root, loopbac
     write_memo_models(server.models_dir, parity_root)  # small stand-ins, laid out like the real files
     hm = write_hellomeme_models(server.models_dir, parity_root)
     widen_text_dim(hm["hellomeme"] / "stable-diffusion-v1-5" / "unet")  # CONDITIONING from a real-shaped CLIP-L
+    write_hellomeme_v1_v4_models(server.models_dir)  # v1-v4 folders at the same widths (a few seconds)
     write_clip_l(server.models_dir)
     write_hunyuan_models(server.models_dir, parity_root)
     server.start()

@@ -57,7 +57,7 @@ def test_every_node_appears_in_an_example_workflow(comfy_server):
 
 def test_missing_weights_error_lists_file_source_destination(comfy_server):
     prompt = {"1": {"class_type": "PortraitAnim_ModelFiles",
-                    "inputs": {"family": "hellomeme", "groups": "v1,expression_arkit", "download": False,
+                    "inputs": {"family": "hellomeme", "groups": "v5b,expression_arkit", "download": False,
                                "verify_checksums": False}}}
     entry = comfy_server.run(prompt)
     assert entry["status"]["status_str"] == "error"
@@ -68,10 +68,10 @@ def test_missing_weights_error_lists_file_source_destination(comfy_server):
     # the dialog gets a short summary; the full list (each source and destination) is in the server's log
     assert "source:" not in msg and len(msg.splitlines()) <= 8, msg
     log = comfy_server.log_text()
-    assert "source:" in log and "huggingface.co/songkey/hm_reference" in log
+    assert "source:" in log and "huggingface.co/songkey/hm5b_reference" in log  # no stand-in of it
     # the folder configured in extra_model_paths.yaml comes first and receives downloads
     assert str(comfy_server.extra_models_dir / "hellomeme") in msg
-    assert "destination:" in log and str(comfy_server.extra_models_dir / "hellomeme" / "hm_reference") in log
+    assert "destination:" in log and str(comfy_server.extra_models_dir / "hellomeme" / "hm5b_reference") in log
     assert str(comfy_server.models_dir / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors") in log
 
 
