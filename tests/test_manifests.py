@@ -41,10 +41,13 @@ MEMO_CONFIG_IDS = {
 
 # HelloMeme version -> the songkey repositories its loader configuration needs (spec hellomeme.md 1 and 3.2)
 HELLOMEME_VERSIONS = {
-    "v1": {"hm_reference", "hm_control", "hm_control2"},
-    "v1_video": {"hm_reference", "hm_control", "hm_control2", "hm_animatediff_frame12"},
-    "v2": {"hm2_reference", "hm2_control", "hm2_control2"},
-    "v2_video": {"hm2_reference", "hm2_control", "hm2_control2", "hm2_animatediff_frame12"},
+    # v1 / v2 as the pack runs them (PD-FGC expression): their ARKit control nets are groups of their own
+    "v1": {"hm_reference", "hm_control2"},
+    "v1_video": {"hm_reference", "hm_control2", "hm_animatediff_frame12"},
+    "v1_arkit": {"hm_control"},
+    "v2": {"hm2_reference", "hm2_control2"},
+    "v2_video": {"hm2_reference", "hm2_control2", "hm2_animatediff_frame12"},
+    "v2_arkit": {"hm2_control"},
     "v3": {"hm3_reference", "hm3_control_mix"},
     "v3_video": {"hm3_reference", "hm3_control_mix", "hm3_motion", "hm3_animatediff"},
     "v4": {"hm4_reference", "hm_control_base", "hm4_control_proj"},
@@ -190,6 +193,27 @@ def test_hellomeme_version_groups():
         "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
         "text_encoder/model.safetensors"}
     assert all(f.repo_id == "songkey/stable-diffusion-v1-5" for f in m.select(groups=["base_diffusers"]))
+
+
+def test_hellomeme_version_groups_hold_only_what_the_loader_reads():
+    """The Model Files node fetches a version group: it must be exactly the files the loader reads for that version
+    and mode (every version is driven by PD-FGC), so no ARKit net (hm_control, hm2_control, the ARKit blendshape
+    ONNX, CLIP ViT-H) is downloaded for v1 or v2."""
+    from portrait_animation.sk_attention.loading import IMAGE_VERSIONS, VIDEO_VERSIONS, version_files
+
+    m = load_manifest("hellomeme")
+    arkit = {f.id for f in m.select(groups=["expression_arkit", "v1_arkit", "v2_arkit"])}
+    assert {"hm_control", "hm2_control", "hello_arkit_blendshape", "clip_vit_h_image_encoder"} <= arkit
+    for version in IMAGE_VERSIONS:
+        for video in (False, True) if version in VIDEO_VERSIONS else (False,):
+            group = f"{version}_video" if video else version
+            ids = {f.id for f in m.select(groups=[group])}
+            assert ids == set(version_files(version, video)), group
+            assert not ids & arkit, (group, ids & arkit)
+    # every file still belongs to some group (the ARKit nets stay listed, in groups of their own)
+    assert all(f.groups for f in m.files)
+    assert {f.id for f in m.select(groups=["v1_arkit"])} == {"hm_control", "hm_control_config"}
+    assert {f.id for f in m.select(groups=["v2_arkit"])} == {"hm2_control", "hm2_control_config"}
 
 
 def test_memo_groups():
