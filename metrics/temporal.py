@@ -12,6 +12,8 @@ boundary changes no more than the frames inside the segments; a visible jump giv
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Callable, Optional
 
 import cv2
@@ -20,6 +22,8 @@ import numpy as np
 from .series import MetricSeries
 
 FLOW_SIZE = 256
+_CACHE: "OrderedDict[tuple, list]" = OrderedDict()
+_LOCK = threading.Lock()
 CONSISTENCY = 0.5       # px (at the flow size): forward-backward flow mismatch allowed, plus 5% of the motion
 
 
@@ -62,7 +66,26 @@ def warp_error(prev: np.ndarray, cur: np.ndarray) -> float:
 
 def transition_errors(images, size: int = FLOW_SIZE,
                       progress: Optional[Callable[[int], None]] = None) -> list[float]:
-    """Warp error of every transition ``t-1 -> t`` (t = 1 .. N-1)."""
+    """Warp error of every transition ``t-1 -> t`` (t = 1 .. N-1). The last few clips' results are kept (keyed by
+    content and size), so flicker and seam on the same frames compute the flow once."""
+    from .faces import fingerprint
+
+    key = (fingerprint(images), int(size))
+    with _LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None:
+        if progress is not None:
+            progress(max(0, len(images) - 1))
+        return list(cached)
+    out = _transition_errors(images, size, progress)
+    with _LOCK:
+        _CACHE[key] = out
+        while len(_CACHE) > 8:
+            _CACHE.popitem(last=False)
+    return list(out)
+
+
+def _transition_errors(images, size: int, progress) -> list[float]:
     n = len(images)
     out: list[float] = []
     prev = _small(images, 0, size) if n else None

@@ -16,7 +16,7 @@ from .replacements import register_replacements
 
 log = logging.getLogger("portrait_animation")
 
-NODE_MODULES = ("models", "speed", "face", "media", "hellomeme", "memo", "hunyuan_portrait")
+NODE_MODULES = ("models", "speed", "face", "media", "hellomeme", "memo", "hunyuan_portrait", "metrics")
 
 
 class PortraitAnimationExtension(ComfyExtension):

@@ -228,3 +228,18 @@ def test_identity_needs_a_face_in_the_reference_and_names_a_missing_network(tmp_
         identity.load_arcface(store=ModelStore.at(tmp_path), download=False)
     faceless = identity.identity_similarity(torch.full((2, 64, 64, 3), 0.5), jue[:1], arcface, detector)
     assert faceless.missing == [0, 1] and faceless.notes
+
+
+def test_landmarks_and_flow_are_reused_for_the_same_frames_only(jue, detector):
+    from portrait_animation.metrics import faces
+
+    a = faces.track_faces(jue[:4], detector)
+    b = faces.track_faces(jue[:4].clone(), detector)  # same content, another tensor: from the cache
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    b[0][:] = 0  # callers get copies
+    assert not np.array_equal(faces.track_faces(jue[:4], detector)[0], b[0])
+    changed = jue[:4].clone()
+    changed[1] = torch.roll(changed[1], 20, 1)
+    assert faces.fingerprint(changed) != faces.fingerprint(jue[:4])
+    assert not np.allclose(faces.track_faces(changed, detector)[1], a[1])
+    assert temporal.transition_errors(jue[:4]) == temporal.transition_errors(jue[:4].clone())

@@ -14,7 +14,7 @@ import pytest
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
 NODE_TITLE_H = 30  # LiteGraph.NODE_TITLE_HEIGHT
-STAGES = {"Inputs", "Face", "Model", "Sampling", "Output"}
+STAGES = {"Inputs", "Face", "Model", "Sampling", "Output", "Metrics"}
 NOTE_TYPES = {"Note", "MarkdownNote"}
 
 

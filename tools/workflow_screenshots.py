@@ -36,8 +36,9 @@ VIDEO_TYPES = {"LoadVideo", "PortraitAnim_LoadVideoFrames"}
 MAX_JPG_BYTES = 150_000
 VIEW = (1920, 1200)    # browser viewport; the JPG is scaled down to at most 1280 x 800
 
-STAGES = ("Inputs", "Face", "Model", "Sampling", "Output")
-STAGE_COLORS = {"Inputs": "#3f789e", "Face": "#8A8", "Model": "#a1309b", "Sampling": "#b58b2a", "Output": "#88A"}
+STAGES = ("Inputs", "Face", "Model", "Sampling", "Output", "Metrics")
+STAGE_COLORS = {"Inputs": "#3f789e", "Face": "#8A8", "Model": "#a1309b", "Sampling": "#b58b2a", "Output": "#88A",
+                "Metrics": "#3f8f8f"}
 STAGE_BY_TYPE = {
     "LoadImage": "Inputs", "LoadVideo": "Inputs", "PortraitAnim_LoadAudio": "Inputs",
     "PortraitAnim_LoadVideoFrames": "Inputs", "PortraitAnim_VideoToFrames": "Inputs",
@@ -52,6 +53,9 @@ STAGE_BY_TYPE = {
     "PortraitAnim_MemoAudio": "Sampling", "PortraitAnim_MemoSampler": "Sampling", "ImageSharpen": "Sampling",
     "PortraitAnim_FacePasteBack": "Output", "PortraitAnim_FramesToVideo": "Output", "SaveImage": "Output",
     "SaveVideo": "Output",
+    "ImageFromBatch": "Inputs", "PortraitAnim_IdentityMetric": "Metrics", "PortraitAnim_PoseMetric": "Metrics",
+    "PortraitAnim_ExpressionMetric": "Metrics", "PortraitAnim_MouthMetric": "Metrics",
+    "PortraitAnim_FlickerMetric": "Metrics", "PortraitAnim_SeamMetric": "Metrics",
 }
 MEDIA_TYPES = {"LoadImage", "LoadVideo", "PreviewImage", "SaveImage", "SaveVideo", "PortraitAnim_LoadVideoFrames"}
 
@@ -87,6 +91,13 @@ NOTES = {
         "VAE repository needs an accepted license and an HF token). The sampler pastes the face back into the whole "
         "portrait and keeps the driving audio; its identity outputs score each window. Long videos: set the "
         "sampler's output to 'video file' (streamed to disk). Speed Options: sdpa + off is the exact path."),
+    "Quality metrics": (
+        "What to change: connect your animation's frames (a sampler's frames or full_frames) in place of the "
+        "stand-in (ImageSharpen on the driving video's faces), the reference portrait to Identity Similarity and "
+        "the driving frames and both fps to the pose, expression and mouth nodes; set Seam Score's segment_length "
+        "to the model's window (MEMO clip_length, HelloMeme 12, HunyuanPortrait window - overlap). Identity needs "
+        "arcface.onnx (HunyuanPortrait's, fetched on first use). Each node gives a mean, per-frame values, a plot "
+        "and a JSON summary that queue_batch.py --summary collects."),
     "MEMO talking portrait": (
         "What to change: Portrait and Speech (any audio or video file in ComfyUI's input folder). "
         "MEMO Loader downloads its files on first use (Check MEMO files lists them); MEMO Talking Portrait's "
