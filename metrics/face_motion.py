@@ -26,10 +26,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .constants import COMPARE_MODES
 from .faces import LIPS, normalize, require_face, track_faces
 from .series import MetricSeries, time_map
 
-COMPARE_MODES = ("relative", "absolute")
 POSE_AXES = ("pitch", "yaw", "roll")
 EXPRESSION_FEATURES = ("mouth_open", "mouth_width", "mouth_corners", "right_eye_open", "left_eye_open",
                        "right_brow", "left_brow")

@@ -19,9 +19,9 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from .constants import FLOW_SIZE
 from .series import MetricSeries
 
-FLOW_SIZE = 256
 _CACHE: "OrderedDict[tuple, list]" = OrderedDict()
 _LOCK = threading.Lock()
 CONSISTENCY = 0.5       # px (at the flow size): forward-backward flow mismatch allowed, plus 5% of the motion

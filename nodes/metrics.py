@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..metrics.constants import COMPARE_MODES, FLOW_SIZE
 from .common import CATEGORY, PREFIX, FaceDetector, node_runtime
 
 CAT_METRICS = f"{CATEGORY}/Metrics"
@@ -128,8 +129,6 @@ def _driver_schema(node: str, name: str, description: str, what: str, extra: lis
 
 
 def _compare_input(default: str):
-    from ..metrics.face_motion import COMPARE_MODES
-
     return io.Combo.Input("compare", options=list(COMPARE_MODES), default=default,
                           tooltip="relative: compare how each face moves from its first measured frame (the driver "
                                   "is another person: their resting faces differ). absolute: compare the shapes as "
@@ -192,8 +191,6 @@ class MouthMetric(io.ComfyNode):
 
 
 def _flow_size_input():
-    from ..metrics.temporal import FLOW_SIZE
-
     return io.Int.Input("flow_size", default=FLOW_SIZE, min=64, max=1024, step=32,
                         tooltip="The frames are resized to this many pixels on the long side for the optical flow "
                                 "(larger is slower and sees finer flicker).")
