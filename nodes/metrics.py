@@ -86,9 +86,9 @@ class IdentityMetric(io.ComfyNode):
                                                  "frames)."),
                 io.Image.Input("reference", tooltip="The reference portrait (several frames: their mean embedding)."),
                 io.Boolean.Input("download", default=True,
-                                 tooltip="Fetch arcface.onnx (HunyuanPortrait's identity network, 130 MB) into "
-                                         "models/portrait_animation/hunyuan_portrait/ when it is missing. Off: the "
-                                         "error says where the file goes."),
+                                 tooltip="Fetch arcface.onnx (HunyuanPortrait's identity network, from the Hugging Face "
+                                         "repository FoivosPar/Arc2Face) into models/portrait_animation/"
+                                         "hunyuan_portrait/ when it is missing. Off: the error says where it goes."),
                 _detector_input(),
             ],
             outputs=_outputs("identity similarity"),
@@ -237,8 +237,9 @@ class SeamMetric(io.ComfyNode):
                                 tooltip="Frames where a new window or clip starts, e.g. '16, 32, 48'. Added to the "
                                         "ones from 'segment_length'."),
                 io.Int.Input("segment_length", default=16, min=0, max=10000,
-                             tooltip="A boundary every this many frames (MEMO: clip_length; HelloMeme: 12; "
-                                     "HunyuanPortrait: window - overlap). 0: only the listed 'boundaries'."),
+                             tooltip="A boundary every this many frames (MEMO: its clip_length, 16 by default; "
+                                     "HelloMeme v1/v2: 8, the step of their 12-frame windows). HunyuanPortrait "
+                                     "shifts its windows every step: no fixed boundary. 0: only 'boundaries'."),
                 _flow_size_input(),
             ],
             outputs=_outputs("seam score (boundary jump / jumps inside the segments)"),

@@ -95,7 +95,7 @@ NOTES = {
         "What to change: connect your animation's frames (a sampler's frames or full_frames) in place of the "
         "stand-in (ImageSharpen on the driving video's faces), the reference portrait to Identity Similarity and "
         "the driving frames and both fps to the pose, expression and mouth nodes; set Seam Score's segment_length "
-        "to the model's window (MEMO clip_length, HelloMeme 12, HunyuanPortrait window - overlap). Identity needs "
+        "to the model's clip length (MEMO clip_length; HelloMeme v1/v2: 8, their window step). Identity needs "
         "arcface.onnx (HunyuanPortrait's, fetched on first use). Each node gives a mean, per-frame values, a plot "
         "and a JSON summary that queue_batch.py --summary collects."),
     "MEMO talking portrait": (
