@@ -332,4 +332,44 @@ class FramesToVideo(io.ComfyNode):
         return io.NodeOutput(InputImpl.VideoFromComponents(Types.VideoComponents(**parts)))
 
 
-NODES = [LoadAudio, PrepareAudio, LoadVideoFrames, VideoToFrames, FramesToVideo]
+# ---------------------------------------------------------------------------------------------------------------------
+GRID_SLOTS = 8  # image inputs of Labelled Image Grid
+
+
+class LabelledImageGrid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{PREFIX}_LabelledImageGrid",
+            display_name="Labelled Image Grid",
+            category=CAT_MEDIA,
+            description="Puts up to 8 images side by side in one image, each with a caption under it, to compare "
+                        "results (e.g. model versions). Every image is fitted into the size of image_1 (aspect "
+                        "ratio kept); from a batch, the first image is used.",
+            inputs=[io.Image.Input("image_1", tooltip="First panel (top left); its size is every panel's size.")]
+            + [io.Image.Input(f"image_{i}", optional=True,
+                              tooltip=f"Panel {i} (optional; panels keep their input order, row by row).")
+               for i in range(2, GRID_SLOTS + 1)]
+            + [io.String.Input("labels", multiline=True, default="",
+                               tooltip="One caption per line, in the order of the connected images (empty lines "
+                                       "leave a panel without caption)."),
+               io.Int.Input("columns", default=4, min=1, max=GRID_SLOTS,
+                            tooltip="Panels per row (at most the number of connected images)."),
+               io.Int.Input("label_height", default=48, min=0, max=256,
+                            tooltip="Height of the caption bar under each panel, in pixels (0: no captions).")],
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The grid: rows x (panel height + label_height) by columns x panel "
+                                             "width.")],
+        )
+
+    @classmethod
+    def execute(cls, image_1, labels="", columns=4, label_height=48, **more) -> io.NodeOutput:
+        from ..media.grid import labelled_grid
+
+        images = [image_1] + [more[f"image_{i}"] for i in range(2, GRID_SLOTS + 1)
+                              if more.get(f"image_{i}") is not None]
+        captions = [line.strip() for line in str(labels).splitlines()]
+        return io.NodeOutput(labelled_grid([img[0] for img in images], captions, int(columns), int(label_height)))
+
+
+NODES = [LoadAudio, PrepareAudio, LoadVideoFrames, VideoToFrames, FramesToVideo, LabelledImageGrid]

@@ -243,6 +243,51 @@ def test_ui_workflow_matches_the_api_graph_and_is_laid_out(name):
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)  # no overlap
 
 
+# ---- the versions comparison example ---------------------------------------------------------------------------------
+COMPARISON = "HelloMeme versions side by side"
+
+
+def test_versions_workflow_runs_every_version_on_the_same_inputs():
+    """One loader + image sampler per version (v1-v5c, image mode), all on the one Driving Conditions node with the
+    same negative prompt, seed, steps, cfg and size, each with its released sampler ('auto') and the prompt the
+    original encodes for it (the newer built-in prompt for v5c images only; v1-v5 the older one)."""
+    g = _api(COMPARISON)
+    cid = _one(g, "PortraitAnim_HelloMemeConditions")
+    c = g[cid]["inputs"]
+    assert c["crop_reference"] is True and g[c["reference"][0]]["class_type"] == "LoadImage"
+    samplers = [k for k, v in g.items() if v["class_type"] == "PortraitAnim_HelloMemeImage"]
+    versions = []
+    shared = None
+    for sid in samplers:
+        inputs = g[sid]["inputs"]
+        loader = g[inputs["hellomeme"][0]]
+        assert loader["class_type"] == "PortraitAnim_HelloMemeLoader" and loader["inputs"]["mode"] == "image"
+        version = loader["inputs"]["version"]
+        versions.append(version)
+        assert inputs["conditions"] == [cid, 0] and inputs["scheduler"] == "auto"
+        expected = BUILTIN_PROMPT_NEW if version in ("v5b", "v5c") else BUILTIN_PROMPT  # the original's rule
+        assert g[inputs["positive"][0]]["inputs"]["text"] == expected, version
+        assert g[inputs["negative"][0]]["inputs"]["text"] == ""
+        same = {k: inputs[k] for k in ("negative", "seed", "steps", "cfg", "width", "height", "size_correct",
+                                       "driving_frame")}
+        shared = shared or same
+        assert same == shared, version
+    assert versions == ["v1", "v2", "v3", "v4", "v5", "v5c"]
+    assert len({g[s]["inputs"]["hellomeme"][0] for s in samplers}) == len(samplers)  # one loader per sampler
+    # the grid: the reference crop, the driving face, then every version in order, each labelled with its version
+    grid = g[_one(g, "PortraitAnim_LabelledImageGrid")]["inputs"]
+    panels = [grid[f"image_{i}"] for i in range(1, 9) if f"image_{i}" in grid]
+    assert panels[0] == [cid, 1] and panels[1] == c["driving"]
+    assert panels[2:] == [[s, 0] for s in samplers]
+    assert grid["labels"].splitlines() == ["reference", "driving"] + versions
+    save = g[_one(g, "SaveImage")]["inputs"]
+    assert save["images"] == [_one(g, "PortraitAnim_LabelledImageGrid"), 0]
+
+
+def test_versions_ui_workflow_matches_its_api_graph_and_is_laid_out():
+    test_ui_workflow_matches_the_api_graph_and_is_laid_out(COMPARISON)
+
+
 # ---- LoRA as released ------------------------------------------------------------------------------------------------
 class _TinyTextEncoder(nn.Module):
     def __init__(self):

@@ -52,7 +52,7 @@ STAGE_BY_TYPE = {
     "CLIPTextEncode": "Sampling", "PortraitAnim_HelloMemeImage": "Sampling", "PortraitAnim_HelloMemeVideo": "Sampling",
     "PortraitAnim_MemoAudio": "Sampling", "PortraitAnim_MemoSampler": "Sampling", "ImageSharpen": "Sampling",
     "PortraitAnim_FacePasteBack": "Output", "PortraitAnim_FramesToVideo": "Output", "SaveImage": "Output",
-    "SaveVideo": "Output",
+    "SaveVideo": "Output", "PortraitAnim_LabelledImageGrid": "Output",
     "ImageFromBatch": "Inputs", "PortraitAnim_IdentityMetric": "Metrics", "PortraitAnim_PoseMetric": "Metrics",
     "PortraitAnim_ExpressionMetric": "Metrics", "PortraitAnim_MouthMetric": "Metrics",
     "PortraitAnim_FlickerMetric": "Metrics", "PortraitAnim_SeamMetric": "Metrics",
@@ -81,6 +81,12 @@ NOTES = {
         "What to change: Reference Portrait and the Driving Video (frame_cap limits the length). HelloMeme Loader "
         "(v5, video) downloads its files on first use. Steps/cfg on HelloMeme Video; the result keeps the "
         "driving video's audio. CLIP: " + CLIP_L_WHERE),
+    "HelloMeme versions side by side": (
+        "What to change: Reference Portrait and Driving Face; every version (v1, v2, v3, v4, v5, v5c) gets the same "
+        "conditions, seed, steps and cfg, each with its released sampler (scheduler auto) and prompt (v5c has its "
+        "own). v5b: set a loader to v5b (its files are the v5 ones + hm5b_reference). Each loader downloads its "
+        "version's files on first use; ComfyUI moves the models in and out of memory between samplers. The grid "
+        "labels each result. CLIP: " + CLIP_L_WHERE),
     "HelloMeme style transfer": (
         "What to change: Portrait, and in HelloMeme Loader a stylised SD1.5 checkpoint or LoRA "
         "(models/checkpoints, models/loras); the Style Prompt describes the look, cfg 1.2 keeps the face. "

@@ -152,6 +152,10 @@ def test_example_workflow_runs(comfy_server, path):
     saved = [(nid, f) for nid, f in files if graph[nid]["class_type"] in SAVE_NODES]
     assert len(saved) == 1, f"{path.stem}: expected one saved result, got {saved}"
     result = decode_media(fetch_view(comfy_server, saved[0][1]), saved[0][1]["filename"])
+    source = next(v for v in graph[saved[0][0]]["inputs"].values() if isinstance(v, list))[0]
+    if graph[source]["class_type"] == "PortraitAnim_LabelledImageGrid":  # a comparison of several results
+        check_comparison_grid(graph, source, result, path.stem)
+        return
     original_name = paste_back_original(graph)
     original = decode_media((comfy_server.input_dir / original_name).read_bytes(), original_name)
     n, height, width = original.shape[:3]
@@ -169,6 +173,37 @@ def test_example_workflow_runs(comfy_server, path):
         assert "clip missing" not in comfy_server.log_text(), "the stand-in CLIP did not load completely"
     else:  # the stand-in edit (sharpening) shows on the face, and the frame's border keeps the original
         assert inside > 0.004 and inside > 3 * border, f"{path.stem}: face change {inside:.4f}, border {border:.4f}"
+
+
+def check_comparison_grid(graph: dict, grid_id: str, result: np.ndarray, name: str) -> None:
+    """A saved Labelled Image Grid: as many panels as connected images, laid out by ``columns`` with a caption bar
+    under each; the first panel is HelloMeme's 512 reference crop (its size is every panel's); every panel is a
+    real picture, every caption has text, and each sampler's panel differs from the reference crop (the model
+    changed the face) and from every other sampler's (each version's models give their own result)."""
+    inputs = graph[grid_id]["inputs"]
+    panels = [inputs[f"image_{i}"] for i in range(1, 9) if isinstance(inputs.get(f"image_{i}"), list)]
+    columns = min(int(inputs["columns"]), len(panels))
+    rows = -(-len(panels) // columns)
+    label = int(inputs["label_height"])
+    assert result.shape[0] == 1, f"{name}: {result.shape[0]} frames"
+    height, width = result.shape[1] // rows - label, result.shape[2] // columns
+    assert (height, width) == (512, 512) and result.shape[1:3] == (rows * (512 + label), columns * 512), \
+        f"{name}: grid {result.shape} for {len(panels)} panels in {columns} columns"
+    cells = []
+    for i, source in enumerate(panels):
+        r, c = divmod(i, columns)
+        y, x = r * (height + label), c * width
+        cell, bar = result[0, y:y + height, x:x + width], result[0, y + height:y + height + label, x:x + width]
+        assert np.isfinite(cell).all() and cell.std() > 0.01, f"{name}: panel {i + 1} is constant"
+        assert bar.max() > 0.5 and bar.std() > 0.02, f"{name}: panel {i + 1} has no caption"
+        cells.append((graph[source[0]]["class_type"], cell))
+    reference = cells[0][1]
+    generated = [cell for cls, cell in cells if cls in MODEL_NODES]
+    assert len(generated) >= 2, f"{name}: {len(generated)} generated panels"
+    for i, cell in enumerate(generated):
+        assert np.abs(cell - reference).mean() > 0.05, f"{name}: generated panel {i + 1} is the reference"
+        for j, other in enumerate(generated[:i]):
+            assert np.abs(cell - other).mean() > 0.005, f"{name}: generated panels {j + 1} and {i + 1} are equal"
 
 
 def paste_back_original(graph: dict) -> str:
