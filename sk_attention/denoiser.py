@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..runtime.speed import DeepFeature  # feature reuse store, shared with MEMO (re-exported)
+from .direct_attention import direct_attention
 
 __all__ = ["DeepFeature", "InjectionScheme", "SKDenoiser", "V1_SCHEME", "V3_SCHEME", "animatediff_unet",
            "batch_to_frames", "build_denoiser", "frames_to_batch", "scheme_for"]
@@ -205,6 +206,7 @@ class SKDenoiser(nn.Module):
         self.motion = motion
         self.scheme = scheme
         self._points = _Points.of(unet, scheme)
+        direct_attention(unet)  # plain attention computed directly (same values; no per-call processor inspection)
 
     @property
     def dtype(self) -> torch.dtype:
