@@ -104,6 +104,16 @@ NOTES = {
         "to the model's clip length (MEMO clip_length; HelloMeme v1/v2: 8, their window step). Identity needs "
         "arcface.onnx (HunyuanPortrait's, fetched on first use). Each node gives a mean, per-frame values, a plot "
         "and a JSON summary that queue_batch.py --summary collects."),
+    "Speech to HelloMeme (via MEMO)": (
+        "What to change: Speaker Photo + Speech make the MEMO talking head (the face crop video, no paste-back), "
+        "which drives the Reference Portrait: pick a stylised portrait and, in HelloMeme Loader, any SD1.5 "
+        "checkpoint or LoRA. driving_fps 8 as released (0 keeps MEMO's 30 fps: finer lips, more frames). The "
+        "video gets the speech. Both loaders download their files on first use. CLIP: " + CLIP_L_WHERE),
+    "Speech to HunyuanPortrait (via MEMO)": (
+        "What to change: Speaker Photo + Speech make the MEMO talking head (the face crop video), which drives the "
+        "Reference Portrait frame by frame at MEMO's fps; the sampler pastes the face back and muxes the speech. "
+        "Both loaders download their files on first use (the SVD-xt VAE repository needs an accepted license "
+        "and an HF token). Long speech: set the sampler's output to 'video file'."),
     "MEMO talking portrait": (
         "What to change: Portrait and Speech (any audio or video file in ComfyUI's input folder). "
         "MEMO Loader downloads its files on first use (Check MEMO files lists them); MEMO Talking Portrait's "

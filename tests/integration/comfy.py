@@ -224,7 +224,31 @@ def fast(graph: dict) -> dict:
     out = json.loads(json.dumps(graph))
     for node in out.values():
         node["inputs"].update(FAST_OVERRIDES.get(node["class_type"], {}))
-    return out
+    return standin_talking_head(out)
+
+
+STANDIN_FACE_BLEND = 0.3  # share of the MEMO stand-in's frames in the driving frames
+
+
+def standin_talking_head(graph: dict) -> dict:
+    """The stand-in MEMO models draw noise, not a face, and HelloMeme's driving conditions find the face in every
+    driving frame (MediaPipe): where a MEMO sampler's frames drive HelloMeme (the speech examples), core ImageBlend
+    lays them over the sampler's reference (the speaker's face crop) at ``STANDIN_FACE_BLEND``, so the driving frames
+    still come from MEMO (their count, fps and change from frame to frame) and hold a face. HunyuanPortrait needs
+    nothing (its YOLOv5-face stand-in finds a face anywhere). Returns ``graph``, changed in place."""
+    for nid, node in list(graph.items()):
+        driving = node["inputs"].get("driving")
+        if node["class_type"] != "PortraitAnim_HelloMemeConditions" or not isinstance(driving, list):
+            continue
+        source = graph[driving[0]]
+        if source["class_type"] != "PortraitAnim_MemoSampler" or driving[1] != 0:
+            continue
+        blend = f"{nid}_standin_face"
+        graph[blend] = {"class_type": "ImageBlend",
+                        "inputs": {"image1": source["inputs"]["reference"], "image2": driving,
+                                   "blend_factor": STANDIN_FACE_BLEND, "blend_mode": "normal"}}
+        node["inputs"]["driving"] = [blend, 0]
+    return graph
 
 
 # ---- outputs ------------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ used) driven by Playwright's Python client. For each ``workflows/*.json`` the pa
 frontend (``app.loadGraphData``, what opening a file does) and the checks read the frontend's own state: no
 missing-node dialog or error toast, no node flagged with errors, every widget value valid for its input, no console
 error from the pack, no overlapping nodes, and the prompt the frontend builds equals ``workflows/api/<name>.json``.
-Then the workflow is queued from the UI (with the tests' CPU-speed settings typed into its widgets) and must
+Then the workflow is queued from the UI (with the tests' CPU-speed settings typed into its widgets; a MEMO talking
+head that drives HelloMeme gets the stand-in face of ``comfy.standin_talking_head`` in the posted prompt) and must
 succeed with the stand-in models, its outputs finite and not constant. A screenshot of each loaded workflow is
 saved in the test's tmp dir (``<basetemp>/<test>/<version>-<workflow>.png``).
 
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .comfy import FAST_OVERRIDES, ROOT, decode_media, fetch_view, load_api_workflow, output_files
+from .comfy import (FAST_OVERRIDES, ROOT, decode_media, fetch_view, load_api_workflow, output_files,
+                    standin_talking_head)
 from .conftest import comfy_version
 
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -104,6 +106,22 @@ class Frontend:
 
     def queue(self) -> None:
         self.page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+
+    def queue_with_standins(self) -> None:
+        """Queue as the user does; the prompt the frontend posts gets the tests' stand-in face over a MEMO talking
+        head that drives HelloMeme (``comfy.standin_talking_head``: the stand-in MEMO draws no face)."""
+        def adapt(route, request):
+            if request.method != "POST":
+                return route.continue_()
+            body = json.loads(request.post_data)
+            body["prompt"] = standin_talking_head(body["prompt"])
+            route.continue_(post_data=json.dumps(body))
+
+        self.page.route("**/prompt", adapt)
+        try:
+            self.queue()
+        finally:
+            self.page.unroute("**/prompt", adapt)
 
 
 NODES_JS = """() => window.app.graph._nodes.map(n => {
@@ -232,7 +250,7 @@ def test_workflow_loads_cleanly_and_runs_from_the_ui(frontend, comfy_server, pat
     # queued from the UI, with the CPU-speed settings typed into the widgets
     frontend.set_widgets(FAST_OVERRIDES)
     before = history_ids(comfy_server)
-    frontend.queue()
+    frontend.queue_with_standins()
     entry = wait_new_prompt(comfy_server, before, rejected=frontend.node_errors)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
     files = output_files(entry)

@@ -106,30 +106,51 @@ MODEL_NODES = ("PortraitAnim_HelloMemeImage", "PortraitAnim_HelloMemeVideo", "Po
                "PortraitAnim_HunyuanPortraitSampler")
 
 
+def talking_frames(graph: dict, memo_sampler: dict, media_dir) -> tuple[float, float]:
+    """(frames, fps) of a MEMO sampler: one frame per 1/fps s of the speech its conditioner reads."""
+    from portrait_animation.media.audio import audio_duration, load_audio
+
+    cond = graph[memo_sampler["inputs"]["conditions"][0]]["inputs"]
+    audio = graph[cond["audio"][0]]["inputs"]["audio_file"]
+    fps = float(cond["fps"])
+    return audio_duration(load_audio(media_dir / audio)) * fps, fps
+
+
+def driving_frames(graph: dict, conditions: dict, media_dir) -> tuple[float, float, float]:
+    """(frames, fps, tolerance) of what drives a conditions node: a Load Video (Frames) after frame_cap and
+    select_every_nth, or a MEMO talking head (the speech examples; the tests' stand-in face blended over it keeps
+    its frames)."""
+    from portrait_animation.media.video import video_info
+
+    source = graph[conditions["driving"][0]]
+    if source["class_type"] == "ImageBlend":  # comfy.standin_talking_head
+        source = graph[source["inputs"]["image2"][0]]
+    if source["class_type"] == "PortraitAnim_MemoSampler":
+        n, fps = talking_frames(graph, source, media_dir)
+        return n, fps, 1
+    loader = source["inputs"]
+    info = video_info(media_dir / loader["video"])
+    n = len(range(loader["start_frame"], info["frames"], loader["select_every_nth"]))
+    return min(n, loader["frame_cap"] or n), float(info["fps"]) / loader["select_every_nth"], 0
+
+
 def expected_frames(graph: dict, media_dir, original_frames: int) -> tuple[float, float]:
     """(frames, tolerance) the saved result must have, worked out from the graph's inputs: a driven video has one
     frame per driving frame (after frame_cap and resampling to the conditions' ``driving_fps``), a talking portrait
-    one per 1/fps s of speech, an image one, and a plain paste-back as many as its original."""
-    from portrait_animation.media.audio import audio_duration, load_audio
-    from portrait_animation.media.video import video_info
-
+    one per 1/fps s of speech, an image one, and a plain paste-back as many as its original. A talking head that
+    drives HelloMeme or HunyuanPortrait counts as their driving video."""
     by_class = {v["class_type"]: v["inputs"] for v in graph.values()}
-    if "PortraitAnim_MemoAudio" in by_class:
-        audio = by_class["PortraitAnim_LoadAudio"]["audio_file"]
-        return audio_duration(load_audio(media_dir / audio)) * float(by_class["PortraitAnim_MemoAudio"]["fps"]), 1
     if "PortraitAnim_HunyuanPortraitSampler" in by_class:  # one output frame per driving frame, no resampling
-        loader = by_class["PortraitAnim_LoadVideoFrames"]
-        info = video_info(media_dir / loader["video"])
-        n = len(range(loader["start_frame"], info["frames"], loader["select_every_nth"]))
-        return min(n, loader["frame_cap"] or n), 0
+        n, _, tolerance = driving_frames(graph, by_class["PortraitAnim_HunyuanPortraitConditions"], media_dir)
+        return n, tolerance
     if "PortraitAnim_HelloMemeVideo" in by_class:
-        loader = by_class["PortraitAnim_LoadVideoFrames"]
-        info = video_info(media_dir / loader["video"])
-        n = len(range(loader["start_frame"], info["frames"], loader["select_every_nth"]))
-        n = min(n, loader["frame_cap"] or n)
-        target_fps = by_class["PortraitAnim_HelloMemeConditions"].get("driving_fps") or 0
-        source_fps = float(info["fps"]) / loader["select_every_nth"]
-        return (n * target_fps / source_fps, 1) if target_fps else (n, 0)
+        cond = by_class["PortraitAnim_HelloMemeConditions"]
+        n, source_fps, tolerance = driving_frames(graph, cond, media_dir)
+        target_fps = cond.get("driving_fps") or 0
+        return (n * target_fps / source_fps, 1) if target_fps else (n, tolerance)
+    if "PortraitAnim_MemoSampler" in by_class:
+        sampler = next(v for v in graph.values() if v["class_type"] == "PortraitAnim_MemoSampler")
+        return talking_frames(graph, sampler, media_dir)[0], 1
     if "PortraitAnim_HelloMemeImage" in by_class:
         return 1, 0
     return original_frames, 0
