@@ -4,12 +4,6 @@ pack's own attention kernels are called (:func:`attention`).
 :func:`attention` is PyTorch's ``scaled_dot_product_attention`` unless a caller installed another kernel for the
 current context with :func:`attention_kernel` (the speed options do: SageAttention, ComfyUI's configured attention;
 ``runtime/speed.py``). The kernel is a context variable, so concurrent runs in other threads keep their own.
-
-Without such a kernel, small heads on the CPU (head width <= :data:`SMALL_HEAD_WIDTH`, at least
-:data:`SMALL_HEAD_MIN_TOKENS` queries and keys, float32, no gradient, SDPA not restricted to one backend) take
-:func:`small_head_attention`: the same softmax attention as two batched matmuls and a softmax over blocks of heads.
-PyTorch's CPU flash kernel is slower at such widths (measured 1.2-2.9x at widths 4-8, 16-288 queries, 16-512 keys,
-one thread; with fewer than 16 keys it is the faster one); the values agree with SDPA to float32 rounding (~1e-6).
 """
 from __future__ import annotations
 
@@ -27,62 +21,14 @@ _KERNEL: contextvars.ContextVar[Optional[AttentionKernel]] = contextvars.Context
                                                                                      default=None)
 
 
-# the small-head CPU path (see the module docstring): widths, token counts and the score block it takes
-SMALL_HEAD_WIDTH = 8
-SMALL_HEAD_MIN_TOKENS = 16
-SMALL_HEAD_BLOCK_BYTES = 1 << 22  # scores of this many bytes per block of heads (one head at least)
-
-
-def _takes_small_head_path(q: torch.Tensor, k: torch.Tensor) -> bool:
-    lq, d = q.shape[-2:]
-    lk = k.shape[-2]
-    return (d <= SMALL_HEAD_WIDTH and lq >= SMALL_HEAD_MIN_TOKENS and lk >= SMALL_HEAD_MIN_TOKENS
-            and q.dim() == 4 and q.device.type == "cpu" and q.dtype == torch.float32
-            and k.dtype == torch.float32 and lq * lk * 4 <= SMALL_HEAD_BLOCK_BYTES
-            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
-            and torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled())
-
-
-def small_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention (scale 1/sqrt(d)) as ``softmax(q k^T) v`` per block of heads: q (B, heads, Lq, d), k/v
-    (B, heads, Lk, d) -> (B, heads, Lq, d). The scores of a block stay in one reused buffer; ``v^T p^T`` gives the
-    output transposed (a wide product instead of a d-column one). No gradient (``out=`` products)."""
-    b, h, lq, d = q.shape
-    lk = k.shape[2]
-    n = b * h
-    q3, k3, v3 = q.reshape(n, lq, d), k.reshape(n, lk, d), v.reshape(n, lk, d)
-    step = min(n, max(1, SMALL_HEAD_BLOCK_BYTES // (lq * lk * q.element_size())))
-    scores = torch.empty(step, lq, lk, dtype=q.dtype, device=q.device)
-    out = torch.empty(n, d, lq, dtype=q.dtype, device=q.device)  # transposed per head
-    scale = d ** -0.5
-    for i in range(0, n, step):
-        j = min(n, i + step)
-        s = scores[:j - i]
-        torch.baddbmm(s, q3[i:j], k3[i:j].transpose(1, 2), beta=0, alpha=scale, out=s)
-        torch.softmax(s, -1, out=s)
-        torch.bmm(v3[i:j].transpose(1, 2), s.transpose(1, 2), out=out[i:j])
-    return out.view(b, h, d, lq).transpose(2, 3)
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention with scale 1/sqrt(d): q (B, heads, Lq, d), k/v (B, heads, Lk, d) -> (B, heads, Lq, d).
 
-    Masked calls always take PyTorch SDPA (the optional kernels are unmasked); without a kernel, small heads on the
-    CPU take :func:`small_head_attention` (module docstring)."""
+    Masked calls always take PyTorch SDPA (the optional kernels are unmasked)."""
     kernel = _KERNEL.get()
-    if attn_mask is not None:
+    if kernel is None or attn_mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    if kernel is None:
-        return exact_attention(q, k, v)
     return kernel(q, k, v)
-
-
-def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The exact path's kernel (no kernel installed): :func:`small_head_attention` where it applies (module
-    docstring), PyTorch SDPA elsewhere."""
-    if _takes_small_head_path(q, k):
-        return small_head_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 def current_attention_kernel() -> Optional[AttentionKernel]:

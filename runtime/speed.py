@@ -8,8 +8,7 @@ exact path).
 
 Attention kernels (``attention``):
 
-* ``sdpa``: PyTorch ``scaled_dot_product_attention``, backend chosen by PyTorch (default, exact path; small
-  heads on the CPU take ``layers.attention.small_head_attention``, the same attention as two batched matmuls);
+* ``sdpa``: PyTorch ``scaled_dot_product_attention``, backend chosen by PyTorch (default, exact path);
 * ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` / ``sdpa_math``: SDPA restricted to one backend
   (``torch.nn.attention.sdpa_kernel``); PyTorch raises if that backend cannot take a call, so these are for
   measuring, ``sdpa`` picks the best one that fits anyway;

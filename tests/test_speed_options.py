@@ -9,21 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from portrait_animation.layers.attention import (Attention, attention, attention_kernel, current_attention_kernel,
-                                                 exact_attention)
+from portrait_animation.layers.attention import Attention, attention, attention_kernel, current_attention_kernel
 from portrait_animation.runtime import speed
 
 
 class SpyKernel:
-    """The exact path's attention (SDPA; the small-head CPU path where it applies) that counts its calls (and can
-    perturb its output, to prove the result came through it)."""
+    """SDPA that counts its calls (and can perturb its output, to prove the result came through it)."""
 
     def __init__(self, offset: float = 0.0):
         self.calls, self.offset = 0, offset
 
     def __call__(self, q, k, v):
         self.calls += 1
-        return exact_attention(q, k, v) + self.offset
+        return F.scaled_dot_product_attention(q, k, v) + self.offset
 
 
 def test_attention_dispatches_to_the_installed_kernel_and_restores_sdpa():
