@@ -5,64 +5,22 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
 from portrait_animation.memo import pipeline
 
+from helpers.comfy_stub import forget_stub_nodes, install_stub_comfy_api
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class _Kind:
-    """Stands for ``io.Int``, ``io.Custom("X")``...: ``Input``/``Output`` return what they were given."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-
-    def Input(self, id, **options):  # noqa: N802 (ComfyUI's name)
-        return {"kind": self.kind, "id": id, **options}
-
-    def Output(self, id=None, **options):  # noqa: N802
-        return {"kind": self.kind, "id": id, **options}
-
-
-class _StubIO(types.ModuleType):
-    class ComfyNode:
-        pass
-
-    Hidden = types.SimpleNamespace(unique_id="UNIQUE_ID")
-
-    @staticmethod
-    def Schema(**fields):  # noqa: N802
-        return fields
-
-    @staticmethod
-    def Custom(name):  # noqa: N802
-        return _Kind(name)
-
-    def __getattr__(self, name):
-        return _Kind(name)
 
 
 @pytest.fixture
 def memo_nodes(monkeypatch):
-    latest = types.ModuleType("comfy_api.v0_0_2")
-    latest.io = _StubIO("io")
-    latest.ComfyExtension = type("ComfyExtension", (), {})
-    comfy_api = types.ModuleType("comfy_api")
-    comfy_api.v0_0_2 = latest
-    monkeypatch.setitem(sys.modules, "comfy_api", comfy_api)
-    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", latest)
-    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
-        monkeypatch.delitem(sys.modules, name)
-    # the import sets the package's `nodes` attribute: give it back (or remove it) afterwards
-    monkeypatch.setattr(sys.modules["portrait_animation"], "nodes", None, raising=False)
+    install_stub_comfy_api(monkeypatch)
     yield importlib.import_module("portrait_animation.nodes.memo")
-    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
-        del sys.modules[name]  # nothing built on the stand-in outlives the test
+    forget_stub_nodes()
 
 
 def _inputs(node) -> dict:

@@ -10,13 +10,14 @@ listed as not mapping, with a reason. The fixture workflows under tests/peers/ f
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import sys
 import types
 from pathlib import Path
 
 import pytest
+
+from helpers.comfy_stub import forget_stub_nodes, install_stub_comfy_api, load_file_module
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = Path(__file__).parent / "peers"
@@ -29,73 +30,21 @@ VALUE_KINDS = {"INT": {"Int", "Float"}, "FLOAT": {"Float"}, "BOOLEAN": {"Boolean
                "STRING": {"String"}}
 
 
-def _load_table():
-    """nodes/replacements.py on its own (the nodes package needs ComfyUI to import)."""
-    spec = importlib.util.spec_from_file_location("_pa_replacements_table", ROOT / "nodes" / "replacements.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-TABLE = _load_table()
+TABLE = load_file_module(ROOT / "nodes" / "replacements.py", "_pa_replacements_table")
 PEER_ROWS = [r for r in TABLE.REPLACEMENTS if r.source != "this pack"]
-
-
-class _Kind:
-    def __init__(self, kind: str):
-        self.kind = kind
-
-    def Input(self, id, **options):  # noqa: N802 (ComfyUI's name)
-        return {"kind": self.kind, "id": id, **options}
-
-    def Output(self, id=None, **options):  # noqa: N802
-        return {"kind": self.kind, "id": id, **options}
-
-    def __getattr__(self, name):  # enum members such as io.UploadType.video
-        return f"{self.kind}.{name}"
-
-
-class _StubIO(types.ModuleType):
-    class ComfyNode:
-        pass
-
-    Hidden = types.SimpleNamespace(unique_id="UNIQUE_ID")
-
-    @staticmethod
-    def Schema(**fields):  # noqa: N802
-        return fields
-
-    @staticmethod
-    def Custom(name):  # noqa: N802
-        return _Kind(name)
-
-    def __getattr__(self, name):
-        return _Kind(name)
 
 
 @pytest.fixture(scope="module")
 def schemas():
     """node id -> {"inputs": {id: declared input}, "outputs": [declared output]} for every node of the pack."""
     mp = pytest.MonkeyPatch()
-    latest = types.ModuleType("comfy_api.v0_0_2")
-    latest.io = _StubIO("io")
-    latest.ComfyExtension = type("ComfyExtension", (), {})
-    latest.InputImpl = types.SimpleNamespace()
-    latest.Types = types.SimpleNamespace()
-    comfy_api = types.ModuleType("comfy_api")
-    comfy_api.v0_0_2 = latest
-    mp.setitem(sys.modules, "comfy_api", comfy_api)
-    mp.setitem(sys.modules, "comfy_api.v0_0_2", latest)
+    install_stub_comfy_api(mp)
     if "folder_paths" not in sys.modules:
         folder_paths = types.ModuleType("folder_paths")
         folder_paths.get_filename_list = lambda *_: []
         folder_paths.get_input_directory = lambda: str(ROOT)
         folder_paths.filter_files_content_types = lambda names, kinds: names
         mp.setitem(sys.modules, "folder_paths", folder_paths)
-    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
-        mp.delitem(sys.modules, name)
-    mp.setattr(sys.modules["portrait_animation"], "nodes", None, raising=False)
     out = {}
     try:
         for name in NODE_MODULES:
@@ -105,8 +54,7 @@ def schemas():
                 out[schema["node_id"]] = {"inputs": {i["id"]: i for i in schema["inputs"]},
                                           "outputs": list(schema.get("outputs") or [])}
     finally:
-        for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
-            del sys.modules[name]  # nothing built on the stand-in outlives the module
+        forget_stub_nodes()
         mp.undo()
     return out
 

@@ -32,23 +32,14 @@ from .comfy import ROOT, decode_media, fast, fetch_view, load_api_workflow, outp
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tests"))
 import workflow_ui  # noqa: E402
+from helpers.comfy_stub import load_file_module  # noqa: E402
 from helpers.node_replace import new_node, replace_missing  # noqa: E402
 
 PEERS = ROOT / "tests" / "peers"
 SIGNATURES = json.loads((PEERS / "signatures.json").read_text())["nodes"]
 
 
-def _table_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_pa_replacements_it", ROOT / "nodes" / "replacements.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-TABLE = _table_module()
+TABLE = load_file_module(ROOT / "nodes" / "replacements.py", "_pa_replacements_it")
 PEER_ROWS = {r.old_id: r for r in TABLE.REPLACEMENTS if r.source != "this pack"}
 
 
