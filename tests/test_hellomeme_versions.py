@@ -288,28 +288,14 @@ def test_every_version_asks_for_its_released_folders():
 
 @pytest.fixture
 def hellomeme_nodes(monkeypatch):
-    """nodes/hellomeme.py imported against a stand-in comfy_api (as test_memo_nodes does)."""
+    """nodes/hellomeme.py imported against the stand-in comfy_api (tests/helpers/comfy_stub.py)."""
     import importlib
-    import sys
-    import types
 
-    from test_memo_nodes import _StubIO
+    from helpers.comfy_stub import forget_stub_nodes, install_stub_comfy_api
 
-    latest = types.ModuleType("comfy_api.v0_0_2")
-    latest.io = _StubIO("io")
-    latest.ComfyExtension = type("ComfyExtension", (), {})
-    latest.InputImpl = types.SimpleNamespace(VideoFromComponents=lambda components: components)
-    latest.Types = types.SimpleNamespace(VideoComponents=lambda **fields: fields)
-    comfy_api = types.ModuleType("comfy_api")
-    comfy_api.v0_0_2 = latest
-    monkeypatch.setitem(sys.modules, "comfy_api", comfy_api)
-    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", latest)
-    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys.modules["portrait_animation"], "nodes", None, raising=False)
+    install_stub_comfy_api(monkeypatch)
     yield importlib.import_module("portrait_animation.nodes.hellomeme")
-    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
-        del sys.modules[name]
+    forget_stub_nodes()
 
 
 def test_loader_node_offers_every_version_and_refuses_image_only_video(hellomeme_nodes, monkeypatch):

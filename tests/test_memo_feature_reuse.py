@@ -173,21 +173,10 @@ def test_sampler_reuse_runs_deep_blocks_one_in_n_steps_and_keeps_reference_and_m
 
 def test_memo_node_passes_speed_with_cache_interval_to_the_sampler(monkeypatch):
     """Speed Options with ``cache_interval`` reaches MEMO's sampling through the node's optional 'speed' input."""
-    from test_memo_nodes import _StubIO
+    from helpers.comfy_stub import forget_stub_nodes, install_stub_comfy_api
 
-    latest = types.ModuleType("comfy_api.v0_0_2")
-    latest.io = _StubIO("io")
+    latest = install_stub_comfy_api(monkeypatch)
     latest.io.NodeOutput = lambda *values: values
-    latest.ComfyExtension = type("ComfyExtension", (), {})
-    latest.InputImpl = types.SimpleNamespace(VideoFromComponents=lambda components: components)
-    latest.Types = types.SimpleNamespace(VideoComponents=lambda **fields: fields)
-    comfy_api = types.ModuleType("comfy_api")
-    comfy_api.v0_0_2 = latest
-    monkeypatch.setitem(sys.modules, "comfy_api", comfy_api)
-    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", latest)
-    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys.modules["portrait_animation"], "nodes", None, raising=False)
     import importlib
 
     from portrait_animation.memo import pipeline
@@ -216,5 +205,4 @@ def test_memo_node_passes_speed_with_cache_interval_to_the_sampler(monkeypatch):
                                         steps=2, cfg=3.5, past_frames=2, resolution=64, on_missing_face="uncond",
                                         faithful=True, speed=options)
     assert received["speed"] is options and out[0].shape == (4, 8, 8, 3)
-    for name in [m for m in sys.modules if m.startswith("portrait_animation.nodes")]:
-        del sys.modules[name]
+    forget_stub_nodes()

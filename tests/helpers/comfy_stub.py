@@ -44,14 +44,15 @@ class StubIO(types.ModuleType):
         return Kind(name)
 
 
-def install_stub_comfy_api(mp) -> None:
-    """Under the MonkeyPatch ``mp``: the stand-in ``comfy_api.v0_0_2``, and the pack's node modules forgotten so the
-    next import builds them on it (the package's ``nodes`` attribute is restored by ``mp.undo()``)."""
+def install_stub_comfy_api(mp) -> types.ModuleType:
+    """Under the MonkeyPatch ``mp``: the stand-in ``comfy_api.v0_0_2`` (returned; a VIDEO is built as its components
+    dict), and the pack's node modules forgotten so the next import builds them on it (the package's ``nodes``
+    attribute is restored by ``mp.undo()``)."""
     latest = types.ModuleType("comfy_api.v0_0_2")
     latest.io = StubIO("io")
     latest.ComfyExtension = type("ComfyExtension", (), {})
-    latest.InputImpl = types.SimpleNamespace()
-    latest.Types = types.SimpleNamespace()
+    latest.InputImpl = types.SimpleNamespace(VideoFromComponents=lambda components: components)
+    latest.Types = types.SimpleNamespace(VideoComponents=lambda **fields: fields)
     comfy_api = types.ModuleType("comfy_api")
     comfy_api.v0_0_2 = latest
     mp.setitem(sys.modules, "comfy_api", comfy_api)
@@ -59,6 +60,7 @@ def install_stub_comfy_api(mp) -> None:
     for name in [m for m in sys.modules if m.startswith(NODES_PACKAGE)]:
         mp.delitem(sys.modules, name)
     mp.setattr(sys.modules["portrait_animation"], "nodes", None, raising=False)
+    return latest
 
 
 def forget_stub_nodes() -> None:
