@@ -128,6 +128,14 @@ def _driver_schema(node: str, name: str, description: str, what: str, extra: lis
     )
 
 
+def _driver_metric(cls, measure, desc: str, images, driving, fps, driving_fps, detector, *options) -> io.NodeOutput:
+    """Run ``measure(images, driving, detector, fps, driving_fps, *options, progress=...)`` (a
+    :mod:`..metrics.face_motion` function: both clips go through the face tools) and return the node's outputs."""
+    images, driving = _images(images, "images"), _images(driving, "driving")
+    with node_runtime(cls).progress(len(images) + len(driving), desc=desc) as p:
+        return _result(cls, measure(images, driving, detector, fps, driving_fps, *options, progress=p.update))
+
+
 def _compare_input(default: str):
     return io.Combo.Input("compare", options=list(COMPARE_MODES), default=default,
                           tooltip="relative: compare how each face moves from its first measured frame (the driver "
@@ -148,9 +156,7 @@ class PoseMetric(io.ComfyNode):
     def execute(cls, images, driving, fps, driving_fps, detector=None) -> io.NodeOutput:
         from ..metrics.face_motion import pose_distance
 
-        images, driving = _images(images, "images"), _images(driving, "driving")
-        with node_runtime(cls).progress(len(images) + len(driving), desc="head pose distance") as p:
-            return _result(cls, pose_distance(images, driving, detector, fps, driving_fps, progress=p.update))
+        return _driver_metric(cls, pose_distance, "head pose distance", images, driving, fps, driving_fps, detector)
 
 
 class ExpressionMetric(io.ComfyNode):
@@ -166,10 +172,8 @@ class ExpressionMetric(io.ComfyNode):
     def execute(cls, images, driving, fps, driving_fps, compare, detector=None) -> io.NodeOutput:
         from ..metrics.face_motion import expression_distance
 
-        images, driving = _images(images, "images"), _images(driving, "driving")
-        with node_runtime(cls).progress(len(images) + len(driving), desc="expression distance") as p:
-            return _result(cls, expression_distance(images, driving, detector, fps, driving_fps, compare,
-                                               progress=p.update))
+        return _driver_metric(cls, expression_distance, "expression distance", images, driving, fps, driving_fps,
+                              detector, compare)
 
 
 class MouthMetric(io.ComfyNode):
@@ -185,9 +189,8 @@ class MouthMetric(io.ComfyNode):
     def execute(cls, images, driving, fps, driving_fps, compare, detector=None) -> io.NodeOutput:
         from ..metrics.face_motion import mouth_distance
 
-        images, driving = _images(images, "images"), _images(driving, "driving")
-        with node_runtime(cls).progress(len(images) + len(driving), desc="mouth landmark distance") as p:
-            return _result(cls, mouth_distance(images, driving, detector, fps, driving_fps, compare, progress=p.update))
+        return _driver_metric(cls, mouth_distance, "mouth landmark distance", images, driving, fps, driving_fps,
+                              detector, compare)
 
 
 def _flow_size_input():
