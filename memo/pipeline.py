@@ -295,11 +295,12 @@ class MemoSettings:
 def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face_emb: torch.Tensor,
                    settings: MemoSettings | None = None,
                    on_clip: Callable[[int, int], None] | None = None,
-                   runtime: Runtime | None = None, speed=None) -> Iterator[torch.Tensor]:
+                   runtime: Runtime | None = None, speed=None, resume=None) -> Iterator[torch.Tensor]:
     """Yield IMAGE batches ``(F, H, W, 3)`` (CPU, [0,1]) clip after clip; the last clip is trimmed to the audio.
 
     ``runtime``: the one reporting progress (the calling node's); default the bundle's. ``speed``: opt-in
-    accelerations (``runtime.speed.SpeedOptions``; None: the exact path)."""
+    accelerations (``runtime.speed.SpeedOptions``; None: the exact path). ``resume``: a
+    ``runtime.resume.ResumeOptions`` (None: off): finished clips are cached and a re-run continues after them."""
     from ..motion.memo_sampler import MemoSampler, MemoSamplerSettings
 
     s = settings or MemoSettings()
@@ -322,10 +323,14 @@ def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face
                                               num_past_frames=s.num_past_frames, faithful=s.faithful,
                                               offload_memory=False))
     keep = conditions.frames_with_audio
+    ref = reference_tensor(reference, s.width, s.height)
+    from .resume import memo_job
+
+    job = memo_job(resume, bundle, ref, face_emb, audio_tokens, frame_emotions, s, sampler.settings, speed)
     with rt.progress(num_clips * s.steps, desc="MEMO") as bar:
-        clips = sampler.clips(reference_tensor(reference, s.width, s.height), face_emb.reshape(1, 512), audio_tokens,
+        clips = sampler.clips(ref, face_emb.reshape(1, 512), audio_tokens,
                               frame_emotions=frame_emotions, noise=int(s.seed), on_step=lambda k, step: bar.update(1),
-                              speed=speed)
+                              speed=speed, resume=job)
         for clip in clips:
             frames = clip.frames[0].permute(1, 2, 3, 0)  # (F, H, W, 3)
             start = clip.index * f
@@ -335,6 +340,8 @@ def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face
             if on_clip is not None:
                 on_clip(clip.index, num_clips)
             yield frames
+    if job is not None:
+        job.finish()
 
 
 def _audio_tokens(bundle: MemoBundle, conditions) -> torch.Tensor:

@@ -25,6 +25,7 @@ Emotion per clip: the mode of the clip's per-frame labels (ties -> smallest labe
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -160,7 +161,7 @@ class MemoSampler:
               frame_emotions: torch.Tensor | None = None,
               noise: Callable[[int, tuple], torch.Tensor] | torch.Generator | int | None = None,
               inspect: Inspector | None = None, on_step: Callable[[int, int], None] | None = None,
-              speed: SpeedOptions | None = None) -> Iterator[MemoClip]:
+              speed: SpeedOptions | None = None, resume=None) -> Iterator[MemoClip]:
         """Yield the generated clips one by one.
 
         ``ref_image (1, 3, H, W)`` in [-1, 1]; ``face_emb (1, 512)``; ``audio_tokens (1, T, tokens, A)`` after
@@ -168,7 +169,10 @@ class MemoSampler:
         class for both halves); ``noise``: a function ``(clip, shape) -> tensor``, a CPU generator or a seed (the
         official draw: one CPU generator, bf16, clip after clip). ``inspect(name, tensor)`` sees intermediates
         (``clip{k}.ref_latents``, ``clip{k}.step{s}.{timestep,latents_in,velocity}``, ``clip{k}.final_latents``).
-        ``speed``: opt-in accelerations of the Diffusion Net's steps (None: the exact path).
+        ``speed``: opt-in accelerations of the Diffusion Net's steps (None: the exact path). ``resume``: a
+        :class:`~..runtime.resume.ResumeJob` (None: off): each finished clip's final latents are saved as segment
+        ``clip<k>``; a run that finds clips 0..d-1 there replays them (see :func:`replayed_clips`) and samples from
+        clip d on, with the same frames as an uninterrupted run.
         """
         s = self.settings
         net = self.diffusion_net
@@ -194,6 +198,7 @@ class MemoSampler:
         interval = reuse_interval(speed, "MEMO")  # feature reuse across steps (opt-in; 1: every step whole)
         net.reset_memory()
         ref_latent = {}  # the reference image's latent, encoded once per run (per preprocessing outcome)
+        finished = replayed_clips(resume, num_clips, (1, 4, f, h, w))  # resume: final latents of clips 0..d-1
 
         for k in range(num_clips):
             # [reference, N past frames]; faithful: one preprocessing decision for the whole batch, as released
@@ -212,12 +217,23 @@ class MemoSampler:
             emotion = torch.tensor([NULL_EMOTION, label], device=dev)
 
             latents = draw(k, (1, 4, f, h, w)).to(dev, torch.float32)
+            if k < len(finished):
+                # a finished clip: only its temporal-memory update (step 0's call; the memory reads the past frames
+                # alone) is replayed, then its saved final latents are decoded as below
+                with accelerated(speed, [net]):
+                    net(torch.cat([latents, latents]).to(dtype), ref_features, schedule.timesteps[0].to(dev),
+                        tokens.to(dev, dtype), audio, emotion, uc_mask=uc_mask, is_new_audio=k == 0,
+                        update_past_memory=True, faithful_tiling=s.faithful, reference_cache={}, deep=None)
+                latents = finished[k].to(dev, torch.float32)
+                if on_step is not None:
+                    for step in range(len(schedule)):
+                        on_step(k, step)
             reference_cache = {}  # what the Diffusion Net derives from this clip's reference features alone
             # feature reuse: one store per clip (the features belong to this clip's memory and reference); step 0
             # (the memory update) and every interval-th step run whole, the steps between reuse
             deep = DeepFeature(dev) if interval > 1 else None
             with accelerated(speed, [net]):
-                for step in range(len(schedule)):
+                for step in range(len(schedule) if k >= len(finished) else 0):
                     t = schedule.timesteps[step]
                     inspect(f"clip{k}.step{step}.timestep", t)
                     inspect(f"clip{k}.step{step}.latents_in", latents)
@@ -235,6 +251,8 @@ class MemoSampler:
                         on_step(k, step)
             del ref_features, reference_cache, deep
             inspect(f"clip{k}.final_latents", latents)
+            if resume is not None and k >= len(finished):
+                resume.save(f"clip{k:05d}", {"latents": latents.cpu(), "emotion": label})
 
             if s.offload_memory:
                 net.memory_to("cpu")
@@ -245,6 +263,30 @@ class MemoSampler:
     def generate(self, *args, **kwargs) -> torch.Tensor:
         """All clips concatenated: ``(1, 3, T, H, W)`` in [0, 1]."""
         return torch.cat([clip.frames for clip in self.clips(*args, **kwargs)], dim=2)
+
+
+def replayed_clips(resume, num_clips: int, shape: tuple) -> list[torch.Tensor]:
+    """The saved final latents ``shape`` of clips 0..d-1 (the longest unbroken run of readable segments), [] without
+    ``resume``. A clip's frames and the next clip's past frames follow from its final latents (decoded as usual);
+    the temporal memory it left is rebuilt by replaying its memory update, one Diffusion Net call instead of
+    ``steps``, so the run continues bit-identically without storing the (gigabyte-sized) memory state."""
+    if resume is None:
+        return []
+    out = []
+    for k in range(num_clips):
+        seg = resume.load(f"clip{k:05d}")
+        lat = seg.get("latents") if seg is not None else None
+        if not isinstance(lat, torch.Tensor) or tuple(lat.shape) != tuple(shape) or lat.dtype != torch.float32:
+            if seg is not None:
+                resume.drop(f"clip{k:05d}")
+                logging.getLogger(__name__).warning("resume cache: clip %d's segment does not fit this run "
+                                                    "(latents %s); computing it again", k,
+                                                    None if lat is None else tuple(lat.shape))
+            break
+        out.append(lat)
+    if out:
+        resume.resuming("clip", len(out), num_clips)
+    return out
 
 
 def _vae_factor(vae) -> int:
