@@ -83,3 +83,17 @@ def pytest_make_collect_report(collector):
         first = str(report.longrepr).strip().splitlines()[-1] if report.longrepr else ""
         report.outcome = "skipped"
         report.longrepr = (str(collector.path), 0, f"Skipped: {NO_SHARED} ({first.strip()})")
+
+
+@pytest.fixture(scope="module")
+def hellomeme_stand_ins(tmp_path_factory):
+    """HelloMeme's v5 stand-in models in the released layouts (from the parity cases' tiny networks), written once
+    per test module: ``(models_dir, info)``, info holding the stand-ins' sizes (``text_dim``, ``image_size``...)."""
+    from helpers.tiny_models import write_hellomeme_models
+    from parity.runner import parity_root
+
+    root = parity_root()
+    if not (root / "hellomeme" / "pipeline_v5_video").is_dir():
+        pytest.skip(f"HelloMeme parity cases not found under {root} (set SHARED_DIR)")
+    models_dir = tmp_path_factory.mktemp("models")
+    return models_dir, write_hellomeme_models(models_dir, root)

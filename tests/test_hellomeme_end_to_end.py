@@ -30,16 +30,8 @@ SEED = 7
 
 # ---- fixtures -------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory):
-    from helpers.tiny_models import write_hellomeme_models
-    from parity.runner import parity_root
-
-    root = parity_root()
-    if not (root / "hellomeme" / "pipeline_v5_video").is_dir():
-        pytest.skip(f"HelloMeme parity cases not found under {root} (set SHARED_DIR)")
-    models_dir = tmp_path_factory.mktemp("models")
-    info = write_hellomeme_models(models_dir, root)
-    return models_dir, info
+def stand_ins(hellomeme_stand_ins):
+    return hellomeme_stand_ins  # (models_dir, info): tests/conftest.py
 
 
 @pytest.fixture(scope="module")

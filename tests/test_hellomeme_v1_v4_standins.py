@@ -14,17 +14,12 @@ V1_V4_GROUPS = ("v1", "v1_video", "v2", "v2_video", "v3", "v3_video", "v4", "v4_
 
 
 @pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory):
-    from helpers.tiny_models import write_hellomeme_models, write_hellomeme_v1_v4_models
-    from parity.runner import parity_root
+def stand_ins(hellomeme_stand_ins):
+    """The v5 stand-ins (tests/conftest.py) and, in the same models folder, the v1-v4 ones."""
+    from helpers.tiny_models import write_hellomeme_v1_v4_models
 
-    root = parity_root()
-    if not (root / "hellomeme" / "pipeline_v5_video").is_dir():
-        pytest.skip(f"HelloMeme parity cases not found under {root} (set SHARED_DIR)")
-    models_dir = tmp_path_factory.mktemp("models")
-    info = write_hellomeme_models(models_dir, root)
-    written = write_hellomeme_v1_v4_models(models_dir)
-    return models_dir, info, written
+    models_dir, info = hellomeme_stand_ins
+    return models_dir, info, write_hellomeme_v1_v4_models(models_dir)
 
 
 def test_motion_adapter_time_embedding_width_comes_from_the_weights():
