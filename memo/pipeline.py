@@ -295,12 +295,15 @@ class MemoSettings:
 def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face_emb: torch.Tensor,
                    settings: MemoSettings | None = None,
                    on_clip: Callable[[int, int], None] | None = None,
-                   runtime: Runtime | None = None, speed=None, resume=None) -> Iterator[torch.Tensor]:
+                   runtime: Runtime | None = None, speed=None, resume=None,
+                   guard=None) -> Iterator[torch.Tensor]:
     """Yield IMAGE batches ``(F, H, W, 3)`` (CPU, [0,1]) clip after clip; the last clip is trimmed to the audio.
 
     ``runtime``: the one reporting progress (the calling node's); default the bundle's. ``speed``: opt-in
     accelerations (``runtime.speed.SpeedOptions``; None: the exact path). ``resume``: a
-    ``runtime.resume.ResumeOptions`` (None: off): finished clips are cached and a re-run continues after them."""
+    ``runtime.resume.ResumeOptions`` (None: off): finished clips are cached and a re-run continues after them.
+    ``guard``: an identity guard (``metrics.identity_guard.ClipGuard``; None: off) that scores each clip and may
+    make it again anchored on the reference."""
     from ..motion.memo_sampler import MemoSampler, MemoSamplerSettings
 
     s = settings or MemoSettings()
@@ -330,7 +333,7 @@ def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face
     with rt.progress(num_clips * s.steps, desc="MEMO") as bar:
         clips = sampler.clips(ref, face_emb.reshape(1, 512), audio_tokens,
                               frame_emotions=frame_emotions, noise=int(s.seed), on_step=lambda k, step: bar.update(1),
-                              speed=speed, resume=job)
+                              speed=speed, resume=job, guard=guard)
         for clip in clips:
             frames = clip.frames[0].permute(1, 2, 3, 0)  # (F, H, W, 3)
             start = clip.index * f

@@ -26,7 +26,7 @@ Emotion per clip: the mode of the clip's per-frame labels (ties -> smallest labe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -161,7 +161,7 @@ class MemoSampler:
               frame_emotions: torch.Tensor | None = None,
               noise: Callable[[int, tuple], torch.Tensor] | torch.Generator | int | None = None,
               inspect: Inspector | None = None, on_step: Callable[[int, int], None] | None = None,
-              speed: SpeedOptions | None = None, resume=None) -> Iterator[MemoClip]:
+              speed: SpeedOptions | None = None, resume=None, guard=None) -> Iterator[MemoClip]:
         """Yield the generated clips one by one.
 
         ``ref_image (1, 3, H, W)`` in [-1, 1]; ``face_emb (1, 512)``; ``audio_tokens (1, T, tokens, A)`` after
@@ -173,6 +173,9 @@ class MemoSampler:
         :class:`~..runtime.resume.ResumeJob` (None: off): each finished clip's final latents are saved as segment
         ``clip<k>``; a run that finds clips 0..d-1 there replays them (see :func:`replayed_clips`) and samples from
         clip d on, with the same frames as an uninterrupted run.
+        ``guard``: an identity guard (``metrics.identity_guard.ClipGuard``; None: off) that scores every decoded
+        clip and may have it made again anchored on the reference (:meth:`guarded_clip`); the next clip continues from
+        the attempt it keeps.
         """
         s = self.settings
         net = self.diffusion_net
@@ -257,12 +260,53 @@ class MemoSampler:
             if s.offload_memory:
                 net.memory_to("cpu")
             frames = vae_decode_frames(self.vae, latents[0].transpose(0, 1), s.vae_batch).float().cpu()  # (F, 3, H, W)
+            if guard is not None:  # identity guard: this clip, or an attempt re-anchored on the reference
+                first = latents
+                frames, latents = self.guarded_clip(guard, k, frames, latents, ref_image, face_emb, audio_tokens,
+                                                    frame_emotions, speed, on_step)
+                if resume is not None and latents is not first:  # a re-anchored clip cannot be replayed: made again
+                    resume.drop(f"clip{k:05d}")
             past = frames[-n:] * 2 - 1  # the official script: the last N frames of THIS clip (fewer if F < N)
             yield MemoClip(index=k, frames=frames.transpose(0, 1)[None], latents=latents.cpu(), emotion=label)
 
     def generate(self, *args, **kwargs) -> torch.Tensor:
         """All clips concatenated: ``(1, 3, T, H, W)`` in [0, 1]."""
         return torch.cat([clip.frames for clip in self.clips(*args, **kwargs)], dim=2)
+
+
+    @torch.no_grad()
+    def guarded_clip(self, guard, k: int, frames: torch.Tensor, latents: torch.Tensor, ref_image: torch.Tensor,
+                     face_emb: torch.Tensor, audio_tokens: torch.Tensor, frame_emotions: torch.Tensor | None,
+                     speed: SpeedOptions | None = None, on_step: Callable[[int, int], None] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip ``k``'s kept attempt: ``frames (F, 3, H, W)`` in [0, 1] and its final ``latents (1, 4, F, h, w)``.
+
+        ``guard.check(k, attempt, frames)`` scores an attempt and returns None (enough) or a retry plan with
+        ``seed`` and ``guidance_scale``. A retry makes clip ``k`` again as a first clip: its past frames are the
+        reference repeated and the temporal memory is rebuilt from them alone (``is_new_audio``), with clip ``k``'s
+        audio and emotion, a new noise draw from ``seed`` and that guidance scale. ``guard.keep(k)`` then names
+        the attempt to keep; the temporal memory is the one that attempt left (the others' memory is restored from
+        a host copy), so the next clip continues from the kept attempt.
+        """
+        f = self.settings.frames_per_clip
+        net = self.diffusion_net
+        attempts = [(frames, latents)]
+        states = {}  # attempt -> the temporal memory it left, on the host (only kept while a retry runs)
+        plan = guard.check(k, 0, frames)
+        while plan is not None:
+            states[len(attempts) - 1] = {name: layer.memory.clone().to("cpu") for name, layer in net.memory_layers()}
+            sub = MemoSampler(self.vae, self.reference_net, net, self.image_proj,
+                              replace(self.settings, guidance_scale=float(plan.guidance_scale)))
+            emotions = None if frame_emotions is None else frame_emotions[k * f:(k + 1) * f]
+            step_fn = None if on_step is None else (lambda _clip, step: on_step(k, step))
+            clip = next(iter(sub.clips(ref_image, face_emb, audio_tokens[:, k * f:(k + 1) * f], emotions,
+                                       noise=int(plan.seed), on_step=step_fn, speed=speed)))
+            attempts.append((clip.frames[0].transpose(0, 1), clip.latents))  # (F, 3, H, W), (1, 4, F, h, w)
+            plan = guard.check(k, len(attempts) - 1, attempts[-1][0])
+        keep = int(guard.keep(k))
+        if keep != len(attempts) - 1:
+            net.load_memory_state(states[keep])  # moved back to the network's device by its next call
+        return attempts[keep]
 
 
 def replayed_clips(resume, num_clips: int, shape: tuple) -> list[torch.Tensor]:

@@ -16,7 +16,8 @@ from .replacements import register_replacements
 
 log = logging.getLogger("portrait_animation")
 
-NODE_MODULES = ("models", "speed", "face", "media", "hellomeme", "memo", "hunyuan_portrait", "metrics")
+NODE_MODULES = ("models", "speed", "resume", "identity_guard", "face", "media", "hellomeme", "memo", "hunyuan_portrait",
+                "metrics")
 
 
 class PortraitAnimationExtension(ComfyExtension):
