@@ -24,8 +24,9 @@ different shape (a different split of the work, outputs of another kind) are lis
 reason, and get no replacement: a swap there would hand the user a node that cannot run or does something else.
 
 Known limit of the server side in ComfyUI 0.33.0: for an API prompt it keeps only the inputs named in ``inputs``
-(none for a pure rename) and fails on a mapped input the prompt lacks, so an API-format workflow with an old id gets
-a "required input missing" error there; ``tools/queue_batch.py`` renames pure renames itself before queueing.
+(none for a pure rename), fills no defaults and fails on a mapped input the prompt lacks, so an API-format workflow
+with an old id gets a "required input missing" error there. ``tools/queue_batch.py`` applies the server's table
+itself before queueing (mapped inputs, then the new node's defaults from ``/object_info``, output links renumbered).
 """
 from __future__ import annotations
 

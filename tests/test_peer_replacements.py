@@ -193,3 +193,28 @@ def test_fixture_workflows_follow_the_signatures(path):
         for k, o in enumerate(node["outputs"]):
             for link_id in o["links"]:
                 assert links[link_id][1:3] == [node["id"], k]
+
+
+API_FIXTURES = sorted((PEERS / "api").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", API_FIXTURES, ids=lambda p: p.stem)
+def test_api_fixture_is_its_ui_workflow_exported(path):
+    """tests/peers/api/<name>.json is the UI fixture of the same name as the peer pack's Export (API) writes it: each
+    peer node's widget values under their input names (no control_after_generate) and its links."""
+    ui = json.loads((PEERS / path.name).read_text())
+    api = json.loads(path.read_text())
+    links = {link[0]: link for link in ui["links"]}
+    assert set(api) == {str(n["id"]) for n in ui["nodes"]}
+    for node in ui["nodes"]:
+        got = api[str(node["id"])]
+        assert got["class_type"] == node["type"]
+        expected = {i["name"]: [str(links[i["link"]][1]), links[i["link"]][2]]
+                    for i in node.get("inputs", []) if i.get("link") is not None}
+        if node["type"] in PEER_NODES:
+            values = dict(zip(widget_order(PEER_NODES[node["type"]]), node["widgets_values"]))
+            values.pop(CONTROL, None)
+            expected.update(values)
+            assert got["inputs"] == expected, node["type"]
+        else:
+            assert {k: v for k, v in got["inputs"].items() if isinstance(v, list)} == expected, node["type"]

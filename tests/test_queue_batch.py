@@ -190,6 +190,7 @@ class FakeComfy:
         self.running = self.max_running = 0
         self.hold = False  # True: prompts never finish
         self.replacements: dict | None = None  # GET /node_replacements (None: 404, a server before ComfyUI 0.33)
+        self.infos: dict[str, dict] = {}  # GET /object_info/{type} for these types (others: no inputs)
         self.cancels: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -222,7 +223,8 @@ class FakeComfy:
                     return self.reply(200, fake.replacements)
                 if url.path.startswith("/object_info/"):  # every node type except the replaced ones
                     name = urllib.parse.unquote(url.path.split("/", 2)[2])
-                    return self.reply(200, {} if name in (fake.replacements or {}) else {name: {"input": {}}})
+                    return self.reply(200, {} if name in (fake.replacements or {}) else
+                                      {name: fake.infos.get(name, {"input": {}})})
                 if url.path.startswith("/history/"):
                     return self.reply(200, fake.poll(url.path.rsplit("/", 1)[1]))
                 if url.path == "/view":
@@ -382,32 +384,56 @@ def test_timeout_cancels_the_prompt(wf, tmp_path, fakes, capsys):
     assert fakes[0].cancels == [("/queue", {"delete": [pid]}), ("/interrupt", {"prompt_id": pid})]
 
 
-def test_old_node_ids_that_the_server_renamed_are_sent_under_the_new_id(tmp_path, fakes, capsys):
+def test_old_node_ids_that_the_server_replaces_are_sent_as_the_new_node(tmp_path, fakes, capsys):
+    """What the editor's "Replace" does, for an API workflow: a pure rename keeps every input; a mapped replacement
+    gets its mapped inputs (old_id moves a value or link, set_value sets one), the new node's defaults for the widget
+    inputs still missing (required and optional), and its output links renumbered. --set may name an old input."""
     graph = json.loads(json.dumps(WORKFLOW))
-    graph["11"]["class_type"] = "OldInvert"  # a pure rename: the tool renames it, keeping the inputs
-    graph["13"]["class_type"] = "OldPreview"  # a mapped replacement: left to the server
+    graph["11"]["class_type"] = "OldInvert"  # a pure rename
+    graph["13"] = {"class_type": "OldPreview", "inputs": {"pictures": ["11", 0], "dropped": 3, "gain": 2},
+                   "_meta": {"title": "Preview"}}
+    graph["14"] = {"class_type": "OldSplit", "inputs": {"image": ["10", 0]}, "_meta": {"title": "Split"}}
+    graph["15"] = {"class_type": "SaveImage", "inputs": {"images": ["14", 1], "filename_prefix": "r"}}
+    graph["16"] = {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": "g"}}
     wf = tmp_path / "old_ids.json"
     wf.write_text(json.dumps(graph))
     fakes[0].replacements = {
         "OldInvert": [{"new_node_id": "ImageInvert", "old_node_id": "OldInvert", "old_widget_ids": None,
                        "input_mapping": None, "output_mapping": None}],
-        "OldPreview": [{"new_node_id": "PreviewImage", "old_node_id": "OldPreview", "old_widget_ids": None,
-                        "input_mapping": [{"new_id": "images", "old_id": "pictures"}], "output_mapping": None}]}
+        "OldPreview": [{"new_node_id": "PreviewPlus", "old_node_id": "OldPreview", "old_widget_ids": ["dropped"],
+                        "input_mapping": [{"new_id": "images", "old_id": "pictures"},
+                                          {"new_id": "strength", "old_id": "gain"},
+                                          {"new_id": "mode", "set_value": "fast"}], "output_mapping": None}],
+        "OldSplit": [{"new_node_id": "Split", "old_node_id": "OldSplit", "old_widget_ids": None,
+                      "input_mapping": [{"new_id": "image", "old_id": "image"}],
+                      "output_mapping": [{"old_idx": 1, "new_idx": 0}]}]}
+    fakes[0].infos["PreviewPlus"] = {"input": {
+        "required": {"images": ["IMAGE"], "strength": ["FLOAT", {"default": 1.0}], "mode": [["slow", "fast"]],
+                     "size": ["INT", {"default": 64, "min": 8}], "style": ["COMBO", {"options": ["a", "b"]}]},
+        "optional": {"mask": ["MASK"], "label": ["STRING", {"default": "hi"}],
+                     "value": ["FLOAT", {"default": 0.5, "forceInput": True}]}}}
+    fakes[0].infos["Split"] = {"input": {"required": {"image": ["IMAGE"]}}}
     (tmp_path / "a.png").write_bytes(b"a")
     (tmp_path / "b.png").write_bytes(b"b")
     common = ["--media", "10.image", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "out"),
-              "--poll-interval", "0.05", "--no-websocket"]
+              "--poll-interval", "0.05", "--no-websocket", "--set", "13.gain=4"]
     assert qb.main([str(wf), *common, "--server", fakes[0].url]) == 0
     queued = list(fakes[0].prompts.values())
     assert len(queued) == 2
     for prompt in queued:
         assert prompt["11"] == {**WORKFLOW["11"], "class_type": "ImageInvert"}
-        assert prompt["13"]["class_type"] == "OldPreview"
+        assert prompt["13"] == {"class_type": "PreviewPlus", "_meta": {"title": "Preview"}, "inputs": {
+            "images": ["11", 0], "strength": 4, "mode": "fast", "size": 64, "style": "a", "label": "hi"}}
+        assert prompt["14"] == {"class_type": "Split", "inputs": {"image": ["10", 0]}, "_meta": {"title": "Split"}}
+        assert prompt["15"]["inputs"]["images"] == ["14", 0]  # old output 1 is the new output 0
+        assert "images" not in prompt["16"]["inputs"]  # old output 0 is not mapped: the server names the gap
     err = capsys.readouterr().err
-    assert err.count("'OldInvert', an old id") == 1 and "OldPreview" not in err  # reported once per server
+    assert err.count("'OldInvert', an old id") == 1 and err.count("'OldPreview', an old id") == 1
+    assert err.count("that node's defaults for the others") == 2  # the mapped rows, not the rename
     # a server without the replacement API gets the workflow as it is
     assert qb.main([str(wf), *common, "--server", fakes[1].url]) == 0
     assert {p["11"]["class_type"] for p in fakes[1].prompts.values()} == {"OldInvert"}
+    assert {p["13"]["inputs"]["gain"] for p in fakes[1].prompts.values()} == {4}
 
 
 def test_no_server_answers(wf, tmp_path, capsys):

@@ -29,6 +29,12 @@ that install's Python ($COMFYUI_PYTHON, else its .venv/venv/python_embeded, else
 arguments after --comfy-args go to its main.py. Its log is written to --out DIR/comfyui_server.log, and it is stopped
 when the jobs are done, on an error or on Ctrl-C. With --server the tool uses servers that are already running.
 
+Old node ids: a node whose class_type the server no longer runs but lists in its node replacements
+(GET /node_replacements, ComfyUI 0.33+: the pack's renamed ids and other packs' nodes it replaces) is sent as the new
+node, as the editor's "Replace" does: the mapped inputs, the new node's defaults (GET /object_info) for the others,
+links from its outputs renumbered; NODE.INPUT may name the old input. The server's own rewrite keeps only the mapped
+inputs and fails with "required input missing".
+
 Jobs are spread over the --server URLs (each takes the next job when one of its --max-in-flight slots is free);
 progress comes over the WebSocket (websocket-client), or by polling /history when that is missing or drops. The
 files in each finished prompt's outputs are saved under --out DIR/<job name>/ (non-"output" types under a folder
@@ -326,12 +332,12 @@ class Server:
         status, body = self.call("GET", f"/object_info/{urllib.parse.quote(class_type, safe='')}")
         return status == 200 and isinstance(body, dict) and class_type in body
 
-    def renames(self, class_types: set[str]) -> dict[str, str]:
-        """Old node id -> new id for the pure renames (no input or output mapping) among ``class_types`` that this
-        server lists in its node replacements (``GET /node_replacements``, ComfyUI 0.33+) and no longer runs itself.
-
-        The server applies replacements to API prompts too, but without a mapping it drops every input of the node
-        (ComfyUI 0.33.0), so a pure rename is done here, keeping the inputs. Mapped replacements are left to it."""
+    def replacements(self, class_types: set[str]) -> dict[str, dict]:
+        """Old node id -> (the replacement the server would use, the new node's ``/object_info`` entry) for the
+        ``class_types`` this server lists in its node replacements (``GET /node_replacements``, ComfyUI 0.33+), no
+        longer runs itself, and whose new node it runs. The prompt is rewritten here with them (``replace_old_ids``):
+        the server's own rewrite of API prompts (ComfyUI 0.33.0) keeps only the mapped inputs (none for a pure
+        rename) and fills no defaults, so the prompt would fail with "required input missing"."""
         status, table = self.call("GET", "/node_replacements")
         if status != 200 or not isinstance(table, dict):
             return {}
@@ -341,14 +347,79 @@ class Server:
             if not (isinstance(options, list) and options and isinstance(options[0], dict)):
                 continue
             first = options[0]  # the one the server would use
-            if first.get("input_mapping") or first.get("output_mapping") or not first.get("new_node_id"):
+            new_id = first.get("new_node_id")
+            if not new_id or self.knows(class_type):
                 continue
-            if not self.knows(class_type) and self.knows(first["new_node_id"]):
-                out[class_type] = first["new_node_id"]
+            status, info = self.call("GET", f"/object_info/{urllib.parse.quote(new_id, safe='')}")
+            if status == 200 and isinstance(info, dict) and isinstance(info.get(new_id), dict):
+                out[class_type] = {**first, "new_node_info": info[new_id]}
         return out
 
     def ws_url(self, client_id: str) -> str:
         return re.sub(r"^http", "ws", self.url) + f"/ws?clientId={client_id}"
+
+
+def widget_default(spec: Any) -> tuple[bool, Any]:
+    """(has a value, the value) the editor gives a new node's widget input: its declared default, else a list's first
+    choice; (False, None) for a link input (no widget)."""
+    if not isinstance(spec, (list, tuple)) or not spec:
+        return False, None
+    kind, opts = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if opts.get("forceInput"):
+        return False, None
+    if "default" in opts:
+        return True, opts["default"]
+    choices = kind if isinstance(kind, list) else opts.get("options") if kind == "COMBO" else None
+    if isinstance(choices, list) and choices:
+        return True, choices[0]
+    return False, None
+
+
+def replace_old_ids(prompt: dict, found: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """Rewrite, in place, every node of ``prompt`` whose class_type is an old id in ``found`` (``Server.replacements``)
+    as the editor's "Replace" does to a UI workflow: the new class_type; each mapped input (``input_mapping``:
+    ``old_id`` moves that input's value or link, ``set_value`` sets a value) or, for a pure rename (no mapping), every
+    input as it is; the new node's default for each widget input still missing; links from its outputs renumbered by
+    ``output_mapping`` (a link from an output it does not map is removed, so the server names the input it leaves
+    unfed). Returns node id -> {old input name: new input name} for the inputs carried under another name."""
+    renamed: dict[str, dict[str, str]] = {}
+    outputs: dict[str, dict[int, int] | None] = {}
+    for nid, node in prompt.items():
+        entry = found.get(node["class_type"])
+        if entry is None:
+            continue
+        old = node["inputs"]
+        mapping, out_map = entry.get("input_mapping"), entry.get("output_mapping")
+        if mapping is None and out_map is None:
+            inputs = dict(old)
+        else:
+            inputs, names = {}, {}
+            for m in mapping or []:
+                if "set_value" in m:
+                    inputs[m["new_id"]] = m["set_value"]
+                elif m.get("old_id") in old:
+                    inputs[m["new_id"]] = json.loads(json.dumps(old[m["old_id"]]))
+                    names[m["old_id"]] = m["new_id"]
+            renamed[nid] = names
+        info = entry["new_node_info"].get("input") or {}
+        for group in ("required", "optional"):
+            for name, spec in (info.get(group) or {}).items():
+                has, value = widget_default(spec)
+                if has and name not in inputs:
+                    inputs[name] = value
+        node["class_type"], node["inputs"] = entry["new_node_id"], inputs
+        outputs[nid] = None if out_map is None else {m["old_idx"]: m["new_idx"] for m in out_map}
+    for node in prompt.values():
+        for name, value in list(node["inputs"].items()):
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in outputs:
+                out_map = outputs[str(value[0])]
+                if out_map is None:
+                    continue
+                if value[1] in out_map:
+                    node["inputs"][name] = [value[0], out_map[value[1]]]
+                else:
+                    del node["inputs"][name]
+    return renamed
 
 
 def upload_names(jobs: list[Job]) -> dict[Path, str]:
@@ -427,32 +498,34 @@ class Runner:
     def __init__(self, graph: dict, args, names: dict[Path, str]):
         self.graph, self.args, self.names = graph, args, names
         self.in_flight: dict[str, Server] = {}
-        self.renamed: dict[Server, dict[str, str]] = {}
+        self.replaced: dict[Server, dict[str, dict]] = {}
         self.lock = threading.Lock()
 
-    def renames_on(self, server: Server) -> dict[str, str]:
-        """The old node ids of this workflow that ``server`` renamed, looked up once per server and reported once."""
+    def replacements_on(self, server: Server) -> dict[str, dict]:
+        """The old node ids of this workflow that ``server`` replaces, looked up once per server and reported once."""
         with self.lock:
-            if server not in self.renamed:
-                self.renamed[server] = found = server.renames({n["class_type"] for n in self.graph.values()})
+            if server not in self.replaced:
+                self.replaced[server] = found = server.replacements({n["class_type"] for n in self.graph.values()})
                 for nid, node in self.graph.items():
-                    if node["class_type"] in found:
-                        log(f"note: node {nid} is {node['class_type']!r}, an old id that {server.url} replaces with "
-                            f"{found[node['class_type']]!r}; sending it as that (re-export the workflow to update it)",
-                            sys.stderr)
-            return self.renamed[server]
+                    entry = found.get(node["class_type"])
+                    if entry is None:
+                        continue
+                    how = "" if entry.get("input_mapping") is None and entry.get("output_mapping") is None else \
+                        ", with the inputs it maps and that node's defaults for the others"
+                    log(f"note: node {nid} is {node['class_type']!r}, an old id that {server.url} replaces with "
+                        f"{entry['new_node_id']!r}; sending it as that{how} (open the workflow in the editor and "
+                        "re-export it to update it)", sys.stderr)
+            return self.replaced[server]
 
     def prompt_for(self, job: Job, server: Server | None) -> dict:
         prompt = json.loads(json.dumps(self.graph))
-        if server is not None:
-            for node in prompt.values():
-                node["class_type"] = self.renames_on(server).get(node["class_type"], node["class_type"])
+        renamed = replace_old_ids(prompt, self.replacements_on(server)) if server is not None else {}
         for ref, value in job.settings.items():
             if isinstance(value, Upload):
                 name = self.names[value.path]
                 value = server.upload(value.path, name, self.args.subfolder) if server else \
                     (f"{self.args.subfolder}/{name}" if self.args.subfolder else name)
-            prompt[ref.node]["inputs"][ref.input] = value
+            prompt[ref.node]["inputs"][renamed.get(ref.node, {}).get(ref.input, ref.input)] = value
         return prompt
 
     def worker(self, server: Server, jobs: queue.Queue, results: dict) -> None:
