@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
+from .identity_guard import active_guard, guard_input
 from .speed import speed_input
 
 CAT_HP = f"{CATEGORY}/HunyuanPortrait"
@@ -168,6 +169,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
                                          "(needs ArcFace on the loader): identity outputs."),
                 output_input(),
                 speed_input(),
+                guard_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The generated square crops, one per driving frame "
@@ -200,7 +202,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
     @classmethod
     def execute(cls, hunyuan_portrait, conditions, seed, steps, appearance_guidance, motion_guidance, window,
                 overlap, shift, pad_frames, fps_id, motion_bucket, noise_aug, decode_chunk, paste_border,
-                identity_score, output="frames", speed=None) -> io.NodeOutput:
+                identity_score, output="frames", speed=None, identity_guard=None) -> io.NodeOutput:
         import json
         import math
 
@@ -211,6 +213,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
         from ..hunyuan_portrait.animate import (IdentityReport, animate, identity_scores, iter_animate, iter_pasted,
                                                 pasted_frames, settings_for)
         from ..media.video import VideoWriter, frames_to_components
+        from ..metrics.identity_guard import guard_portrait, report_windows, require_portrait_scores
         from .common import stream_video_path, video_from_file
 
         settings = settings_for(
@@ -221,10 +224,13 @@ class HunyuanPortraitSampler(io.ComfyNode):
             max_motion_guidance_scale=motion_guidance, border_ratio=paste_border)
         rt = node_runtime(cls)
         fps = float(conditions.fps or 25.0)
+        guard, guarded = active_guard(identity_guard), None
+        if guard is not None:
+            require_portrait_scores(hunyuan_portrait, conditions)  # before any sampling
         if output == "video file":
             # each decoded chunk: pasted back (uint8, as released) and encoded, scored, then dropped
             scores: list = []
-            measured = identity_score
+            measured = identity_score or guard is not None
             preview = full_preview = None
             with VideoWriter(stream_video_path("hunyuan_portrait"), fps, audio=conditions.audio) as writer:
                 for crops in iter_animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed):
@@ -240,13 +246,21 @@ class HunyuanPortraitSampler(io.ComfyNode):
                         scores.extend(part.per_frame if part is not None else [])
             report = IdentityReport(per_frame=scores, window=window) if measured else None
             frames, full, video = preview, full_preview, video_from_file(writer.path)
+            if guard is not None:
+                guarded = report_windows(guard, scores, window, note="re-anchoring needs output 'frames' (the video "
+                                         "file is written as the frames are decoded): windows reported only")
         else:
             frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed)
+            if guard is not None:  # scores every frame, re-anchors failing windows in place
+                frames, report, guarded = guard_portrait(guard, hunyuan_portrait, conditions, settings, seed, frames,
+                                                         runtime=rt, speed=speed)
             n = frames.shape[0]
-            with rt.progress(2 * n if identity_score else n, desc="HunyuanPortrait paste-back") as bar:
+            with rt.progress(2 * n if identity_score and guard is None else n,
+                             desc="HunyuanPortrait paste-back") as bar:
                 full = pasted_frames(conditions, frames, paste_border, progress=bar.update)
-                report = identity_scores(hunyuan_portrait, conditions, frames, window,
-                                         progress=bar.update) if identity_score else None
+                if guard is None:
+                    report = identity_scores(hunyuan_portrait, conditions, frames, window,
+                                             progress=bar.update) if identity_score else None
             video = InputImpl.VideoFromComponents(Types.VideoComponents(
                 **frames_to_components(full, fps, audio=conditions.audio, inplace=True)))
         if report is None:
@@ -254,6 +268,9 @@ class HunyuanPortraitSampler(io.ComfyNode):
         else:
             mean, text = report.mean, report.summary()
             ui = {"text": [json.dumps(report.to_dict())]}
+        if guarded is not None:  # the guard's windows and actions after the scores
+            text += "\n" + guarded.summary()
+            ui = {"text": [json.dumps({**report.to_dict(), **guarded.to_dict()})]}
         return io.NodeOutput(frames, full, video, fps, mean, text, ui=ui or None)
 
 

@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import io
 from ..audio.emotion import EMOTION_CHOICES
 from ..memo.pipeline import DEFAULT_RESOLUTION, RESOLUTION_MAX, RESOLUTION_MIN, RESOLUTION_STEP  # light: no models
 from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
+from .identity_guard import active_guard, guard_input
 from .speed import speed_input
 
 CAT_MEMO = f"{CATEGORY}/MEMO"
@@ -149,6 +150,7 @@ class MemoSampler(io.ComfyNode):
                 io.Image.Input("original", optional=True,
                                tooltip="With output 'video file' and crop_info: the image that went into Face Crop "
                                        "(the full portrait), which the video shows with the animated face."),
+                guard_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="frames",
@@ -161,6 +163,10 @@ class MemoSampler(io.ComfyNode):
                                         "'video file': the mp4 written clip by clip (pasted back into 'original' "
                                         "when crop_info and original are connected), not held in memory."),
                 io.Float.Output(display_name="fps", tooltip="Frame rate of the frames."),
+                io.String.Output(display_name="identity_report",
+                                 tooltip="With Identity Guard connected: every clip's ArcFace similarity to the "
+                                         "reference (frame range, before/after, action taken), as text; JSON in the "
+                                         "node's UI output. Empty without it."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -175,10 +181,12 @@ class MemoSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, memo, reference, conditions, seed, steps, cfg, past_frames, resolution, on_missing_face,
-                faithful, output="frames", crop_info=None, original=None, speed=None) -> io.NodeOutput:
+                faithful, output="frames", crop_info=None, original=None, speed=None,
+                identity_guard=None) -> io.NodeOutput:
         from ..media.audio import prepare_audio
         from ..media.video import fill_frames, frames_to_components, stream_to_video
         from ..memo.pipeline import MemoSettings, check_settings, face_embedding, talking_frames
+        from ..metrics.identity_guard import memo_clip_guard
         from comfy_api.v0_0_2 import InputImpl, Types
 
         from .common import paste_frame_fn, stream_video_path, video_from_file
@@ -193,15 +201,25 @@ class MemoSampler(io.ComfyNode):
         count = conditions.frames_with_audio
         audio = prepare_audio(conditions.audio, sample_rate=conditions.audio["sample_rate"], mono=False,
                               frames=count, fps=conditions.fps)
-        clips = talking_frames(memo, reference, conditions, face, settings, runtime=node_runtime(cls), speed=speed)
+        guard = memo_clip_guard(active_guard(identity_guard), memo, face, settings, conditions.clip_length, count)
+        clips = talking_frames(memo, reference, conditions, face, settings, runtime=node_runtime(cls), speed=speed,
+                               guard=guard)
         if output == "video file":
             path, written, first = stream_to_video(clips, stream_video_path("memo"), conditions.fps, audio=audio,
                                                    frame_fn=paste)
-            return io.NodeOutput(first, audio, video_from_file(path), float(conditions.fps))
+            return _with_report(guard, first, audio, video_from_file(path), float(conditions.fps))
         frames = fill_frames(clips, count)                                              # (N, H, W, 3), one buffer
         video = InputImpl.VideoFromComponents(Types.VideoComponents(
             **frames_to_components(frames, conditions.fps, audio=audio, inplace=True)))
-        return io.NodeOutput(frames, audio, video, float(conditions.fps))
+        return _with_report(guard, frames, audio, video, float(conditions.fps))
+
+
+def _with_report(guard, *outputs) -> io.NodeOutput:
+    """The sampler's outputs and the identity guard's report (text output, JSON in the UI; empty without it)."""
+    if guard is None:
+        return io.NodeOutput(*outputs, "")
+    text = guard.report.summary()
+    return io.NodeOutput(*outputs, text, ui={"text": [guard.report.json()]})
 
 
 NODES = [MemoLoader, MemoAudioConditioner, MemoSampler]

@@ -48,7 +48,7 @@ STAGE_BY_TYPE = {
     "PortraitAnim_HunyuanPortraitConditions": "Face", "PortraitAnim_HunyuanPortraitLoader": "Model",
     "PortraitAnim_HunyuanPortraitSampler": "Sampling",
     "PortraitAnim_HelloMemeLoader": "Model", "CLIPLoader": "Model", "PortraitAnim_MemoLoader": "Model",
-    "PortraitAnim_ModelFiles": "Model", "PortraitAnim_SpeedOptions": "Model",
+    "PortraitAnim_ModelFiles": "Model", "PortraitAnim_SpeedOptions": "Model", "PortraitAnim_IdentityGuard": "Model",
     "CLIPTextEncode": "Sampling", "PortraitAnim_HelloMemeImage": "Sampling", "PortraitAnim_HelloMemeVideo": "Sampling",
     "PortraitAnim_MemoAudio": "Sampling", "PortraitAnim_MemoSampler": "Sampling", "ImageSharpen": "Sampling",
     "PortraitAnim_FacePasteBack": "Output", "PortraitAnim_FramesToVideo": "Output", "SaveImage": "Output",
@@ -97,6 +97,13 @@ NOTES = {
         "VAE repository needs an accepted license and an HF token). The sampler pastes the face back into the whole "
         "portrait and keeps the driving audio; its identity outputs score each window. Long videos: set the "
         "sampler's output to 'video file' (streamed to disk). Speed Options: sdpa + off is the exact path."),
+    "Identity guard (HunyuanPortrait)": (
+        "What to change: Reference Portrait and Driving Video, as in HunyuanPortrait video. Identity Guard scores "
+        "every window of frames by ArcFace similarity to the reference (needs arcface on the loader): windows below "
+        "its threshold are generated again (new seed, stronger appearance guidance, cross-faded into their "
+        "neighbours) and the better attempt is kept. action 'report' only lists them; threshold 0 turns it off. "
+        "The report (frame ranges, scores before/after) shows in the preview; the same Identity Guard plugs into "
+        "MEMO Talking Portrait (it re-anchors failing clips on the reference)."),
     "Quality metrics": (
         "What to change: connect your animation's frames (a sampler's frames or full_frames) in place of the "
         "stand-in (ImageSharpen on the driving video's faces), the reference portrait to Identity Similarity and "
