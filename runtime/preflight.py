@@ -53,12 +53,28 @@ class _Stop(Exception):
 class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
     """Peak bytes of the tensor storages created inside the mode and still alive, per device type."""
 
-    def __init__(self):
+    def __init__(self, mode=None):
         super().__init__()
+        self.mode = mode                          # the fake mode, for outputs made from real stand-in values
         self.refs: dict[int, list] = {}          # storage id -> [tensor refcount, nbytes, device type]
         self.live: dict[str, int] = {}
         self.peak: dict[str, int] = {}
+        self.scalars = 0         # values read back from tensors (answered with 0)
         self.paused = 0          # inside Module._apply (weights cast or moved): not counted, no weak references
+
+    def _on_zeros(self, func, args, kwargs):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        leaves = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if sum(t.numel() for t in leaves) > (1 << 20):
+            raise RuntimeError(f"preflight: {func} on large tensors needs their values, which a trace does not have")
+        device = leaves[0].device if leaves else torch.device("cpu")
+        with torch.utils._python_dispatch._disable_current_modes():
+            real = torch.utils._pytree.tree_map(
+                lambda t: torch.zeros(t.shape, dtype=t.dtype) if isinstance(t, torch.Tensor) else t, (args, kwargs))
+            out = func(*real[0], **real[1])
+            return torch.utils._pytree.tree_map(
+                lambda t: FakeTensor(self.mode, t.to("meta"), device) if isinstance(t, torch.Tensor) else t, out)
 
     def _release(self, key):
         entry = self.refs.get(key)
@@ -70,7 +86,17 @@ class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
             del self.refs[key]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._local_scalar_dense.default:
+            # a value read back (``.item()``, ``bool(t)``): fake tensors have none; the trace takes 0 / False, so
+            # a data-dependent branch follows its "zero" side (the memory of both sides is the same in our samplers)
+            self.scalars += 1
+            return False if args[0].dtype == torch.bool else (0 if not args[0].is_floating_point() else 0.0)
+        try:
+            out = func(*args, **(kwargs or {}))
+        except Exception as e:   # an output whose shape depends on values (bincount, nonzero): run it on zeros
+            if type(e).__name__ != "DynamicOutputShapeException" or self.mode is None:
+                raise
+            out = self._on_zeros(func, args, kwargs or {})
         if self.paused:
             return out
         for t in torch.utils._pytree.tree_leaves(out):
@@ -122,7 +148,9 @@ class TraceRuntime(Runtime):
         return torch.float32
 
     def manage(self, name, module, dtype):
-        raise RuntimeError("a preflight trace loads no model")
+        from .base import ModelHandle
+
+        return ModelHandle(name=name, module=module, dtype=dtype)    # the weights stay where they are
 
     def load(self, handles) -> None:
         pass
@@ -203,11 +231,31 @@ def fake_mode():
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
+def _outside(fn):
+    def wrapper(*args, **kwargs):  # real tensors: small tables computed from Python values (scheduler steps)
+        with torch.utils._python_dispatch._disable_current_modes():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@contextmanager
+def _patched(real_calls):
+    saved = [(owner, name, getattr(owner, name)) for owner, name in real_calls]
+    try:
+        for owner, name, value in saved:
+            setattr(owner, name, _outside(value))
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
 def trace(fn: Callable[[TraceRuntime, Callable], object], resident: Sequence[torch.nn.Module],
-          device: torch.device | str, stop_after: Optional[int] = None) -> Trace:
+          device: torch.device | str, stop_after: Optional[int] = None, real_calls: Sequence[tuple] = ()) -> Trace:
     """Run ``fn(runtime, make)`` on fake tensors: ``resident`` modules get fake weights on ``device``; ``make(f)``
     calls ``f()`` in the fake mode outside the byte count (inputs that exist before the run: conditions, images).
-    The trace ends when ``fn`` returns or after ``stop_after`` progress units."""
+    ``real_calls``: ``(owner, attribute)`` functions run on real tensors (tables made from Python values, e.g. a
+    scheduler's ``set_timesteps``). The trace ends when ``fn`` returns or after ``stop_after`` progress units."""
     from torch.utils.flop_counter import FlopCounterMode
 
     device = torch.device(device)
@@ -220,7 +268,7 @@ def trace(fn: Callable[[TraceRuntime, Callable], object], resident: Sequence[tor
 
     counter = FlopCounterMode(display=False)
     rt.counter = counter
-    meter = LiveBytes()
+    meter = LiveBytes(mode)
     apply = torch.nn.Module._apply
     moved: dict = {}                         # id -> (module, parameters, buffers) of modules cast/moved in the trace
 
@@ -241,7 +289,7 @@ def trace(fn: Callable[[TraceRuntime, Callable], object], resident: Sequence[tor
             meter.paused -= 1
 
     torch.nn.Module._apply = fake_apply
-    with torch.no_grad(), _fake_weights(mode, resident, device):
+    with torch.no_grad(), _fake_weights(mode, resident, device), _patched(real_calls):
         try:
             with mode, counter, meter:
                 result = fn(rt, make)
