@@ -34,39 +34,58 @@ def progress_total(settings: PortraitSettings, frames: int) -> int:
     return settings.num_inference_steps * windows + padded
 
 
-def _denoised(bundle, conditions, s: PortraitSettings, seed: int, rt, bar, speed=None):
-    """The final latents (1, F, 4, h, w) of the padded sequence on the host; the sampling models loaded."""
+def _denoised(bundle, conditions, s: PortraitSettings, seed: int, rt, bar, speed=None, job=None):
+    """The final latents (1, F, 4, h, w) of the padded sequence on the host; the sampling models loaded. ``job``: a
+    resume entry (``hunyuan_portrait/resume.py``): the state is saved after every step and a saved one continued."""
+    from .resume import saved_state, step_saver
+
     generator = torch.Generator().manual_seed(int(seed))
     noise_aug, initial = initial_draws(s, conditions.num_frames, generator)
     motion = pad_motion(conditions.motion[None], s.pad_frames)                          # (1, F, 64, 1024) host
     ref = conditions.source.ref_img[None]                                               # (1, 3, S, S)
     rt.load(bundle.sampling_models)
+    resume_from = saved_state(job, tuple(initial.shape), s.num_inference_steps)
+    if resume_from is not None:  # the progress bar starts at the resumed step
+        bar.update(resume_from[0] * len(window_starts(initial.shape[1], s.n_sample_frames, s.overlap, 0)))
     return denoise(bundle.models(), ref, conditions.appearance, motion, s, noise_aug, initial,
-                   on_window=lambda step, k, out: bar.update(1), interrupt=rt.check_interrupted, speed=speed)
+                   on_window=lambda step, k, out: bar.update(1), interrupt=rt.check_interrupted, speed=speed,
+                   on_step=step_saver(job), resume_from=resume_from)
 
 
 @torch.no_grad()
-def animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None, speed=None) -> torch.Tensor:
+def animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None, speed=None,
+            resume=None) -> torch.Tensor:
     """Conditions -> the generated crops as an IMAGE (N, S, S, 3) float32 in [0, 1] on the host. ``speed``: opt-in
-    accelerations of the UNet (``runtime.speed.SpeedOptions``; None: the exact path)."""
+    accelerations of the UNet (``runtime.speed.SpeedOptions``; None: the exact path). ``resume``: a
+    ``runtime.resume.ResumeOptions`` (None: off): a cancelled or crashed run continues from its last step."""
+    from .resume import hunyuan_job
+
     rt = runtime or bundle.runtime
     s = settings
     with rt.progress(progress_total(s, conditions.num_frames), desc="HunyuanPortrait") as bar:
-        final = _denoised(bundle, conditions, s, seed, rt, bar, speed)
+        rt.load(bundle.sampling_models)
+        job = hunyuan_job(resume, bundle, conditions, s, seed, speed)
+        final = _denoised(bundle, conditions, s, seed, rt, bar, speed, job)
         video = decode(bundle.models(), final, s, progress=bar.update)                  # (1, 3, N, S, S)
+    if job is not None:
+        job.finish()
     return video[0].permute(1, 2, 3, 0).contiguous()                                   # (N, S, S, 3)
 
 
 @torch.no_grad()
 def iter_animate(bundle, conditions, settings: PortraitSettings, seed: int, runtime=None,
-                 speed=None) -> Iterator[torch.Tensor]:
+                 speed=None, resume=None) -> Iterator[torch.Tensor]:
     """:func:`animate` handed out one decode chunk at a time: IMAGE batches (n, S, S, 3) float32 in [0, 1] on the
     host, in order, pads trimmed. The chunks are the ones :func:`animate` decodes (``decode_chunk_size`` frames of
     the padded sequence, decoded independently), so the frames are the same; only one chunk is held at a time."""
     rt = runtime or bundle.runtime
     s = settings
+    from .resume import hunyuan_job
+
     with rt.progress(progress_total(s, conditions.num_frames), desc="HunyuanPortrait") as bar:
-        final = _denoised(bundle, conditions, s, seed, rt, bar, speed)                  # (1, F, 4, h, w)
+        rt.load(bundle.sampling_models)
+        job = hunyuan_job(resume, bundle, conditions, s, seed, speed)
+        final = _denoised(bundle, conditions, s, seed, rt, bar, speed, job)             # (1, F, 4, h, w)
         vae_model = bundle.models().vae
         total, pad, chunk = final.shape[1], s.pad_frames, s.decode_chunk_size
         for start in range(0, total, chunk):
@@ -76,6 +95,8 @@ def iter_animate(bundle, conditions, settings: PortraitSettings, seed: int, runt
             lo, hi = max(pad - start, 0), min(total - pad - start, video.shape[1])
             if hi > lo:
                 yield video[:, lo:hi].permute(1, 2, 3, 0).contiguous()                  # (n, S, S, 3)
+    if job is not None:
+        job.finish()
 
 
 def pasted_frames(conditions, frames: torch.Tensor, border_ratio: float = 0.1,

@@ -198,9 +198,11 @@ def denoise(models: PortraitModels, ref_img: torch.Tensor, appearance: torch.Ten
             settings: PortraitSettings, noise_aug_noise: torch.Tensor, initial_noise: torch.Tensor, *,
             state_device: torch.device | str = "cpu", on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
             on_window: Optional[Callable[[int, int, torch.Tensor], None]] = None,
-            interrupt: Optional[Callable[[], None]] = None, speed: Optional[SpeedOptions] = None) -> torch.Tensor:
+            interrupt: Optional[Callable[[], None]] = None, speed: Optional[SpeedOptions] = None,
+            resume_from: Optional[tuple[int, torch.Tensor]] = None) -> torch.Tensor:
     """ref_img (1, 3, H, W) in [-1, 1]; appearance (1, 64, 1024); motion (1, F, 64, 1024) padded -> final latents
     (1, F, 4, h, w) on ``state_device``. ``speed``: opt-in accelerations of the UNet (exact by default).
+    ``resume_from``: ``(steps done, the state after them)`` to continue a run (see ``sampler.sample``).
 
     The sequence state (latents, the per-frame sums) and the motion tokens stay on ``state_device`` (the host by
     default); one window of ``n_sample_frames`` moves to the UNet's device at a time, so accelerator memory does not
@@ -213,10 +215,14 @@ def denoise(models: PortraitModels, ref_img: torch.Tensor, appearance: torch.Ten
     ref_latents = ref_latents.to(state_device)
     init = scheduler.add_noise(ref_latents, initial_noise.to(ref_latents),
                                scheduler.start_index(s.i2i_noise_strength))                  # (1, F, 4, h, w)
+    done = 0
+    if resume_from is not None:
+        done, init = resume_from[0], resume_from[1].to(state_device)
     reuse_interval(speed, "HunyuanPortrait", supported=False)
     with accelerated(speed, [models.unet]):
         return sample(models.unet, scheduler, init, image_latents, appearance, motion.to(state_device), pose,
-                      s.sampler_settings(), on_window=on_window, on_step=on_step, interrupt=interrupt)
+                      s.sampler_settings(), on_window=on_window, on_step=on_step, interrupt=interrupt,
+                      done_steps=done)
 
 
 @torch.no_grad()

@@ -124,14 +124,18 @@ def sample(unet, scheduler: EulerVScheduler, latents: torch.Tensor, image_latent
            settings: SamplerSettings | None = None, device=None, dtype: torch.dtype | None = None,
            on_window: Optional[Callable[[int, int, torch.Tensor], None]] = None,
            on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
-           interrupt: Optional[Callable[[], None]] = None) -> torch.Tensor:
+           interrupt: Optional[Callable[[], None]] = None, done_steps: int = 0) -> torch.Tensor:
     """Denoise a whole sequence.
 
     latents (B, F, 4, h, w) initial state (``scheduler.add_noise`` of the reference); image_latents (B, 4, h, w);
     appearance (B, N, C); motion (B, F, N, C) (padded); pose_features (C0, h, w) (constant map, broadcast) or
     (B, F, C0, h, w). The state stays where ``latents`` is; windows run on ``device`` (default: the UNet's) in
     ``dtype`` (default: the UNet's). ``on_window(step, k, window_latents)``, ``on_step(step, state)`` are called after
-    each window / step. Returns the final state (B, F, 4, h, w)."""
+    each window / step. Returns the final state (B, F, 4, h, w).
+
+    ``done_steps`` > 0 continues a run: ``latents`` is then the state ``on_step`` saw after that many steps (a
+    resumed run); the step index, the window shift and the guidance scales follow from the count, so the result is
+    the uninterrupted run's."""
     s = settings or SamplerSettings()
     device = torch.device(device) if device is not None else unet.device
     dtype = dtype or unet.dtype
@@ -149,8 +153,8 @@ def sample(unet, scheduler: EulerVScheduler, latents: torch.Tensor, image_latent
     # arithmetic); bf16's 8-bit mantissa would round every window average, so a bf16 UNet keeps them in fp32
     state = latents.to(torch.float32 if dtype == torch.bfloat16 else dtype)
 
-    shift = 0
-    for i in range(n_steps):
+    shift = step_shift(done_steps, s.shift_offset, s.window)
+    for i in range(done_steps, n_steps):
         step = start + i
         total = torch.zeros_like(state)
         count = torch.zeros(b, f, 1, 1, 1, dtype=state.dtype, device=state.device)

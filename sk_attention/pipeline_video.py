@@ -199,7 +199,7 @@ class VideoGeneration:
                  scheduler_config: Optional[dict] = None, size_correct: bool = False,
                  pad_cache_bytes: int = 1 << 30, decode: bool = True,
                  decode_batch: int = DEFAULT_DECODE_BATCH,
-                 observer: Optional[Observer] = None, speed: Optional[SpeedOptions] = None):
+                 observer: Optional[Observer] = None, speed: Optional[SpeedOptions] = None, resume=None):
         if models.version not in VIDEO_VERSIONS:
             raise ValueError(f"HelloMeme {models.version} is an image-only version; the video pipeline runs "
                              f"{', '.join(VIDEO_VERSIONS)}")
@@ -232,6 +232,8 @@ class VideoGeneration:
         self.decode, self.decode_batch = decode, decode_batch
         self.emit = observer or (lambda event, data: None)
         self.speed = speed  # opt-in accelerations of the denoiser (None: the exact path)
+        self.resume = resume  # a runtime.resume.ResumeJob (sk_attention/resume.py): state saved after every step
+        self._ckpt = None
         if self.spec.video == "windows":
             self.fixed = plan_fixed_windows(self.num_frames, window, overlap)
             self.plan = []
@@ -324,22 +326,32 @@ class VideoGeneration:
             total = sum(self.steps * len(p.windows) for p in self.plan) + (self.steps if self.spec.pre_pass else 0)
         keep_first = self.spec.keep_first_pads
         final = None
+        seg = self._resume_point(total, (b, c, h, w))  # a saved state of this run (the generator restored), or None
         resident = [den, ref, *ctrl_handles] + ([pre] if pre is not None else [])
         runtime.load(resident)
         try:
             with runtime.progress(total, desc="HelloMeme video") as progress, \
                     accelerated(self.speed, [den.module] + ([pre.module] if pre is not None else [])):
+                if seg is not None:  # continue a run: the progress bar starts at the resumed step
+                    progress.update(seg["units"])
+                    pads.latents.update(self._ckpt.pads(seg, offload))
                 if self.fixed is not None:
-                    pre_latents = self._stage1(pre.module, base_noise, rows, cache, guided, pre_steps, progress,
-                                               device, offload)
-                    final = self._stage2(pre_latents, den.module, rows, cache, guided, progress, offload, b, c, h, w)
+                    pre_latents = None
+                    if seg is None or seg["phase"] == "stage1":
+                        pre_latents = self._stage1(pre.module, base_noise, rows, cache, guided, pre_steps, progress,
+                                                   device, offload, resume=seg)
+                    final = self._stage2(pre_latents, den.module, rows, cache, guided, progress, offload, b, c, h, w,
+                                         resume=seg if seg is not None and seg["phase"] == "stage2" else None)
                 for k, plan in enumerate(self.plan):
-                    if k == 0 and self.spec.pre_pass:
+                    if seg is not None and k < seg["index"]:
+                        continue  # a finished pass: its keyframe latents came with the saved state
+                    if k == 0 and self.spec.pre_pass and seg is None:
                         ends = self._end_frames(plan, pre.module, base_noise, rows, cache, guided, progress, device)
                         for frame, lat in ends.items():
                             pads.set_latent(frame, lat.to(offload), keep_first)
                     lat = self._run_pass(k, plan, base_noise, den.module, rows, cache, pads, motion_pads, guided,
-                                         progress, device, offload)
+                                         progress, device, offload,
+                                         resume=seg if seg is not None and seg["index"] == k else None)
                     if plan.depth > 0:
                         for pos, frame in enumerate(plan.frames):
                             pads.set_latent(frame, lat[:, :, pos].clone(), keep_first)
@@ -359,6 +371,8 @@ class VideoGeneration:
         final = final[:, :, :self.num_frames]
         self.latents = (final / sf).cpu()
         if not self.decode:
+            if self.resume is not None:
+                self.resume.finish()
             return
         # 4. decode frame by frame, streaming
         dec = handles["decode_vae"]
@@ -383,6 +397,45 @@ class VideoGeneration:
                 del images
         finally:
             runtime.offload([dec])
+        if self.resume is not None:
+            self.resume.finish()
+
+    def _resume_point(self, total: int, shape: tuple) -> Optional[dict]:
+        """The saved state to continue from (``sk_attention/resume.py``), None without one or when it does not fit
+        this run; ``units`` = progress units already done."""
+        from .resume import VideoCheckpoints
+        from .schedulers import SeededNoise
+
+        if self.resume is None or not isinstance(self.noise, SeededNoise):
+            return None
+        self._ckpt = VideoCheckpoints(self.resume, self.noise)
+        b, c, h, w = shape
+        pre_steps = min(PRE_PASS_MAX_STEPS, self.steps)
+
+        def units(seg) -> Optional[int]:
+            phase, k, done, lat = seg["phase"], seg["index"], seg["done"], seg["latents"]
+            if not isinstance(lat, torch.Tensor) or not isinstance(done, int) or not isinstance(k, int):
+                return None
+            if self.fixed is not None:
+                if phase == "stage1" and 0 < done <= self.num_frames and lat.shape == (b, c, done, h, w) \
+                        and isinstance(seg.get("prev"), torch.Tensor):
+                    return done * pre_steps
+                if phase == "stage2" and 0 < done <= self.steps and lat.shape == (b, c, self.fixed.padded, h, w):
+                    return self.num_frames * pre_steps + done * len(self.fixed.windows)
+                return None
+            if phase != "pass" or not 0 <= k < len(self.plan) or not 0 < done <= self.steps \
+                    or lat.shape != (b, c, len(self.plan[k].frames), h, w):
+                return None
+            return ((self.steps if self.spec.pre_pass else 0) + sum(self.steps * len(p.windows) for p in self.plan[:k])
+                    + done * len(self.plan[k].windows))
+
+        return self._ckpt.load(total, units)
+
+    def _saves_after(self, i: int, steps: int) -> bool:
+        """Whether to checkpoint after step ``i``: every step, or with feature reuse only before a whole-UNet step
+        (the reused deep features are not saved, so a continued run starts on a step that recomputes them)."""
+        interval = reuse_interval(self.speed, "HelloMeme")
+        return self._ckpt is not None and ((i + 1) % interval == 0 or i + 1 == steps)
 
     def _cfg_step(self, denoiser, sched, latents, t, rows: TextRows, cache, control, guided) -> torch.Tensor:
         """One guided prediction of ``latents`` (B, 4, f, h, w) without motion (the pre-pass UNet) -> eps after CFG."""
@@ -391,13 +444,17 @@ class VideoGeneration:
         return rows.combine(eps.float().to(latents.device), self.guidance_scale)
 
     def _stage1(self, pre, base_noise, rows: TextRows, cache, guided, pre_steps, progress, device,
-                offload) -> torch.Tensor:
+                offload, resume: Optional[dict] = None) -> torch.Tensor:
         """v1/v2 stage 1: every frame alone with ``unet_pre`` -> (B, 4, F, h, w) on the offload device."""
         noise1 = base_noise.to(device)  # (B, 4, 1, h, w)
         out = torch.empty((noise1.shape[0], noise1.shape[1], self.num_frames, *noise1.shape[3:]),
                           dtype=torch.float32, device=offload)
-        latent = None
-        for f in range(self.num_frames):
+        latent, first = None, 0
+        if resume is not None:  # frames 0..first-1 finished; the last one is the next frame's start
+            first = resume["done"]
+            out[:, :, :first] = resume["latents"].to(offload)
+            latent = resume["prev"].to(device)
+        for f in range(first, self.num_frames):
             sched = make_scheduler(self.scheduler, self.scheduler_config)
             timesteps = set_steps(sched, pre_steps, device)
             if f == 0:
@@ -412,22 +469,35 @@ class VideoGeneration:
                 progress.update()
             out[:, :, f] = latent[:, :, 0].to(offload)
             self.emit("stage1_frame", {"frame": f, "latents": latent})
+            if self._ckpt is not None:
+                self._ckpt.save("stage1", 0, f + 1, out[:, :, :f + 1], extra={"prev": latent.detach().cpu()})
             del control
         self.emit("stage1", {"latents": out})
         return out
 
-    def _stage2(self, pre_latents, denoiser, rows: TextRows, cache, guided, progress, offload, b, c, h, w):
+    def _stage2(self, pre_latents, denoiser, rows: TextRows, cache, guided, progress, offload, b, c, h, w,
+                resume: Optional[dict] = None):
         """v1/v2 stage 2: fixed overlapping windows with motion over the padded sequence (offload device)."""
+        from .resume import load_scheduler_state
+
         plan = self.fixed
         n, tail = plan.padded, plan.padded - self.num_frames
-        if tail:  # padded latents copy the SECOND-TO-LAST frame (as released; the only frame of a 1-frame clip)
-            src = pre_latents[:, :, max(0, self.num_frames - 2):max(1, self.num_frames - 1)]
-            pre_latents = torch.cat([pre_latents, src.expand(-1, -1, tail, -1, -1)], dim=2)
-        noise2 = self.noise.draw((b, c, n, h, w), "latents").to(offload)
-        sched = make_scheduler(self.scheduler, self.scheduler_config)
-        timesteps = set_steps(sched, self.steps, offload)
-        latents = sched.add_noise(pre_latents, noise2, timesteps[:1].repeat(b)).float()
-        del noise2, pre_latents
+        first = 0
+        if resume is None:
+            if tail:  # padded latents copy the SECOND-TO-LAST frame (as released; the only frame of a 1-frame clip)
+                src = pre_latents[:, :, max(0, self.num_frames - 2):max(1, self.num_frames - 1)]
+                pre_latents = torch.cat([pre_latents, src.expand(-1, -1, tail, -1, -1)], dim=2)
+            noise2 = self.noise.draw((b, c, n, h, w), "latents").to(offload)
+            sched = make_scheduler(self.scheduler, self.scheduler_config)
+            timesteps = set_steps(sched, self.steps, offload)
+            latents = sched.add_noise(pre_latents, noise2, timesteps[:1].repeat(b)).float()
+            del noise2, pre_latents
+        else:  # a saved state after step ``first``
+            sched = make_scheduler(self.scheduler, self.scheduler_config)
+            timesteps = set_steps(sched, self.steps, offload)
+            latents = resume["latents"].to(offload).float()
+            load_scheduler_state(sched, resume.get("scheduler", {}), offload)
+            first = resume["done"]
         self.stats.state_bytes = max(self.stats.state_bytes, latents.numel() * latents.element_size() * 6)
         self.emit("pass", {"index": 0, "depth": 0, "frames": list(plan.frames), "windows": plan.windows})
         count = torch.zeros(n, dtype=torch.float32)
@@ -438,6 +508,8 @@ class VideoGeneration:
         deeps = [DeepFeature(offload) for _ in plan.windows] if interval > 1 else None
         device = self.runtime.device
         for i, t in enumerate(timesteps):
+            if i < first:
+                continue
             eps_sum = torch.zeros((rows.count * b, *latents.shape[1:]), dtype=torch.float32, device=offload)
             x_all = sched.scale_model_input(latents, t)  # Euler scales every frame alike
             for j, wnd in enumerate(plan.windows):
@@ -462,6 +534,8 @@ class VideoGeneration:
             latents = scheduler_step(sched, eps, t, latents, self.noise)
             self.emit("step", {"pass": 0, "depth": 0, "step": i, "timestep": t, "noise_pred": eps,
                                "latents": latents})
+            if self._saves_after(i, len(timesteps)):
+                self._ckpt.save("stage2", 0, i + 1, latents, sched)
         return latents
 
     def _end_frames(self, plan: PassPlan, pre, base_noise, rows: TextRows, cache, guided, progress,
@@ -482,11 +556,18 @@ class VideoGeneration:
         return {ends[1]: latent[:, :, 1], ends[0]: latent[:, :, 0]}
 
     def _run_pass(self, k, plan: PassPlan, base_noise, denoiser, rows: TextRows, cache, pads: PadStore, motion_pads,
-                  guided, progress, device, offload) -> torch.Tensor:
+                  guided, progress, device, offload, resume: Optional[dict] = None) -> torch.Tensor:
         n = len(plan.frames)
         sched = make_scheduler(self.scheduler, self.scheduler_config)
         timesteps = set_steps(sched, self.steps, offload)
         latents = (base_noise[:, :, :n] * sched.init_noise_sigma).float()  # (B, 4, n, h, w), offload device
+        resumed_steps = 0
+        if resume is not None:  # a saved state of this pass after ``resumed_steps`` steps
+            from .resume import load_scheduler_state
+
+            latents = resume["latents"].to(offload).float()
+            load_scheduler_state(sched, resume.get("scheduler", {}), offload)
+            resumed_steps = resume["done"]
         state = latents.numel() * latents.element_size()
         self.stats.state_bytes = max(self.stats.state_bytes, state * (8 if guided else 6))
         self.emit("pass", {"index": k, "depth": plan.depth, "frames": list(plan.frames),
@@ -504,6 +585,8 @@ class VideoGeneration:
         deeps = [DeepFeature(offload) for _ in plan.windows] if interval > 1 else None  # feature reuse, per window
 
         for i, t in enumerate(timesteps):
+            if i < resumed_steps:
+                continue
             # prediction sums over windows, one block per text row ([uncond, cond] as released): (R·B, 4, n, h, w)
             eps_sum = torch.zeros((rows.count * latents.shape[0], *latents.shape[1:]), dtype=torch.float32,
                                   device=latents.device)
@@ -529,6 +612,8 @@ class VideoGeneration:
             latents = scheduler_step(sched, eps, t, latents, self.noise)
             self.emit("step", {"pass": k, "depth": plan.depth, "step": i, "timestep": t, "noise_pred": eps,
                                "latents": latents})
+            if self._saves_after(i, len(timesteps)):
+                self._ckpt.save("pass", k, i + 1, latents, sched, pads.latents)
         return latents
 
 

@@ -155,3 +155,121 @@ def test_memo_resumes_after_an_interrupt_with_identical_frames(memo_bundle, data
     other = list(talking_frames(bundle, ref, cond, face, MemoSettings(steps=3, num_past_frames=3, seed=8, width=64,
                                                                       height=64), resume=opts))
     assert not torch.equal(torch.cat(other), reference)
+
+
+# ---- HunyuanPortrait: whole-sequence state after each step ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hunyuan(tmp_path_factory, parity_root, data_dir):
+    import numpy as np
+    from PIL import Image
+
+    from portrait_animation.hunyuan_portrait.bundle import load_bundle
+    from portrait_animation.hunyuan_portrait.conditions import portrait_conditions
+    from portrait_animation.loaders.store import HubCaches, ModelStore
+    from portrait_animation.media.video import read_video
+
+    from helpers.tiny_models import write_hunyuan_models
+
+    models = tmp_path_factory.mktemp("hp_models")
+    size = write_hunyuan_models(models, parity_root)["size"]
+    rt = StandaloneRuntime(device="cpu", show_progress=False)
+    bundle = load_bundle(rt, ModelStore.at(models, caches=HubCaches(hf=None, modelscope=None)), dtype="fp32")
+    image = np.asarray(Image.open(data_dir / "source_image.png").convert("RGB"), dtype=np.float32) / 255
+    frames, fps, audio = read_video(data_dir / "driving_video.mp4", max_frames=6)
+    cond = portrait_conditions(bundle, torch.from_numpy(image)[None], frames, size=size, intensity_chunk=4,
+                               fps=float(fps), audio=audio)
+    return bundle, cond
+
+
+def test_hunyuan_resumes_after_an_interrupt_with_identical_frames(hunyuan, tmp_path, caplog):
+    from portrait_animation.hunyuan_portrait import animate as A
+
+    bundle, cond = hunyuan
+    s = A.settings_for(cond, num_inference_steps=4, n_sample_frames=4, overlap=1, pad_frames=2, decode_chunk_size=4)
+    opts = ResumeOptions(str(tmp_path / "resume"))
+    rt = StandaloneRuntime(device="cpu", show_progress=False)
+
+    def run(streamed=False, **kw):  # streamed: the chunks 'video file' encodes as they are decoded
+        if streamed:
+            return torch.cat(list(A.iter_animate(bundle, cond, s, seed=5, runtime=rt, **kw)))
+        return A.animate(bundle, cond, s, seed=5, runtime=rt, **kw)
+
+    reference = run()
+    windows = 4  # 10 padded frames, windows of 4 starting every 3
+    calls, hook = _count_calls(bundle.unet.module)
+    rt.callbacks.append(lambda v, t, p: rt.interrupt() if v == 2 * windows + 1 else None)  # in step 3 of 4
+    try:
+        with pytest.raises(Interrupted):
+            run(resume=opts)
+        assert len(calls) == 2 * windows + 1
+        calls.clear()
+        seen = []
+        rt.callbacks[:] = [lambda v, t, p: seen.append(v)]
+        with caplog.at_level(logging.INFO, logger="portrait_animation.runtime.resume"):
+            resumed = run(streamed=True, resume=opts)
+    finally:
+        rt.callbacks.clear()
+        hook.remove()
+    assert "resuming hunyuan_portrait from step 2 of 4" in caplog.text
+    assert torch.equal(resumed, reference)
+    assert len(calls) == 2 * windows  # only the two steps left
+    assert seen[:2] == [2 * windows, 2 * windows + 1]  # the progress bar starts at the resumed step
+    assert not any((tmp_path / "resume").iterdir())  # finished: the entry is gone
+
+    # a state that does not fit (another frame count) is dropped, not used
+    job_dir = tmp_path / "resume"
+    with pytest.raises(Interrupted):
+        rt.callbacks.append(lambda v, t, p: rt.interrupt() if v == windows + 1 else None)
+        try:
+            run(resume=opts)
+        finally:
+            rt.callbacks.clear()
+    entry = next(job_dir.iterdir())
+    torch.save({"done": 1, "state": torch.zeros(1, 3, 4, 2, 2)}, entry / "state.pt")
+    with caplog.at_level(logging.WARNING, logger="portrait_animation.hunyuan_portrait.resume"):
+        assert torch.equal(run(resume=opts), reference)
+    assert "does not fit this run" in caplog.text
+
+
+# ---- HelloMeme video: whole-pass state after each step ------------------------------------------------------------------
+@pytest.mark.parametrize("version, cache_interval", [("v5", 1), ("v5b", 2)])
+def test_hellomeme_video_resumes_after_an_interrupt_with_identical_frames(tmp_path, caplog, version, cache_interval):
+    from test_hellomeme_pipeline import computed_controls, reference_image, text, tiny_models
+
+    from portrait_animation.runtime.speed import SpeedOptions
+    from portrait_animation.sk_attention.pipeline_video import VideoGeneration
+    from portrait_animation.sk_attention.resume import hellomeme_job
+
+    models, _ = tiny_models(version)
+    speed = SpeedOptions(cache_interval=cache_interval) if cache_interval > 1 else None
+    rt = StandaloneRuntime("cpu", show_progress=False)
+    opts = ResumeOptions(str(tmp_path / "resume"))
+
+    def run(resume=None, seed=3):
+        controls = computed_controls(models, 14, (128, 128))
+        job = hellomeme_job(resume, models, "driving conditions", seed, speed)
+        gen = VideoGeneration(models, rt, reference_image((128, 128)), text(1), controls,
+                              negative_prompt_embeds=text(2), steps=4, guidance_scale=2.0, noise=seed, speed=speed,
+                              resume=job)
+        with torch.no_grad():
+            return torch.cat([img for _, img in gen]), gen
+
+    reference, _ = run()
+    # 14 frames: a keyframe pass (1 window) then the whole clip (2 windows), 4 steps each: 4 + 8 UNet calls
+    rt.callbacks.append(lambda v, t, p: rt.interrupt() if v == 4 + 2 * 3 + 1 else None)  # in the last pass's step 4
+    try:
+        with pytest.raises(Interrupted):
+            run(opts)
+        seen = []
+        rt.callbacks[:] = [lambda v, t, p: seen.append(v)]
+        with caplog.at_level(logging.INFO, logger="portrait_animation.runtime.resume"):
+            resumed, gen = run(opts)
+    finally:
+        rt.callbacks.clear()
+    done = 3 if cache_interval == 1 else 2  # with feature reuse the state is saved before whole-UNet steps only
+    assert f"resuming hellomeme from step {4 + 2 * done} of 12" in caplog.text
+    assert torch.equal(resumed, reference)
+    assert gen.stats.unet_calls == 2 * (4 - done) and seen[0] == 4 + 2 * done
+    assert not any((tmp_path / "resume").iterdir())
+    other, _ = run(opts, seed=4)  # another seed: its own job, nothing resumed
+    assert not torch.equal(other, reference)
