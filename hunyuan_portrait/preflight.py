@@ -93,20 +93,22 @@ FIXES = ("a smaller 'window' (fewer frames per UNet call)", "a smaller 'decode_c
          "output 'video file' for long videos", "closing other programs or models that use the memory")
 
 
-def ensure(bundle, conditions, settings, runtime=None, full_size=None) -> pf.Estimate:
+def ensure(bundle, conditions, settings, runtime=None, full_size=None, free: Optional[int] = None) -> pf.Estimate:
     """Refuse before any work when the run will not fit (:class:`runtime.preflight.PreflightError`)."""
     rt = runtime or bundle.runtime
     est = estimate(bundle, settings, conditions.num_frames, conditions, rt, full_size=full_size)
-    return pf.check(est, pf.free_bytes(rt, [h.module for h in bundle.sampling_models]), FIXES)
+    free = pf.free_bytes(rt, [h.module for h in bundle.sampling_models]) if free is None else free
+    return pf.check(est, free, FIXES)
 
 
-def auto_decode_chunk(bundle, conditions, settings, runtime=None, full_size=None, free: Optional[int] = None):
+def auto_decode_chunk(bundle, frames: int, settings, conditions=None, runtime=None, full_size=None,
+                      free: Optional[int] = None):
     """The settings with the largest decode chunk (at most the padded length) that fits, and its estimate."""
     rt = runtime or bundle.runtime
-    padded = settings.padded_length(conditions.num_frames)
+    padded = settings.padded_length(frames)
     free = pf.free_bytes(rt, [h.module for h in bundle.sampling_models]) if free is None else free
     sizes = [c for c in DECODE_CHUNKS if c <= padded] or [1]
     chunk, est = pf.largest_fitting(
-        sizes, lambda c: estimate(bundle, replace(settings, decode_chunk_size=c), conditions.num_frames, conditions,
-                                  rt, full_size=full_size), free, "decode_chunk")
+        sizes, lambda c: estimate(bundle, replace(settings, decode_chunk_size=c), frames, conditions, rt,
+                                  full_size=full_size), free, "decode_chunk")
     return replace(settings, decode_chunk_size=chunk), est

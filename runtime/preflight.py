@@ -262,13 +262,17 @@ def trace(fn: Callable[[TraceRuntime, Callable], object], resident: Sequence[tor
     rt = TraceRuntime(device, stop_after)
     mode = fake_mode()
 
-    def make(f):
-        with mode:
-            return f()
-
     counter = FlopCounterMode(display=False)
     rt.counter = counter
     meter = LiveBytes(mode)
+
+    def make(f):  # inputs that exist before the run: not counted
+        meter.paused += 1
+        try:
+            with mode:
+                return f()
+        finally:
+            meter.paused -= 1
     apply = torch.nn.Module._apply
     moved: dict = {}                         # id -> (module, parameters, buffers) of modules cast/moved in the trace
 
@@ -353,11 +357,27 @@ def free_bytes(runtime: Runtime, resident: Sequence[torch.nn.Module] = ()) -> in
     elif device.type == "cuda":
         free = int(torch.cuda.mem_get_info(device)[0])
     else:
-        import psutil
-
-        free = int(psutil.virtual_memory().available)
+        free = host_available()
     free += held
     return free if cap is None else min(free, cap)
+
+
+def host_available() -> int:
+    """Available host RAM (psutil when installed, else /proc/meminfo, else physical pages)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def _on(module: torch.nn.Module, device: torch.device) -> bool:

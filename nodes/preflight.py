@@ -1,0 +1,144 @@
+"""Preflight (Portrait Animation): the peak memory and time of a sampler run, estimated before any work with the
+same code the samplers run first (``runtime.preflight`` + each family's ``preflight`` module)."""
+from __future__ import annotations
+
+import json
+
+from comfy_api.v0_0_2 import io
+
+from .common import CAT_MODELS, PREFIX, node_runtime
+from .hellomeme import Conditions as HMConditions, HelloMeme
+from .hunyuan_portrait import Conditions as HPConditions, Models as HPModels
+from .memo import MemoAudio, MemoModels
+
+
+def hunyuan_estimate(bundle, conditions, frames, steps, size, window, decode_chunk, output, rt):
+    """The estimate; decode_chunk 0: with the largest decode chunk that fits (named in its settings)."""
+    from ..hunyuan_portrait import preflight as hp
+    from ..hunyuan_portrait.pipeline import PortraitSettings
+
+    if conditions is not None:
+        frames, size = conditions.num_frames, conditions.size
+    s = PortraitSettings(width=size, height=size, num_inference_steps=steps, n_sample_frames=window,
+                         overlap=min(PortraitSettings.overlap, window - 1), decode_chunk_size=max(decode_chunk, 1))
+    if decode_chunk == 0:
+        return hp.auto_decode_chunk(bundle, frames, s, conditions, rt)[1]
+    return hp.estimate(bundle, s, frames, conditions, rt)
+
+
+def memo_estimate(bundle, conditions, frames, steps, size, clip_length, output, rt):
+    from ..memo import preflight as mp
+    from ..memo.pipeline import MemoSettings
+
+    return mp.estimate(bundle, MemoSettings(steps=steps, width=size, height=size), frames, clip_length,
+                       conditions, rt, output=output)
+
+
+def hellomeme_estimate(hellomeme, conditions, steps, size, output, rt):
+    from ..sk_attention import preflight as sp
+    from ..sk_attention.loading import VIDEO_VERSIONS
+    from .hellomeme import _prepare
+
+    if conditions is None:
+        raise ValueError("input 'hellomeme_conditions' is not connected: HelloMeme's estimate runs its control "
+                         "networks on the driving conditions; connect HelloMeme Driving Conditions")
+    models, ref, controls, ref_controls = _prepare(hellomeme, conditions, size, size)
+    video = bool(hellomeme["video"]) and models.version in VIDEO_VERSIONS
+    extra = {} if video else {"reference_controls": ref_controls}
+    return sp.estimate(models, controls, ref, video=video, steps=steps, runtime=rt, output=output,
+                       size_correct=True, **extra)
+
+
+def check_hellomeme(hellomeme, conditions, width, height, rt, video: bool, output: str = "frames", **options):
+    """The HelloMeme samplers' check before any work (fresh control sources: a trace leaves fake features in the
+    one it runs)."""
+    from ..sk_attention import preflight as sp
+    from .hellomeme import _prepare
+
+    models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
+    if not video and ref_controls is not None:
+        options["reference_controls"] = ref_controls
+    return sp.ensure(models, controls, ref, rt, video=video, output=output, **options)
+
+
+class Preflight(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{PREFIX}_Preflight",
+            display_name="Preflight (Portrait Animation)",
+            category=CAT_MODELS,
+            description=("Estimates the peak memory and the time of a HelloMeme, MEMO or HunyuanPortrait run before "
+                         "any work, by tracing the real models at the real shapes without computing (no memory is "
+                         "taken). The samplers run the same check first and refuse a run that cannot fit. Connect "
+                         "one loaded model."),
+            inputs=[
+                io.Int.Input("frames", default=100, min=1, max=100000,
+                             tooltip="Frames to generate (used when no conditions are connected: MEMO and "
+                                     "HunyuanPortrait)."),
+                io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (the time scales with it)."),
+                io.Int.Input("size", default=512, min=64, max=2048, step=8,
+                             tooltip="Side of the generated square frames (MEMO resolution, HunyuanPortrait crop "
+                                     "size when no conditions are connected, HelloMeme width and height)."),
+                io.Int.Input("window", default=25, min=2, max=64,
+                             tooltip="HunyuanPortrait: frames per sampling window (the sampler's 'window')."),
+                io.Int.Input("decode_chunk", default=0, min=0, max=64,
+                             tooltip="HunyuanPortrait: frames per VAE decode call; 0 = the largest that fits the "
+                                     "free memory (shown in the report)."),
+                io.Int.Input("clip_length", default=16, min=1, max=64,
+                             tooltip="MEMO: frames per clip (used when no conditions are connected)."),
+                io.Combo.Input("output", options=["frames", "video file"], default="frames",
+                               tooltip="The sampler's output: 'frames' keeps every frame on the host too."),
+                HelloMeme.Input("hellomeme", optional=True, tooltip="From HelloMeme Loader."),
+                HMConditions.Input("hellomeme_conditions", optional=True,
+                                   tooltip="From HelloMeme Driving Conditions (needed with hellomeme)."),
+                MemoModels.Input("memo", optional=True, tooltip="From MEMO Loader."),
+                MemoAudio.Input("memo_conditions", optional=True,
+                                tooltip="From MEMO Audio Conditioner (optional: frames and clip_length otherwise)."),
+                HPModels.Input("hunyuan_portrait", optional=True, tooltip="From HunyuanPortrait Loader."),
+                HPConditions.Input("hunyuan_conditions", optional=True,
+                                   tooltip="From HunyuanPortrait Driving Conditions (optional: frames and size "
+                                           "otherwise)."),
+            ],
+            outputs=[
+                io.String.Output(display_name="report", tooltip="The estimate, per stage, and whether it fits."),
+                io.Float.Output(display_name="peak_mb", tooltip="Estimated peak memory of the compute device (MB)."),
+                io.Float.Output(display_name="seconds", tooltip="Rough time of the run (seconds)."),
+                io.Boolean.Output(display_name="fits", tooltip="Whether the peak fits the free memory now."),
+            ],
+            is_output_node=True,
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, frames, steps, size, window, decode_chunk, clip_length, output, hellomeme=None,
+                hellomeme_conditions=None, memo=None, memo_conditions=None, hunyuan_portrait=None,
+                hunyuan_conditions=None) -> io.NodeOutput:
+        from ..runtime import preflight as pf
+
+        given = [name for name, value in (("hellomeme", hellomeme), ("memo", memo),
+                                          ("hunyuan_portrait", hunyuan_portrait)) if value is not None]
+        if len(given) != 1:
+            raise ValueError("connect exactly one model (hellomeme, memo or hunyuan_portrait); got "
+                             + (", ".join(given) or "none"))
+        rt = node_runtime(cls)
+        if hunyuan_portrait is not None:
+            est = hunyuan_estimate(hunyuan_portrait, hunyuan_conditions, frames, steps, size, window, decode_chunk,
+                                   output, rt)
+            resident = [h.module for h in hunyuan_portrait.sampling_models]
+        elif memo is not None:
+            est = memo_estimate(memo, memo_conditions, frames, steps, size, clip_length, output, rt)
+            resident = [h.module for h in memo.sampling_models]
+        else:
+            from ..sk_attention.preflight import modules
+
+            est = hellomeme_estimate(hellomeme, hellomeme_conditions, steps, size, output, rt)
+            resident = modules(hellomeme["models"])
+        if est.free is None:
+            est.free = pf.free_bytes(rt, resident)
+        text = est.summary()
+        return io.NodeOutput(text, round(est.peak / pf.MB, 1), round(est.seconds, 1), bool(est.fits),
+                             ui={"text": [est.json()]})
+
+
+NODES = [Preflight]

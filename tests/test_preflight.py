@@ -1,0 +1,205 @@
+"""Preflight estimates against measured peaks: each family's estimate (a trace of the real sampler on fake tensors)
+is compared with the live CPU bytes of a real run of the same sampler on small stand-in models, at several settings,
+and must stay within 15%; estimates grow with what should grow; an auto size is the largest that fits a budget;
+a run that cannot fit is refused with a message naming the model, the figures and the fixes. The models' weights
+are untouched by a trace."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from helpers.tiny_models import write_hunyuan_models, write_memo_models
+from portrait_animation.runtime import StandaloneRuntime
+from portrait_animation.runtime import preflight as pf
+from test_hellomeme_pipeline import LiveCPUBytes, computed_controls, reference_image, text, tiny_models
+
+TOLERANCE = 0.15
+
+
+def within(estimate: int, measured: int) -> bool:
+    return abs(estimate - measured) <= TOLERANCE * measured
+
+
+def snapshot(modules):
+    return {id(t): (t.data_ptr(), t.dtype, t.device) for m in modules for t in list(m.parameters()) + list(m.buffers())}
+
+
+# ---- core -----------------------------------------------------------------------------------------------------------
+def test_a_trace_counts_what_a_real_run_holds_without_allocating():
+    lin = torch.nn.Linear(256, 512)
+
+    def work(x):
+        kept = [lin(x) for _ in range(3)]          # 3 held outputs, each (64, 512) fp32
+        tmp = torch.cat(kept, dim=1)               # + one (64, 1536) at the peak
+        return tmp.sum()
+
+    x = torch.randn(64, 256)
+    with torch.no_grad(), LiveCPUBytes() as real:
+        work(x)
+    before = snapshot([lin])
+    t = pf.trace(lambda rt, make: work(make(lambda: torch.randn(64, 256))), [lin], "cpu")
+    assert t.device_peak("cpu") == real.peak >= 2 * 64 * 1536 * 4
+    assert t.flops == 3 * 2 * 64 * 256 * 512
+    assert snapshot([lin]) == before and not any(type(p).__name__ == "FakeTensor" for p in lin.parameters())
+
+
+def test_largest_fitting_picks_the_largest_size_under_the_budget():
+    def est(c):
+        return pf.Estimate(model="M", device="cpu", weights=100, work=10 * c, host=0, flops=0.0, seconds=0.0)
+
+    assert pf.largest_fitting([1, 2, 4, 8, 16], est, 100 + 10 * 9, "chunk")[0] == 8
+    assert pf.largest_fitting([1, 2, 4, 8, 16], est, None, "chunk")[0] == 16
+    with pytest.raises(pf.PreflightError, match="will not fit even with chunk 1"):
+        pf.largest_fitting([1, 2, 4], est, 105, "chunk")
+
+
+def test_budget_override_caps_free_memory(monkeypatch):
+    rt = StandaloneRuntime("cpu", show_progress=False)
+    monkeypatch.setenv(pf.BUDGET_ENV, "12.5")
+    assert pf.free_bytes(rt) == int(12.5 * pf.MB)
+    monkeypatch.setenv(pf.BUDGET_ENV, "lots")
+    with pytest.raises(pf.PreflightError, match=pf.BUDGET_ENV):
+        pf.free_bytes(rt)
+
+
+# ---- HunyuanPortrait ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hp(tmp_path_factory, parity_root):
+    from portrait_animation.hunyuan_portrait.bundle import load_bundle
+    from portrait_animation.loaders.store import HubCaches, ModelStore
+
+    models = tmp_path_factory.mktemp("hp_models")
+    size = write_hunyuan_models(models, parity_root)["size"]
+    rt = StandaloneRuntime(device="cpu", show_progress=False)
+    return load_bundle(rt, ModelStore.at(models, caches=HubCaches(hf=None, modelscope=None)), dtype="fp32"), size
+
+
+def hp_conditions(n, size):
+    g = torch.Generator().manual_seed(n)
+    return SimpleNamespace(num_frames=n, size=size, motion=torch.randn(n, 64, 1024, generator=g),
+                           appearance=torch.randn(1, 64, 1024, generator=g),
+                           source=SimpleNamespace(ref_img=torch.rand(3, size, size, generator=g) * 2 - 1))
+
+
+@pytest.mark.parametrize("frames,window,chunk", [(3, 4, 2), (6, 4, 4)])
+def test_hunyuan_estimate_matches_the_measured_peak(hp, frames, window, chunk):
+    from portrait_animation.hunyuan_portrait import animate as A
+    from portrait_animation.hunyuan_portrait import preflight as P
+
+    bundle, size = hp
+    cond = hp_conditions(frames, size)
+    s = A.settings_for(cond, num_inference_steps=1, n_sample_frames=window, overlap=1, pad_frames=1,
+                       decode_chunk_size=chunk)
+    resident = [h.module for h in bundle.sampling_models]
+    before = snapshot(resident)
+    est = P.estimate(bundle, s, frames, cond)
+    assert snapshot(resident) == before
+    with torch.no_grad(), LiveCPUBytes() as meter:
+        video = A.animate(bundle, cond, s, seed=0)
+    assert video.shape == (frames, size, size, 3) and torch.isfinite(video).all()
+    measured = pf.module_bytes(resident) + meter.peak
+    assert within(est.peak, measured), (est.peak, measured, est.stages)
+    assert est.seconds > 0 and est.flops > 0 and "HunyuanPortrait" in est.summary()
+    assert json.loads(est.json())["settings"]["decode_chunk"] == chunk
+
+
+def test_hunyuan_estimate_grows_and_auto_chunk_fits_the_budget(hp):
+    from dataclasses import replace
+
+    from portrait_animation.hunyuan_portrait import animate as A
+    from portrait_animation.hunyuan_portrait import preflight as P
+
+    bundle, size = hp
+    n = 40
+    base = A.settings_for(hp_conditions(1, size), num_inference_steps=1, n_sample_frames=4, overlap=1, pad_frames=1,
+                          decode_chunk_size=1)
+    by_chunk = {c: P.estimate(bundle, replace(base, decode_chunk_size=c), n).stages["decode"] for c in (1, 8, 32)}
+    assert by_chunk[1] < by_chunk[8] < by_chunk[32]
+    longer = P.estimate(bundle, base, 4 * n)
+    assert longer.peak > P.estimate(bundle, base, n).peak                  # the host sequence state grows
+    peaks = {c: P.estimate(bundle, replace(base, decode_chunk_size=c), n).peak for c in P.DECODE_CHUNKS if c <= n + 2}
+    budget = (peaks[8] + peaks[12]) // 2
+    chosen, est = P.auto_decode_chunk(bundle, n, base, free=budget)
+    assert chosen.decode_chunk_size == max(c for c, p in peaks.items() if p <= budget) and est.peak <= budget
+    with pytest.raises(pf.PreflightError) as e:
+        P.ensure(bundle, hp_conditions(n, size), base, free=peaks[1] // 2)
+    message = str(e.value)
+    assert "HunyuanPortrait will not fit" in message and "decode_chunk" in message and "Nothing was run" in message
+
+
+# ---- MEMO ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def memo(tmp_path_factory, parity_root):
+    from portrait_animation.loaders.store import ModelStore
+    from portrait_animation.memo.pipeline import load_memo_bundle
+
+    root = tmp_path_factory.mktemp("memo_models")
+    write_memo_models(root, parity_root)
+    return load_memo_bundle(StandaloneRuntime("cpu", show_progress=False), ModelStore.at(root), dtype="fp32",
+                            emotion_model=False, identity=False)
+
+
+@pytest.mark.parametrize("frames,clip,res", [(8, 4, 64), (6, 4, 96)])
+def test_memo_estimate_matches_the_measured_peak(memo, frames, clip, res):
+    from portrait_animation.memo import preflight as P
+    from portrait_animation.memo.pipeline import MemoSettings, talking_frames
+
+    s = MemoSettings(steps=2, num_past_frames=4, seed=3, width=res, height=res)
+    resident = [h.module for h in memo.sampling_models]
+    before = snapshot(resident)
+    est = P.estimate(memo, s, frames, clip, output="video file")
+    assert snapshot(resident) == before
+    cond = P.stand_in_conditions(memo, frames, clip, lambda f: f())
+    cond.audio_emb = torch.randn(cond.audio_emb.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), LiveCPUBytes() as meter:
+        clips = list(talking_frames(memo, torch.rand(1, res, res, 3), cond, torch.zeros(1, 512), s))
+    assert sum(c.shape[0] for c in clips) == frames and all(torch.isfinite(c).all() for c in clips)
+    measured = pf.module_bytes(resident) + meter.peak
+    assert within(est.peak, measured), (est.peak, measured)
+    kept = P.estimate(memo, s, frames, clip, output="frames")
+    assert kept.peak - est.peak == frames * res * res * 3 * 4                # the node's IMAGE output
+
+
+def test_memo_refuses_a_run_that_cannot_fit(memo):
+    from portrait_animation.memo import preflight as P
+    from portrait_animation.memo.pipeline import MemoSettings
+
+    s = MemoSettings(steps=2, num_past_frames=4, width=64, height=64)
+    cond = P.stand_in_conditions(memo, 8, 4, lambda f: f())
+    small = P.estimate(memo, s, 8, 4)
+    assert P.estimate(memo, MemoSettings(steps=2, num_past_frames=4, width=128, height=128), 8, 4).peak > small.peak
+    with pytest.raises(pf.PreflightError) as e:
+        P.ensure(memo, cond, s, free=small.peak // 2)
+    assert "MEMO will not fit" in str(e.value) and "resolution" in str(e.value)
+    assert P.ensure(memo, cond, s, free=small.peak + 1).fits
+
+
+# ---- HelloMeme -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("frames", [0, 6, 14])
+def test_hellomeme_estimate_matches_the_measured_peak(frames):
+    from portrait_animation.sk_attention import preflight as P
+    from portrait_animation.sk_attention.pipeline_image import generate_image
+    from portrait_animation.sk_attention.pipeline_video import generate_video
+
+    models, _ = tiny_models("v5")
+    video = frames > 0
+    hw = (128, 128)
+    ref, pos, neg = reference_image(hw), text(1), text(2)
+    rt = StandaloneRuntime("cpu", show_progress=False)
+    before = snapshot(P.modules(models))
+    est = P.estimate(models, computed_controls(models, max(frames, 1), hw), ref, video=video, steps=2, prompt=pos,
+                     negative=neg, runtime=rt, output="video file")
+    assert snapshot(P.modules(models)) == before
+    options = dict(negative_prompt_embeds=neg, steps=2, guidance_scale=1.5, noise=0)
+    with torch.no_grad(), LiveCPUBytes() as meter:
+        if video:
+            job = generate_video(models, rt, ref, pos, computed_controls(models, frames, hw), **options)
+            assert job.latents.shape[2] == frames
+        else:
+            assert torch.isfinite(generate_image(models, rt, ref, pos, computed_controls(models, 1, hw),
+                                                 **options).image).all()
+    measured = pf.module_bytes(P.modules(models)) + meter.peak
+    assert within(est.peak, measured), (est.peak, measured)
