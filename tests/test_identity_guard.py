@@ -283,3 +283,98 @@ def test_splice_without_neighbours_is_the_new_frames():
     frames = torch.zeros(6, 2)
     new = torch.ones(6, 2)
     assert torch.equal(splice(frames, new, 0, 3), new)
+
+
+# ---- MEMO end to end on the small stand-in MEMO models (the real networks and their temporal memory) -------------------
+
+
+class _ColourFace:
+    """Stand-in for MEMO's FaceEmbedder: the embedding of an image is its mean colour minus 0.45 (so the cosine
+    similarity of two images follows their colour); with no_face_every n, every n-th call finds no face."""
+
+    def __init__(self, no_face_every: int = 0):
+        self.calls, self.no_face_every = 0, no_face_every
+
+    def embed(self, image, input_name="reference_image", on_missing_face="error"):
+        self.calls += 1
+        rgb = torch.as_tensor(image).float().reshape(-1, 3).mean(0)
+        if self.no_face_every and self.calls % self.no_face_every == 0:
+            return torch.zeros(3).numpy()
+        return (rgb - 0.45).numpy()
+
+
+@pytest.fixture(scope="module")
+def memo_run(tmp_path_factory, data_dir):
+    from helpers.tiny_models import write_memo_models
+    from parity.runner import DEFAULT_PARITY_ROOT
+    from portrait_animation.loaders.store import ModelStore
+    from portrait_animation.media.audio import load_audio
+    from portrait_animation.memo.pipeline import MemoSettings, condition, load_memo_bundle
+    from portrait_animation.runtime import StandaloneRuntime
+
+    root = tmp_path_factory.mktemp("memo_models")
+    write_memo_models(root, DEFAULT_PARITY_ROOT)
+    bundle = load_memo_bundle(StandaloneRuntime("cpu", show_progress=False), ModelStore.at(root), dtype="fp32",
+                              emotion_model=False, identity=False)
+    audio = load_audio(data_dir / "speech.wav")
+    audio["waveform"] = audio["waveform"][..., : int(0.5 * audio["sample_rate"])]  # 15 frames at 30 fps
+    cond = condition(bundle, audio, fps=30, clip_length=4, emotion="happy")
+    ref = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    settings = MemoSettings(steps=2, num_past_frames=4, seed=3, width=64, height=64)
+    return bundle, cond, ref, settings
+
+
+def _memo_frames(memo_run, guard=None):
+    from portrait_animation.memo.pipeline import talking_frames
+
+    bundle, cond, ref, settings = memo_run
+    return torch.cat(list(talking_frames(bundle, ref, cond, torch.ones(512), settings, guard=guard)))
+
+
+def test_memo_guard_on_the_real_networks(memo_run):
+    from portrait_animation.metrics.identity_guard import memo_clip_guard
+
+    bundle, cond, ref, settings = memo_run
+    plain = _memo_frames(memo_run)
+    assert plain.shape[0] == 15
+    bundle.face = _ColourFace()
+    try:
+        face_emb = torch.as_tensor(bundle.face.embed(ref[0]))
+        assert memo_clip_guard(IdentityGuard(threshold=0.0), bundle, face_emb, settings, 4, 15) is None
+        # every clip fails a threshold of 1 and is made again once; the report covers the 15 kept frames
+        guard = memo_clip_guard(IdentityGuard(threshold=1.0, max_retries=1), bundle, face_emb, settings, 4, 15)
+        frames = _memo_frames(memo_run, guard)
+        assert frames.shape == plain.shape and torch.isfinite(frames).all()
+        windows = guard.report.windows
+        assert [(w.first, w.last) for w in windows] == [(0, 3), (4, 7), (8, 11), (12, 14)]
+        assert all(len(w.scores) == 2 and w.after == max(w.scores) for w in windows)
+        kept = [w.kept for w in windows]
+        first_retry = kept.index(1) if 1 in kept else len(kept)
+        assert torch.equal(frames[:4 * first_retry], plain[:4 * first_retry])
+        if first_retry < len(kept):
+            assert not torch.equal(frames[4 * first_retry:4 * first_retry + 4],
+                                   plain[4 * first_retry:4 * first_retry + 4])
+
+        # retries that never win: the real temporal memory is restored, so the run is the unguarded one exactly
+        class Worse(ClipGuard):
+            def check(self, clip, attempt, images):
+                plan = super().check(clip, attempt, images)
+                if attempt > 0:
+                    self._records[clip].scores[-1] = -1.0
+                return plan
+
+        worse = Worse(IdentityGuard(threshold=1.0, max_retries=1), guard.score_frames, settings.seed, 3.5, 4, 15)
+        assert torch.equal(_memo_frames(memo_run, worse), plain)
+        assert all(w.action == "kept original" for w in worse.report.windows)
+    finally:
+        bundle.face = None
+
+
+def test_memo_guard_needs_identity_models_and_a_reference_face(memo_run):
+    from portrait_animation.metrics.identity_guard import memo_clip_guard
+
+    bundle, _, _, settings = memo_run
+    with pytest.raises(ValueError, match="turn on 'identity' on MEMO Loader"):
+        memo_clip_guard(IdentityGuard(), bundle, torch.ones(512), settings, 4, 15)
+    with pytest.raises(ValueError, match="needs a face in input 'reference'"):
+        memo_clip_guard(IdentityGuard(), type("B", (), {"face": _ColourFace()})(), torch.zeros(512), settings, 4, 15)
