@@ -17,7 +17,7 @@ from .replacements import register_replacements
 log = logging.getLogger("portrait_animation")
 
 NODE_MODULES = ("models", "speed", "resume", "identity_guard", "face", "media", "hellomeme", "memo", "hunyuan_portrait",
-                "metrics")
+                "metrics", "preflight")
 
 
 class PortraitAnimationExtension(ComfyExtension):

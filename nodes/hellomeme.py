@@ -342,6 +342,11 @@ class HelloMemeImage(io.ComfyNode):
         models = hellomeme["models"]
         pos, neg = _text(models, positive, negative)
         models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
+        from .preflight import check_hellomeme  # refuses a run that cannot fit, before any work
+
+        check_hellomeme(hellomeme, conditions, width, height, node_runtime(cls), False, steps=steps,
+                        guidance_scale=cfg, prompt=pos, negative=neg, scheduler=_scheduler(scheduler),
+                        frame=driving_frame, size_correct=size_correct)
         result = generate_image(models, node_runtime(cls), ref, pos, controls,
                                 negative_prompt_embeds=neg, reference_controls=ref_controls,
                                 steps=steps, guidance_scale=cfg, noise=seed, scheduler=_scheduler(scheduler),
@@ -439,6 +444,11 @@ class HelloMemeVideo(io.ComfyNode):
         options = dict(negative_prompt_embeds=neg, steps=steps, guidance_scale=cfg, noise=seed,
                        scheduler=_scheduler(scheduler),
                        size_correct=size_correct, speed=speed)
+        from .preflight import check_hellomeme  # refuses a run that cannot fit, before any work
+
+        check_hellomeme(hellomeme, conditions, width, height, node_runtime(cls), True, output=output, steps=steps,
+                        guidance_scale=cfg, prompt=pos, negative=neg, scheduler=_scheduler(scheduler),
+                        size_correct=size_correct)
         if streaming:
             with VideoWriter(stream_video_path("hellomeme"), fps, audio=audio) as writer:
                 generate_video(models, node_runtime(cls), ref, pos, controls,

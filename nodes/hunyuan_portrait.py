@@ -158,9 +158,10 @@ class HunyuanPortraitSampler(io.ComfyNode):
                 io.Float.Input("noise_aug", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Noise added to the reference before encoding its conditioning latents (0 in "
                                        "the original)."),
-                io.Int.Input("decode_chunk", default=8, min=1, max=64,
+                io.Int.Input("decode_chunk", default=8, min=0, max=64,
                              tooltip="Frames the temporal VAE decodes together (8 in the original). Lower it if "
-                                     "decoding runs out of GPU memory; results change slightly at chunk edges."),
+                                     "decoding runs out of GPU memory; results change slightly at chunk edges. "
+                                     "0 = the largest that fits the free memory (Preflight's estimate)."),
                 io.Float.Input("paste_border", default=0.1, min=0.0, max=0.49, step=0.01,
                                tooltip="Width of the soft edge when pasting back, as a fraction of the crop side "
                                        "(0.1 as released)."),
@@ -219,10 +220,12 @@ class HunyuanPortraitSampler(io.ComfyNode):
         settings = settings_for(
             conditions, num_inference_steps=steps, n_sample_frames=window, overlap=overlap, shift_offset=shift,
             pad_frames=pad_frames, fps=fps_id, motion_bucket_id=motion_bucket, noise_aug_strength=noise_aug,
-            decode_chunk_size=decode_chunk, min_appearance_guidance_scale=appearance_guidance,
+            decode_chunk_size=decode_chunk or 8, min_appearance_guidance_scale=appearance_guidance,
             max_appearance_guidance_scale=appearance_guidance, min_motion_guidance_scale=motion_guidance,
             max_motion_guidance_scale=motion_guidance, border_ratio=paste_border)
         rt = node_runtime(cls)
+        settings = preflight_settings(hunyuan_portrait, conditions, settings, rt, auto_decode=decode_chunk == 0,
+                                      full=output != "video file")  # refuses a run that cannot fit, before any work
         fps = float(conditions.fps or 25.0)
         guard, guarded = active_guard(identity_guard), None
         if guard is not None:
@@ -272,6 +275,17 @@ class HunyuanPortraitSampler(io.ComfyNode):
             text += "\n" + guarded.summary()
             ui = {"text": [json.dumps({**report.to_dict(), **guarded.to_dict()})]}
         return io.NodeOutput(frames, full, video, fps, mean, text, ui=ui or None)
+
+
+def preflight_settings(bundle, conditions, settings, rt, auto_decode: bool, full: bool):
+    """The sampler's settings after the preflight check (decode_chunk 0: the largest that fits)."""
+    from ..hunyuan_portrait import preflight as hp
+
+    size = tuple(conditions.original.shape[:2]) if full else None
+    if auto_decode:
+        settings = hp.auto_decode_chunk(bundle, conditions.num_frames, settings, conditions, rt, full_size=size)[0]
+    hp.ensure(bundle, conditions, settings, rt, full_size=size)
+    return settings
 
 
 NODES = [HunyuanPortraitLoader, HunyuanPortraitConditions, HunyuanPortraitSampler]
