@@ -46,7 +46,7 @@ STAGE_BY_TYPE = {
     "PortraitAnim_FaceDetector": "Face", "PortraitAnim_DetectFaceLandmarks": "Face", "PortraitAnim_FaceCrop": "Face",
     "PortraitAnim_HelloMemeToolkit": "Face", "PortraitAnim_HelloMemeConditions": "Face",
     "PortraitAnim_HunyuanPortraitConditions": "Face", "PortraitAnim_HunyuanPortraitLoader": "Model",
-    "PortraitAnim_HunyuanPortraitSampler": "Sampling",
+    "PortraitAnim_HunyuanPortraitSampler": "Sampling", "PortraitAnim_Preflight": "Sampling",
     "PortraitAnim_HelloMemeLoader": "Model", "CLIPLoader": "Model", "PortraitAnim_MemoLoader": "Model",
     "PortraitAnim_ModelFiles": "Model", "PortraitAnim_SpeedOptions": "Model", "PortraitAnim_IdentityGuard": "Model",
     "CLIPTextEncode": "Sampling", "PortraitAnim_HelloMemeImage": "Sampling", "PortraitAnim_HelloMemeVideo": "Sampling",
@@ -121,6 +121,12 @@ NOTES = {
         "Reference Portrait frame by frame at MEMO's fps; the sampler pastes the face back and muxes the speech. "
         "Both loaders download their files on first use (the SVD-xt VAE repository needs an accepted license "
         "and an HF token). Long speech: set the sampler's output to 'video file'."),
+    "Preflight check": (
+        "What to change: Portrait and Speech, as in MEMO talking portrait. Preflight estimates the run's peak memory "
+        "(weights + run, per stage) and a rough time before any work, with the free memory and whether it fits; "
+        "set its steps, size and output like the sampler's. It also takes hellomeme or hunyuan_portrait (one model "
+        "at a time); decode_chunk 0 shows the largest HunyuanPortrait decode chunk that fits. The sampler runs the "
+        "same check and refuses, before any work, a run that cannot fit."),
     "MEMO talking portrait": (
         "What to change: Portrait and Speech (any audio or video file in ComfyUI's input folder). "
         "MEMO Loader downloads its files on first use (Check MEMO files lists them); MEMO Talking Portrait's "
