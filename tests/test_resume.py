@@ -273,3 +273,53 @@ def test_hellomeme_video_resumes_after_an_interrupt_with_identical_frames(tmp_pa
     assert not any((tmp_path / "resume").iterdir())
     other, _ = run(opts, seed=4)  # another seed: its own job, nothing resumed
     assert not torch.equal(other, reference)
+
+
+def test_hellomeme_v1_video_resumes_in_stage_one_and_in_stage_two(hellomeme_stand_ins, tmp_path, caplog):
+    """v1/v2: every frame alone first (a checkpoint per frame), then the AnimateDiff windows (one per step)."""
+    from helpers.tiny_models import write_hellomeme_v1_v4_models
+
+    from portrait_animation.loaders.store import ModelStore
+    from portrait_animation.sk_attention.loading import load_hellomeme
+    from portrait_animation.sk_attention.pipeline_image import controls_from_drive_params
+    from portrait_animation.sk_attention.pipeline_video import VideoGeneration
+    from portrait_animation.sk_attention.resume import hellomeme_job
+
+    models_dir, info = hellomeme_stand_ins
+    write_hellomeme_v1_v4_models(models_dir)
+    models = load_hellomeme("v1", video=True, store=ModelStore.at(models_dir), dtype=torch.float32)
+    size, frames = info["image_size"], 6
+    g = torch.Generator().manual_seed(1)
+    params = {"condition": torch.rand(1, 3, frames, size, size, generator=g) * 2 - 1,
+              "pd_fpg": torch.randn(1, frames, 548, generator=g), "neg_pd_fpg": torch.randn(1, 1, 548, generator=g)}
+    ref = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+    pos, neg = torch.randn(1, 5, info["text_dim"], generator=g), torch.randn(1, 5, info["text_dim"], generator=g)
+    rt = StandaloneRuntime("cpu", show_progress=False)
+    opts = ResumeOptions(str(tmp_path / "resume"))
+
+    def run(resume=None):
+        gen = VideoGeneration(models, rt, ref, pos, controls_from_drive_params(models, params),
+                              negative_prompt_embeds=neg, steps=3, guidance_scale=2.0, noise=11,
+                              resume=hellomeme_job(resume, models, params, ref, pos, neg, 3, 2.0, 11))
+        with torch.no_grad():
+            return torch.cat([img for _, img in gen]), gen
+
+    reference, gen = run()
+    total = gen.stats.unet_calls
+    stage1 = frames * 3
+    windows = (total - stage1) // 3  # stage-2 windows per step
+    assert windows >= 1 and total == stage1 + 3 * windows
+    for stop, resumed_at in ((10, None), (stage1 + windows + 1, 9)):  # in stage 1's frame 4, in stage 2's step 2
+        rt.callbacks[:] = [lambda v, t, p, stop=stop: rt.interrupt() if v == stop else None]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="portrait_animation.runtime.resume"), pytest.raises(Interrupted):
+            run(opts)
+        if resumed_at is not None:
+            assert f"resuming hellomeme from step {resumed_at} of {total}" in caplog.text
+    rt.callbacks.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="portrait_animation.runtime.resume"):
+        resumed, gen = run(opts)
+    assert f"resuming hellomeme from step {stage1 + windows} of {total}" in caplog.text
+    assert torch.equal(resumed, reference)
+    assert gen.stats.unet_calls == total - stage1 - windows
