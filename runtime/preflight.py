@@ -343,7 +343,9 @@ def free_bytes(runtime: Runtime, resident: Sequence[torch.nn.Module] = ()) -> in
     cap = budget_override()
     device = runtime.device
     held = sum(module_bytes([m]) for m in resident if _on(m, device))
-    if runtime.name == "comfyui":
+    if device.type == "cpu":               # weights already in RAM count in the estimate: add them back
+        free = host_available()
+    elif runtime.name == "comfyui":
         import comfy.model_management as mm
 
         free = int(mm.get_free_memory(device))
@@ -354,10 +356,8 @@ def free_bytes(runtime: Runtime, resident: Sequence[torch.nn.Module] = ()) -> in
             except Exception:       # an entry without the method (other ComfyUI versions): counted as not freeable
                 continue
         held = 0  # our models are among the loaded ones (or not loaded yet)
-    elif device.type == "cuda":
-        free = int(torch.cuda.mem_get_info(device)[0])
     else:
-        free = host_available()
+        free = int(torch.cuda.mem_get_info(device)[0])
     free += held
     return free if cap is None else min(free, cap)
 
