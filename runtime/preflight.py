@@ -50,6 +50,9 @@ class _Stop(Exception):
 
 
 # ---- tracing ------------------------------------------------------------------------------------------------------
+_SCALAR_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+
+
 class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
     """Peak bytes of the tensor storages created inside the mode and still alive, per device type."""
 
@@ -86,7 +89,7 @@ class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
             del self.refs[key]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
+        if func in _SCALAR_READS:
             # a value read back (``.item()``, ``bool(t)``): fake tensors have none; the trace takes 0 / False, so
             # a data-dependent branch follows its "zero" side (the memory of both sides is the same in our samplers)
             self.scalars += 1
