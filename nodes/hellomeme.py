@@ -8,6 +8,7 @@ from comfy_api.v0_0_2 import io
 from ..sk_attention.conditioning import (BUILTIN_PROMPT, BUILTIN_PROMPT_NEW, SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE,
                                          TEXT_WIDTH, check_size, prompt_entries)
 from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
+from .resume import resume_input, resume_options
 from .speed import speed_input
 
 log = logging.getLogger("portrait_animation")
@@ -378,6 +379,7 @@ class HelloMemeVideo(io.ComfyNode):
                 io.Audio.Input("audio", optional=True,
                                tooltip="With output 'video file': the soundtrack (e.g. the driving video's audio "
                                        "from Load Video (Frames)), fitted to the video's length."),
+                resume_input(),
             ],
             outputs=[io.Image.Output(display_name="frames",
                                      tooltip="One generated frame per driving frame (every frame in memory)."
@@ -398,7 +400,7 @@ class HelloMemeVideo(io.ComfyNode):
     @classmethod
     def execute(cls, hellomeme, conditions, positive, negative, seed, steps, cfg, scheduler, width, height,
                 size_correct, output="frames", crop_info=None, original=None, audio=None,
-                speed=None) -> io.NodeOutput:
+                speed=None, resume=None) -> io.NodeOutput:
         import torch
         from comfy_api.v0_0_2 import InputImpl, Types
 
@@ -449,6 +451,10 @@ class HelloMemeVideo(io.ComfyNode):
         check_hellomeme(hellomeme, conditions, width, height, node_runtime(cls), True, output=output, steps=steps,
                         guidance_scale=cfg, prompt=pos, negative=neg, scheduler=_scheduler(scheduler),
                         size_correct=size_correct)
+        from ..sk_attention.resume import hellomeme_job
+
+        options["resume"] = hellomeme_job(resume_options(resume), models, conditions.drive_params(), ref, pos, neg,
+                                          steps, cfg, seed, _scheduler(scheduler), width, height, size_correct, speed)
         if streaming:
             with VideoWriter(stream_video_path("hellomeme"), fps, audio=audio) as writer:
                 generate_video(models, node_runtime(cls), ref, pos, controls,

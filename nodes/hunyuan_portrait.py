@@ -5,6 +5,7 @@ from comfy_api.v0_0_2 import io
 
 from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
 from .identity_guard import active_guard, guard_input
+from .resume import resume_input, resume_options
 from .speed import speed_input
 
 CAT_HP = f"{CATEGORY}/HunyuanPortrait"
@@ -171,6 +172,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
                 output_input(),
                 speed_input(),
                 guard_input(),
+                resume_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The generated square crops, one per driving frame "
@@ -203,7 +205,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
     @classmethod
     def execute(cls, hunyuan_portrait, conditions, seed, steps, appearance_guidance, motion_guidance, window,
                 overlap, shift, pad_frames, fps_id, motion_bucket, noise_aug, decode_chunk, paste_border,
-                identity_score, output="frames", speed=None, identity_guard=None) -> io.NodeOutput:
+                identity_score, output="frames", speed=None, identity_guard=None, resume=None) -> io.NodeOutput:
         import json
         import math
 
@@ -236,7 +238,8 @@ class HunyuanPortraitSampler(io.ComfyNode):
             measured = identity_score or guard is not None
             preview = full_preview = None
             with VideoWriter(stream_video_path("hunyuan_portrait"), fps, audio=conditions.audio) as writer:
-                for crops in iter_animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed):
+                for crops in iter_animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed,
+                                          resume=resume_options(resume)):
                     for frame in iter_pasted(conditions, crops, paste_border):
                         if full_preview is None:
                             full_preview = torch.from_numpy(frame.astype(np.float32) / 255.0)[None]
@@ -253,7 +256,8 @@ class HunyuanPortraitSampler(io.ComfyNode):
                 guarded = report_windows(guard, scores, window, note="re-anchoring needs output 'frames' (the video "
                                          "file is written as the frames are decoded): windows reported only")
         else:
-            frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed)
+            frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed,
+                             resume=resume_options(resume))
             if guard is not None:  # scores every frame, re-anchors failing windows in place
                 frames, report, guarded = guard_portrait(guard, hunyuan_portrait, conditions, settings, seed, frames,
                                                          runtime=rt, speed=speed)

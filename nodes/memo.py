@@ -7,6 +7,7 @@ from ..audio.emotion import EMOTION_CHOICES
 from ..memo.pipeline import DEFAULT_RESOLUTION, RESOLUTION_MAX, RESOLUTION_MIN, RESOLUTION_STEP  # light: no models
 from .common import CATEGORY, DTYPES, PREFIX, PREVIEW_NOTE, CropInfo, node_runtime, output_input
 from .identity_guard import active_guard, guard_input
+from .resume import resume_input, resume_options
 from .speed import speed_input
 
 CAT_MEMO = f"{CATEGORY}/MEMO"
@@ -151,6 +152,7 @@ class MemoSampler(io.ComfyNode):
                                tooltip="With output 'video file' and crop_info: the image that went into Face Crop "
                                        "(the full portrait), which the video shows with the animated face."),
                 guard_input(),
+                resume_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="frames",
@@ -182,7 +184,7 @@ class MemoSampler(io.ComfyNode):
     @classmethod
     def execute(cls, memo, reference, conditions, seed, steps, cfg, past_frames, resolution, on_missing_face,
                 faithful, output="frames", crop_info=None, original=None, speed=None,
-                identity_guard=None) -> io.NodeOutput:
+                identity_guard=None, resume=None) -> io.NodeOutput:
         from ..media.audio import prepare_audio
         from ..media.video import fill_frames, frames_to_components, stream_to_video
         from ..memo.pipeline import MemoSettings, check_settings, face_embedding, talking_frames
@@ -206,7 +208,7 @@ class MemoSampler(io.ComfyNode):
                               frames=count, fps=conditions.fps)
         guard = memo_clip_guard(active_guard(identity_guard), memo, face, settings, conditions.clip_length, count)
         clips = talking_frames(memo, reference, conditions, face, settings, runtime=node_runtime(cls), speed=speed,
-                               guard=guard)
+                               guard=guard, resume=resume_options(resume))
         if output == "video file":
             path, written, first = stream_to_video(clips, stream_video_path("memo"), conditions.fps, audio=audio,
                                                    frame_fn=paste)

@@ -48,7 +48,7 @@ STAGE_BY_TYPE = {
     "PortraitAnim_HunyuanPortraitConditions": "Face", "PortraitAnim_HunyuanPortraitLoader": "Model",
     "PortraitAnim_HunyuanPortraitSampler": "Sampling", "PortraitAnim_Preflight": "Sampling",
     "PortraitAnim_HelloMemeLoader": "Model", "CLIPLoader": "Model", "PortraitAnim_MemoLoader": "Model",
-    "PortraitAnim_ModelFiles": "Model", "PortraitAnim_SpeedOptions": "Model", "PortraitAnim_IdentityGuard": "Model",
+    "PortraitAnim_ModelFiles": "Model", "PortraitAnim_SpeedOptions": "Model", "PortraitAnim_IdentityGuard": "Model", "PortraitAnim_ResumeOptions": "Model",
     "CLIPTextEncode": "Sampling", "PortraitAnim_HelloMemeImage": "Sampling", "PortraitAnim_HelloMemeVideo": "Sampling",
     "PortraitAnim_MemoAudio": "Sampling", "PortraitAnim_MemoSampler": "Sampling", "ImageSharpen": "Sampling",
     "PortraitAnim_FacePasteBack": "Output", "PortraitAnim_FramesToVideo": "Output", "SaveImage": "Output",
@@ -130,7 +130,8 @@ NOTES = {
     "MEMO talking portrait": (
         "What to change: Portrait and Speech (any audio or video file in ComfyUI's input folder). "
         "MEMO Loader downloads its files on first use (Check MEMO files lists them); MEMO Talking Portrait's "
-        "steps, cfg and frames per window set speed and quality."),
+        "steps, cfg and frames per window set speed and quality. Long speech: a cancelled or crashed run continues "
+        "from its last finished clip when queued again (Resume Options, on even when not connected)."),
 }
 
 
