@@ -423,3 +423,29 @@ def write_hunyuan_models(models_dir: Path, parity_root: Path) -> dict:
     write_arcface_standin(root / "arcface.onnx")
     settings = json.loads((parity_root / "hunyuan_portrait" / "e2e_inference" / "case.json").read_text())["settings"]
     return {"root": root, "size": int(settings["width"])}
+
+
+# ---- metrics --------------------------------------------------------------------------------------------------------
+def write_syncnet_standin(path: Path, seed: int = 0) -> Path:
+    """Random weights in the released ``syncnet_v2.model`` layout: the state_dict of joonson/syncnet_python's ``S``
+    (no BatchNorm step counters, as torch of 2017 saved it), in torch's legacy (non-zip) format. He-scaled weights
+    and running statistics that keep the activations in range, so embeddings differ between inputs."""
+    from portrait_animation.metrics.syncnet import SyncNet, required_keys
+
+    torch.manual_seed(seed)
+    model = SyncNet()
+    state = model.state_dict()
+    out = {}
+    for key in required_keys(model):
+        t = state[key]
+        if key.endswith("running_mean"):
+            t = torch.zeros_like(t)
+        elif key.endswith("running_var"):
+            t = torch.full_like(t, 1e4 if key.startswith(("netcnnaud.1.", "netcnnlip.1.")) else 1.0)
+        elif key.endswith("weight") and t.ndim > 1:
+            t = torch.randn_like(t) * (2.0 / t[0].numel()) ** 0.5
+        out[key] = t.clone()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, str(path), _use_new_zipfile_serialization=False)
+    return path
