@@ -17,6 +17,7 @@ search and the confidence are checked on constructed embeddings.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,9 +207,11 @@ def find_weights(store=None) -> Path:
     found = store.locate(file)
     if found is not None:
         return Path(found)
-    raise MissingModelFiles([(file, store.destination(file))], reason="SyncNet weights for the lip-sync metric",
+    err = MissingModelFiles([(file, store.destination(file))], reason="SyncNet weights for the lip-sync metric",
                             hint=f"Download {WEIGHTS_NAME} from {WEIGHTS_URL} (joonson/syncnet_python, "
                                  f"download_model.sh) and place it at models/portrait_animation/{WEIGHTS_DEST}.")
+    logging.getLogger("portrait_animation").warning(err.report)
+    raise err
 
 
 # ---- inputs: 25 fps face crops, MFCC windows -----------------------------------------------------------------------

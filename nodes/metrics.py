@@ -1,4 +1,4 @@
-"""Quality metric nodes: identity, pose, expression, mouth, flicker and seams of an animated clip.
+"""Quality metric nodes: identity, pose, expression, mouth, flicker, seams and lip sync of an animated clip.
 
 Thin adapters over :mod:`..metrics` (imported when a node runs). Every node returns the mean (FLOAT), the per-frame
 values (a FLOAT list), a plot (IMAGE, also shown on the node) and a JSON summary (STRING); it is an output node, so
@@ -262,4 +262,44 @@ class SeamMetric(io.ComfyNode):
         return _result(cls, series, seam_transitions(series))
 
 
-NODES = [IdentityMetric, PoseMetric, ExpressionMetric, MouthMetric, FlickerMetric, SeamMetric]
+class LipSyncMetric(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"{PREFIX}_LipSyncMetric",
+            display_name="Lip Sync (SyncNet)",
+            category=CAT_METRICS,
+            description="How well the mouth follows the speech: SyncNet (joonson/syncnet_python's syncnet_v2.model) "
+                        "embeds 5-frame mouth windows and 0.2 s of audio and searches offsets of +-15 frames; the "
+                        "confidence (LSE-C, higher is better) is the median minus the minimum mean distance, the "
+                        "summary adds the AV offset and the minimum distance (LSE-D, lower is better). Needs "
+                        "models/portrait_animation/metrics/syncnet_v2.model (not downloaded).",
+            inputs=[
+                io.Image.Input("images", tooltip="The talking frames to score (an animation's output; full frames or "
+                                                 "face crops). They are resampled to 25 fps by time."),
+                io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=0.001,
+                               tooltip="Frame rate of 'images' (the sampler's fps output)."),
+                io.Audio.Input("audio", tooltip="The speech the frames should follow (any rate and channels: made "
+                                                "16 kHz mono), starting with the first frame."),
+                _detector_input(),
+            ],
+            outputs=_outputs("lip-sync confidence"),
+            is_output_node=True,
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, images, fps, audio, detector=None) -> io.NodeOutput:
+        from ..metrics.syncnet import find_weights, lip_sync, load_syncnet, progress_steps
+
+        images = _images(images, "images")
+        if fps <= 0:
+            raise ValueError("input 'fps' must be the frame rate of 'images' (e.g. 25), got 0")
+        rt = node_runtime(cls)
+        model = load_syncnet(find_weights(), device=rt.device)
+        with rt.progress(progress_steps(len(images), fps), desc="lip sync") as p:
+            series = lip_sync(images, fps, audio, model, detector, progress=p.update)
+        return _result(cls, series)
+
+
+NODES = [IdentityMetric, PoseMetric, ExpressionMetric, MouthMetric, FlickerMetric, SeamMetric, LipSyncMetric]

@@ -74,7 +74,8 @@ def test_schemas_and_light_import():
     data = json.loads(out.strip().splitlines()[-1])
     assert data["heavy"] == [], data["heavy"]
     ids = {r["id"] for r in data["rows"]}
-    assert ids == {f"PortraitAnim_{n}Metric" for n in ("Identity", "Pose", "Expression", "Mouth", "Flicker", "Seam")}
+    assert ids == {f"PortraitAnim_{n}Metric" for n in ("Identity", "Pose", "Expression", "Mouth", "Flicker", "Seam",
+                                                             "LipSync")}
     for r in data["rows"]:
         assert r["category"] == "Portrait Animation/Metrics" and r["output_node"] and r["description"], r["id"]
         assert all(tip for _, tip in r["inputs"]), r["id"]

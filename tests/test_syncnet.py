@@ -182,3 +182,45 @@ def test_resample_indices_by_time():
     assert syncnet.resample_indices(30, 30, 25) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 18, 19, 20,
                                                     21, 22, 24, 25, 26, 27, 28]
     assert syncnet.resample_indices(10, 12.5, 25) == [i // 2 for i in range(20)]
+
+
+# ---- the node on the stand-in comfy_api ----------------------------------------------------------------------------
+def test_node_outputs_and_missing_weights(monkeypatch, tmp_path, data_dir, standin):
+    import importlib
+    import types
+
+    from helpers.comfy_stub import forget_stub_nodes, install_stub_comfy_api
+    from portrait_animation.loaders.store import MissingModelFiles
+    from portrait_animation.media.audio import load_audio
+    from portrait_animation.media.video import read_video
+
+    latest = install_stub_comfy_api(monkeypatch)
+    latest.io.NodeOutput = lambda *values, ui=None: (values, ui)
+    latest.ui = types.SimpleNamespace(PreviewImage=lambda image, cls=None: types.SimpleNamespace(
+        as_dict=lambda: {"images": [{"shape": tuple(image.shape)}]}))
+    monkeypatch.setenv("PORTRAIT_ANIMATION_MODELS", str(tmp_path / "models"))
+    try:
+        nodes = importlib.import_module("portrait_animation.nodes.metrics")
+        schema = nodes.LipSyncMetric.define_schema()
+        assert schema["node_id"] == "PortraitAnim_LipSyncMetric" and schema["display_name"] == "Lip Sync (SyncNet)"
+        assert [i["id"] for i in schema["inputs"]] == ["images", "fps", "audio", "detector"]
+        frames, fps, _ = read_video(data_dir / "jue.mp4", max_frames=14, with_audio=False)
+        audio = load_audio(data_dir / "speech.wav")
+        with pytest.raises(MissingModelFiles) as err:
+            nodes.LipSyncMetric.execute(frames, float(fps), audio)
+        assert "syncnet_v2.model" in str(err.value) and syncnet.WEIGHTS_URL in str(err.value)
+        assert str(tmp_path / "models" / "portrait_animation" / "metrics") in str(err.value)
+        placed = tmp_path / "models" / "portrait_animation" / syncnet.WEIGHTS_DEST
+        placed.parent.mkdir(parents=True)
+        placed.write_bytes(standin.read_bytes())
+        with pytest.raises(ValueError, match="'fps'"):
+            nodes.LipSyncMetric.execute(frames, 0.0, audio)
+        (mean, per_window, plot, summary), ui = nodes.LipSyncMetric.execute(frames, float(fps), audio)
+    finally:
+        forget_stub_nodes()
+    n = len(syncnet.resample_indices(len(frames), float(fps), 25)) - 5
+    data = json.loads(summary)
+    assert len(per_window) == n == data["windows"] and all(math.isfinite(v) for v in per_window)
+    assert mean == pytest.approx(data["confidence"], abs=1e-4) and math.isfinite(data["min_distance"])
+    assert isinstance(data["av_offset"], int) and plot.shape[0] == 1 and plot.shape[-1] == 3
+    assert ui["pa_metrics"] == [data] and ui["images"][0]["shape"] == tuple(plot.shape)

@@ -49,9 +49,16 @@ def test_every_node_is_listed_with_tooltips(comfy_server):
         assert len(tips) == len(info["output"]) and all(tips), f"{node_id} outputs lack tooltips: {tips}"
 
 
+# Nodes that cannot be in a workflow that runs as shipped, and why (each is documented in the README instead).
+NOT_IN_WORKFLOWS = {
+    "PortraitAnim_LipSyncMetric": "needs syncnet_v2.model, which is placed by hand (never downloaded: plain http, no "
+                                  "published checksum); tests/test_syncnet.py runs it on stand-in weights",
+}
+
+
 def test_every_node_appears_in_an_example_workflow(comfy_server):
     used = {node["class_type"] for path in API_WORKFLOWS for node in load_api_workflow(path).values()}
-    unused = sorted(set(pack_nodes(comfy_server.get("/object_info"))) - used)
+    unused = sorted(set(pack_nodes(comfy_server.get("/object_info"))) - used - set(NOT_IN_WORKFLOWS))
     assert not unused, f"nodes without an example workflow: {unused}"
 
 
