@@ -233,15 +233,9 @@ def _fill_nearest(points: Sequence[Optional[np.ndarray]]) -> list[np.ndarray]:
             for i in range(len(points))]
 
 
-def face_crops(images, points: Sequence[Optional[np.ndarray]], cfg: SyncNetConfig = SyncNetConfig()) -> np.ndarray:
-    """``[N, 224, 224, 3]`` float32 BGR 0..255 mouth-centred face crops: the landmark box (half-size ``s`` = half its
-    longer side, centre ``c``; median-filtered over time; frames without a face take the nearest face), cut from
-    ``c_y - s`` to ``c_y + s (1 + 2 m)`` and ``c_x +- s (1 + m)`` with margin ``m = crop_scale`` (grey 110 outside
-    the frame)."""
-    import cv2
-
-    from ..face.frames import frame_uint8
-
+def crop_boxes(points: Sequence[Optional[np.ndarray]], cfg: SyncNetConfig = SyncNetConfig()) -> np.ndarray:
+    """``[N, 3]`` (half-size ``s``, centre x, centre y) per frame: the landmark box (``s`` = half its longer side),
+    median-filtered over time; frames without a face take the nearest face."""
     pts = _fill_nearest(points)
     lo = np.stack([p[:, :2].min(0) for p in pts])
     hi = np.stack([p[:, :2].max(0) for p in pts])
@@ -249,17 +243,33 @@ def face_crops(images, points: Sequence[Optional[np.ndarray]], cfg: SyncNetConfi
     cx, cy = (lo[:, 0] + hi[:, 0]) / 2, (lo[:, 1] + hi[:, 1]) / 2
     if len(pts) >= cfg.smooth:  # shorter clips: the zero padding would outweigh the boxes
         s, cx, cy = (_medfilt(v, cfg.smooth) for v in (s, cx, cy))
+    return np.stack([s, cx, cy], 1)
+
+
+def crop_face(frame_rgb: np.ndarray, box: np.ndarray, cfg: SyncNetConfig = SyncNetConfig()) -> np.ndarray:
+    """``[224, 224, 3]`` float32 BGR 0..255 crop of one frame, cut from ``c_y - s`` to ``c_y + s (1 + 2 m)`` and
+    ``c_x +- s (1 + m)`` with margin ``m = crop_scale`` (grey 110 outside the frame): the mouth below the centre."""
+    import cv2
+
+    s, cx, cy = (float(v) for v in box)
     m = cfg.crop_scale
-    out = np.empty((len(pts), cfg.crop, cfg.crop, 3), np.float32)
-    for i in range(len(pts)):
-        frame = frame_uint8(images, i)[:, :, ::-1]
-        pad = int(s[i] * (1 + 2 * m))
-        padded = cv2.copyMakeBorder(np.ascontiguousarray(frame), pad, pad, pad, pad, cv2.BORDER_CONSTANT,
-                                    value=(110, 110, 110))
-        y, x = cy[i] + pad, cx[i] + pad
-        face = padded[int(y - s[i]):int(y + s[i] * (1 + 2 * m)), int(x - s[i] * (1 + m)):int(x + s[i] * (1 + m))]
-        out[i] = cv2.resize(face, (cfg.crop, cfg.crop)) if face.size else 110.0
-    return out
+    pad = int(s * (1 + 2 * m))
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(frame_rgb[:, :, ::-1]), pad, pad, pad, pad,
+                                cv2.BORDER_CONSTANT, value=(110, 110, 110))
+    y, x = cy + pad, cx + pad
+    face = padded[int(y - s):int(y + s * (1 + 2 * m)), int(x - s * (1 + m)):int(x + s * (1 + m))]
+    if not face.size:
+        return np.full((cfg.crop, cfg.crop, 3), 110.0, np.float32)
+    return cv2.resize(face, (cfg.crop, cfg.crop)).astype(np.float32)
+
+
+def face_crops(images, points: Sequence[Optional[np.ndarray]], cfg: SyncNetConfig = SyncNetConfig()) -> np.ndarray:
+    """``[N, 224, 224, 3]`` float32 BGR 0..255 mouth-centred face crops of every frame (:func:`crop_boxes`,
+    :func:`crop_face`), framed like the reference pipeline's crops of its face detections."""
+    from ..face.frames import frame_uint8
+
+    boxes = crop_boxes(points, cfg)
+    return np.stack([crop_face(frame_uint8(images, i), boxes[i], cfg) for i in range(len(boxes))])
 
 
 def mfcc_windows(mfccs: np.ndarray, n: int, cfg: SyncNetConfig = SyncNetConfig()) -> torch.Tensor:
@@ -332,13 +342,24 @@ def lip_sync(frames, fps: float, audio, model: SyncNet, detector=None, batch: in
         raise ValueError(f"lip sync needs at least {cfg.window + 1} frames at 25 fps with audio under them "
                          f"({(cfg.window + 1) / cfg.fps:.2f} s); got {len(frames25)} frames and "
                          f"{len(wav) / cfg.sample_rate:.2f} s of audio")
-    crops = torch.from_numpy(face_crops(frames25[:length], points[:length], cfg)).permute(3, 0, 1, 2)  # [3, L, H, W]
+    from ..face.frames import frame_uint8
+
+    boxes = crop_boxes(points[:length], cfg)
+    crops: dict[int, torch.Tensor] = {}  # the frames of the current batch of windows: [3, 224, 224] each
+
+    def crop(i: int) -> torch.Tensor:
+        if i not in crops:
+            crops[i] = torch.from_numpy(crop_face(frame_uint8(frames25, i), boxes[i], cfg)).permute(2, 0, 1)
+        return crops[i]
     windows = mfcc_windows(feats, n, cfg)
     device = next(model.parameters()).device
     v_emb, a_emb = [], []
     for s in range(0, n, batch):
         e = min(n, s + batch)
-        clips = torch.stack([crops[:, i:i + cfg.window] for i in range(s, e)])  # [b, 3, 5, 224, 224]
+        clips = torch.stack([torch.stack([crop(i + t) for t in range(cfg.window)], 1)
+                             for i in range(s, e)])                            # [b, 3, 5, 224, 224]
+        for i in [i for i in crops if i < e]:
+            del crops[i]
         v_emb.append(model.embed_video(clips.to(device)).cpu())
         a_emb.append(model.embed_audio(windows[s:e].to(device)).cpu())
         if progress is not None:

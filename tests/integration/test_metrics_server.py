@@ -105,3 +105,38 @@ def test_queue_batch_summary_lists_the_metrics(comfy_server, tmp_path):
     assert got["Seams"]["x"] == [4] and got["Seams"]["metric"] == "seam"
     assert "Flicker: flicker mean" in proc.stdout, detail
     assert len(job["outputs"]) == 2  # the two plots (temp previews)
+
+
+def test_lip_sync_metric_without_and_with_weights(comfy_server):
+    """Lip Sync (SyncNet): without syncnet_v2.model the error names the file, where it goes and where to get it; with
+    the tests' stand-in (random weights in the released layout) in the server's models folder it returns a finite
+    confidence, one value per 25 fps window, the AV offset and the plot."""
+    from helpers.tiny_models import write_syncnet_standin
+
+    from portrait_animation.metrics.syncnet import WEIGHTS_DEST, WEIGHTS_URL
+
+    prompt = {
+        "1": frames_node("jue.mp4", cap=15),
+        "2": {"class_type": "PortraitAnim_LoadAudio", "inputs": {"audio_file": "speech.wav"}},
+        "3": {"class_type": "PortraitAnim_LipSyncMetric",
+              "inputs": {"images": ["1", 0], "fps": ["1", 1], "audio": ["2", 0]}},
+    }
+    entry = comfy_server.run(prompt, timeout=300)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = [m for kind, m in entry["status"]["messages"] if kind == "execution_error"]
+    msg = error["exception_message"]
+    assert "syncnet_v2.model" in msg and WEIGHTS_URL in msg and "portrait_animation/metrics" in msg, msg
+
+    weights = comfy_server.models_dir / "portrait_animation" / WEIGHTS_DEST
+    write_syncnet_standin(weights)
+    try:
+        entry = comfy_server.run(prompt, timeout=600)
+    finally:
+        weights.unlink()
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
+    s = entry["outputs"]["3"]["pa_metrics"][0]
+    assert s["metric"] == "lip_sync" and s["better"] == "higher" and s["windows"] == len(s["values"]) >= 5
+    assert all(v is not None for v in s["values"]) and abs(s["mean"] - s["confidence"]) < 1e-3
+    assert -15 <= s["av_offset"] <= 15 and s["min_distance"] > 0 and len(s["distance_per_offset"]) == 31
+    ((nid, f),) = output_files(entry)
+    assert nid == "3" and decode_media(fetch_view(comfy_server, f), f["filename"]).shape[1:3] == (320, 768)
