@@ -1,24 +1,34 @@
 """HelloMeme preflight: peak memory and time of an image or video run, from a trace of the real pipeline on fake
 tensors (:mod:`runtime.preflight`).
 
-The trace runs :func:`.pipeline_video.generate_video` (or :func:`.pipeline_image.generate_image`) whole with one
-denoising step: the reference encoding and reference-UNet pass, every window of every keyframe pass (the CFG batch,
-the control features, the keyframe pads), the decode of every frame. The memory of a step does not depend on the
-number of steps; the time scales the traced work per UNet call to the requested steps. Weights: every module of the
-version (denoiser, reference UNet, VAEs, control nets), on the compute device. The node's output buffer (every
-frame, output ``frames``) is added on the host.
+An image run is traced whole with one denoising step. A video run is traced at one step with the first
+:data:`TRACED_WINDOWS` windows of each pass (v1/v2 stage 1: the first frames) and the first two decode batches, so
+the trace's cost does not grow with the video: the memory peak is the final pass's window (or the decode) on top of
+what the run holds for the whole sequence, and that is all real in the trace: the whole-sequence tensors (base noise,
+pass latents, prediction sums, keyframe latents, the final latents) are allocated by the run before its windows, and
+the stores that later windows fill (control features per frame, keyframe pads) are filled to their final size (up to
+their budgets) after the final pass's first window, from copies of an entry (see :func:`_video_run`). The memory of
+a step does not depend on the number of steps; the time scales each traced phase to its real units (windows x
+steps, frames) and the decode to every frame. Weights: every module of the version (denoiser, reference UNet, VAEs,
+control nets), on the compute device. The node's output buffer (every frame, output ``frames``) is added on the host.
+Estimates are kept per model and per input shapes (not per object), so a re-queue with the same inputs is not
+traced again.
 """
 from __future__ import annotations
 
+import copy as _copy
 import time
+import weakref
 from typing import Optional
 
 import torch
 
 from ..runtime import preflight as pf
+from .pipeline_image import _BoundedStore
 
 MODEL = "HelloMeme"
 _CACHE: dict = {}
+TRACED_WINDOWS = 2  # windows traced per pass (video)
 _ROLES = ("denoiser", "pre_denoiser", "reference_unet", "encode_vae", "decode_vae", "control_encoder",
           "control_projector", "arkit_control_encoder")
 
@@ -36,30 +46,38 @@ def text_width(models) -> int:
 
 
 def estimate(models, controls, reference, video: bool = True, steps: int = 25, guidance_scale: float = 1.5,
-             prompt=None, negative=None, runtime=None, output: str = "frames", **options) -> pf.Estimate:
-    """The estimate of a HelloMeme run. ``controls``: the run's control source (its frame count is the video's);
-    ``reference`` (H, W, 3); ``prompt``/``negative``: text embeddings (stand-ins of the UNet's text width when
-    None); ``options``: the other :class:`.pipeline_video.VideoGeneration` / ``generate_image`` options."""
+             prompt=None, negative=None, runtime=None, output: str = "frames", traced_windows: int = TRACED_WINDOWS,
+             **options) -> pf.Estimate:
+    """The estimate of a HelloMeme run. ``controls``: the run's control source (its frame count is the video's;
+    the trace runs on a copy with an empty feature cache, so ``controls`` keeps no fake features); ``reference``
+    (H, W, 3); ``prompt``/``negative``: text embeddings (stand-ins of the UNet's text width when None);
+    ``traced_windows``: windows traced per pass (video); ``options``: the other
+    :class:`.pipeline_video.VideoGeneration` / ``generate_image`` options."""
     from .pipeline_image import generate_image
-    from .pipeline_video import generate_video
 
     rt = runtime
     device = torch.device(rt.device)
     frames = int(controls.num_frames) if video else 1
-    key = (id(models.denoiser), id(controls), frames, tuple(reference.shape), video, steps, guidance_scale > 1.0,
-           str(device), output, tuple(sorted((k, str(v)) for k, v in options.items())))
-    if key in _CACHE:
-        return _CACHE[key]
+    key = (id(models.denoiser), models.version, _signature(controls), frames, tuple(reference.shape),
+           str(reference.dtype), video, steps, guidance_scale > 1.0, str(device), output, traced_windows,
+           _signature(prompt), _signature(negative), tuple(sorted((k, str(v)) for k, v in options.items())))
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is models.denoiser:      # the id is still this model's (not a reused one)
+        return hit[1]
     started = time.perf_counter()
     resident = modules(models)
     width = text_width(models)
+    controls = _fresh(controls)
+    phases: list = []
+    decoded = [frames]
+    control_flops = [0.0]
 
     def run(trt, make):
         pos = prompt if prompt is not None else make(lambda: torch.zeros(1, 77, width))
         neg = negative if negative is not None else make(lambda: torch.zeros(1, 77, width))
         if video:
-            return generate_video(models, trt, reference, pos, controls, negative_prompt_embeds=neg, steps=1,
-                                  guidance_scale=guidance_scale, noise=0, **options)
+            return _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps, traced_windows,
+                              options, phases, decoded, control_flops)
         return generate_image(models, trt, reference, pos, controls, negative_prompt_embeds=neg, steps=1,
                               guidance_scale=guidance_scale, noise=0, **options)
 
@@ -67,11 +85,19 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
 
     t = pf.trace(run, resident, device, real_calls=[(mod, name) for mod in (pipeline_video, pipeline_image)
                                                       for name in ("set_steps", "make_scheduler")])
-    units = len(t.marks)
-    first = t.marks[0] if t.marks else 0.0
-    per_unit = (t.marks[-1] - first) / (units - 1) if units > 1 else first
-    after = t.flops - (t.marks[-1] if t.marks else 0.0)                      # decoding
-    flops = first + per_unit * (units * steps - 1) + after
+    if video and phases:
+        # setup (reference encoding + cache) once; each phase scaled to its real units (a keyframe pass traced
+        # without windows at the final pass's work per window); the control features of every frame; the decode of
+        # every frame
+        per_window = next(((end - begin) / traced for begin, end, traced, real in reversed(phases) if traced), 0.0)
+        flops = phases[0][0] + sum((end - begin) * real / traced if traced else per_window * real
+                                   for begin, end, traced, real in phases)
+        flops += (t.flops - phases[-1][1]) * frames / max(1, decoded[0]) + control_flops[0] * frames
+    else:
+        units = len(t.marks)
+        first = t.marks[0] if t.marks else 0.0
+        per_unit = (t.marks[-1] - first) / (units - 1) if units > 1 else first
+        flops = first + per_unit * (units * steps - 1) + (t.flops - (t.marks[-1] if t.marks else 0.0))
     out = frames * reference.shape[-3] * reference.shape[-2] * 3 * 4 if (video and output == "frames") else 0
     peak = t.device_peak(device)
     if device.type == "cpu":
@@ -89,8 +115,187 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
     est.trace_seconds = time.perf_counter() - started
     if len(_CACHE) > 32:
         _CACHE.clear()
-    _CACHE[key] = est
+    _CACHE[key] = (weakref.ref(models.denoiser), est)
     return est
+
+
+def _fresh(controls):
+    """A shallow copy of ``controls`` with an empty feature cache of the same budget (the trace fills it with fake
+    tensors)."""
+    store = getattr(controls, "cache", None)
+    if not isinstance(store, _BoundedStore):
+        return controls
+    copy = _copy.copy(controls)
+    copy.cache = _BoundedStore(store.max_bytes, store.device)
+    if hasattr(copy, "_negative"):
+        copy._negative = None
+    return copy
+
+
+def _fill(store: "_BoundedStore", keys, skip=()) -> None:
+    """Put a copy of one stored entry under every key of ``keys`` not stored and not in ``skip``, until the budget is
+    full (fill-until-full, as the run does: every entry has the same size)."""
+    if not store.items:
+        return
+    sample = next(iter(store.items.values()))
+    for key in keys:
+        if key in skip or store.get(key) is not None:
+            continue
+        if not store.put(key, sample):
+            return
+
+
+def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps, traced, options, phases, decoded,
+               control_flops):
+    """The video run at one step, with the first ``traced`` windows of each pass (of v1/v2 stage 1: the first
+    ``traced`` frames), then the decode of the first two batches. What grows with the length is still real:
+    the whole-sequence tensors are allocated by the run itself (base noise, pass latents, prediction sums, keyframe
+    latents, final latents); the feature stores that the skipped windows would fill (control features per frame,
+    keyframe pads) are filled after the final pass's first window with copies of a stored entry, up to their
+    budgets, so its next window runs with the stores as full as at the run's last window.
+    Keyframe passes before the final one run without windows (their whole-pass tensors are allocated; their
+    stores and windows are smaller than the final pass's). The control network runs once (traced); the features of
+    later frames are new tensors of the same shapes (``control_flops``: the work of one frame).
+    ``phases`` gets (flops at start, at end, traced units, real units) per phase; ``decoded`` the frames decoded."""
+    from .pipeline_video import PRE_PASS_MAX_STEPS, FixedWindows, PassPlan, VideoGeneration
+
+    traced = max(2, int(traced))
+    job = VideoGeneration(models, trt, reference, pos, controls, negative_prompt_embeds=neg, steps=1,
+                          guidance_scale=guidance_scale, noise=0, **options)
+    n_frames = job.num_frames
+    plan = list(job.plan)
+    store = getattr(controls, "cache", None)
+    store = store if isinstance(store, _BoundedStore) else None
+
+    def flops():
+        return float(trt.counter.get_total_flops()) if trt.counter is not None else 0.0
+
+    def phase(traced_units, real_units, call):
+        begin = flops()
+        try:
+            return call()
+        finally:
+            phases.append((begin, flops(), traced_units, real_units))
+
+    if store is not None and hasattr(controls, "_run"):
+        real_control, shapes = controls._run, {}
+
+        def control_run(condition, expression, device, dtype):
+            key = (str(device), dtype, tuple(condition.shape))
+            if key not in shapes:
+                begin = flops()
+                out = real_control(condition, expression, device, dtype)
+                control_flops[0] = max(control_flops[0], flops() - begin)
+                shapes[key] = {k: (v.shape, v.dtype, v.device) for k, v in out.items()}
+                return out
+            return {k: torch.empty(shape, dtype=dt, device=where) for k, (shape, dt, where) in shapes[key].items()}
+        controls._run = control_run
+
+    real_end_frames, real_pass, real_stage1, real_stage2 = job._end_frames, job._run_pass, job._stage1, job._stage2
+
+    def end_frames(*args, **kwargs):
+        return phase(1, steps, lambda: real_end_frames(*args, **kwargs))
+
+    def run_pass(k, p, base_noise, denoiser, rows, cache, pads, motion_pads, guided, progress, *rest, **kwargs):
+        final = k == len(plan) - 1
+        short = PassPlan(p.depth, p.frames, p.windows[:traced] if final else [])
+        bar = progress
+        if final and len(p.windows) > 1:
+            pending = short.windows[1:]               # the traced windows after the first
+            skip_frames = {p.frames[i] for w in pending for i in w}
+            ends = [(p.frames[w[0]], p.frames[w[-1]]) for w in p.windows]
+            keyframes = dict.fromkeys(f for a, b in ends if pads.has(a) and pads.has(b) for f in (a, b))
+            skip_ends = {f for w in pending for f in (p.frames[w[0]], p.frames[w[-1]])}
+
+            def fill():
+                if store is not None:
+                    _fill(store, range(n_frames), skip_frames)
+                _fill(pads.cache, keyframes, skip_ends)
+            bar = _AfterFirst(progress, fill)
+        return phase(len(short.windows), steps * len(p.windows),
+                     lambda: real_pass(k, short, base_noise, denoiser, rows, cache, pads, motion_pads, guided, bar,
+                                       *rest, **kwargs))
+
+    def stage1(*args, **kwargs):
+        # every frame alone: the first frames only, then the whole output and the control store of every frame
+        count = min(traced, n_frames)
+        pre_steps = min(PRE_PASS_MAX_STEPS, steps)
+        job.num_frames = count
+        try:
+            out = phase(count, n_frames * pre_steps, lambda: real_stage1(*args, **kwargs))
+        finally:
+            job.num_frames = n_frames
+        full = torch.empty((*out.shape[:2], n_frames, *out.shape[3:]), dtype=out.dtype, device=out.device)
+        del out
+        if store is not None:
+            _fill(store, range(n_frames))
+        return full
+
+    def stage2(*args, **kwargs):
+        fixed = job.fixed
+        job.fixed = FixedWindows(fixed.frames, fixed.windows[:traced], fixed.overlap)
+        try:
+            return phase(len(job.fixed.windows), steps * len(fixed.windows), lambda: real_stage2(*args, **kwargs))
+        finally:
+            job.fixed = fixed
+
+    job._end_frames, job._run_pass, job._stage1, job._stage2 = end_frames, run_pass, stage1, stage2
+
+    def frames():
+        # the first two decode batches: the second is decoded while the first's images are still held
+        k = max(1, int(job.decode_batch))
+        last = min(k, n_frames - 1)
+        it = iter(job)
+        try:
+            for index, image in it:
+                if index >= last:
+                    break
+                yield index
+        finally:
+            it.close()
+        decoded[0] = min(n_frames, 2 * k) if n_frames > k else n_frames
+        yield last
+    return frames()
+
+
+class _AfterFirst:
+    """A progress reporter that calls ``then()`` once, after the first unit."""
+
+    def __init__(self, progress, then):
+        self.progress, self.then, self.done = progress, then, False
+
+    def update(self, n: int = 1, preview=None) -> None:
+        self.progress.update(n, preview)
+        if not self.done:
+            self.done = True
+            self.then()
+
+    def __getattr__(self, name):
+        return getattr(self.progress, name)
+
+
+def _signature(obj, depth: int = 0):
+    """What of a control source the estimate depends on (shapes, dtypes, budgets, classes; never values nor ids of
+    short-lived objects): a re-queue with equal inputs hits the cache, a new object at a freed id cannot."""
+    if torch.is_tensor(obj):
+        return ("T", tuple(obj.shape), str(obj.dtype), obj.device.type)
+    if isinstance(obj, _BoundedStore):
+        return ("store", obj.max_bytes, obj.device.type)
+    if isinstance(obj, torch.nn.Module):
+        return ("module", type(obj).__name__, id(obj))        # the models' own modules (kept by the models)
+    if isinstance(obj, (int, float, str, bool, type(None))):
+        return obj
+    if isinstance(obj, dict) and depth < 3:
+        return tuple(sorted((str(k), _signature(v, depth + 1)) for k, v in obj.items()))
+    if isinstance(obj, (list, tuple)) and depth < 3:
+        return tuple(_signature(v, depth + 1) for v in obj)
+    if callable(obj) and hasattr(obj, "__code__"):         # a function (pose images made on demand): its code and
+        cells = tuple(c.cell_contents for c in (obj.__closure__ or ()))          # what it captured
+        return ("function", id(obj.__code__), _signature(cells, depth + 1))
+    if hasattr(obj, "__dict__") and depth < 3:
+        state = {k: v for k, v in vars(obj).items() if k not in ("cache", "_negative") or isinstance(v, _BoundedStore)}
+        return (type(obj).__name__, _signature(state, depth + 1))
+    return ("object", type(obj).__name__)
 
 
 FIXES = ("a smaller width/height", "fp16 or bf16 on HelloMeme Loader", "output 'video file' for long videos",

@@ -178,8 +178,14 @@ def test_memo_refuses_a_run_that_cannot_fit(memo):
 
 
 # ---- HelloMeme -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("frames", [0, 6, 14])
-def test_hellomeme_estimate_matches_the_measured_peak(frames):
+def controls_with_store(models, frames, hw, cache_mb):
+    controls = computed_controls(models, frames, hw)
+    controls.cache.max_bytes = int(cache_mb * pf.MB)
+    return controls
+
+
+@pytest.mark.parametrize("frames,cache_mb", [(0, 0), (6, 0), (14, 0), (40, 0), (40, 64), (40, 0.5)])
+def test_hellomeme_estimate_matches_the_measured_peak(frames, cache_mb):
     from portrait_animation.sk_attention import preflight as P
     from portrait_animation.sk_attention.pipeline_image import generate_image
     from portrait_animation.sk_attention.pipeline_video import generate_video
@@ -190,16 +196,38 @@ def test_hellomeme_estimate_matches_the_measured_peak(frames):
     ref, pos, neg = reference_image(hw), text(1), text(2)
     rt = StandaloneRuntime("cpu", show_progress=False)
     before = snapshot(P.modules(models))
-    est = P.estimate(models, computed_controls(models, max(frames, 1), hw), ref, video=video, steps=2, prompt=pos,
-                     negative=neg, runtime=rt, output="video file")
+    # 40 frames: 4 windows in the final pass, 2 traced; a control-feature store that holds every frame (64 MB) or
+    # only some (0.5 MB): what the untraced windows would store is counted
+    est = P.estimate(models, controls_with_store(models, max(frames, 1), hw, cache_mb), ref, video=video, steps=2,
+                     prompt=pos, negative=neg, runtime=rt, output="video file")
     assert snapshot(P.modules(models)) == before
     options = dict(negative_prompt_embeds=neg, steps=2, guidance_scale=1.5, noise=0)
     with torch.no_grad(), LiveCPUBytes() as meter:
         if video:
-            job = generate_video(models, rt, ref, pos, computed_controls(models, frames, hw), **options)
+            job = generate_video(models, rt, ref, pos, controls_with_store(models, frames, hw, cache_mb), **options)
             assert job.latents.shape[2] == frames
         else:
             assert torch.isfinite(generate_image(models, rt, ref, pos, computed_controls(models, 1, hw),
                                                  **options).image).all()
     measured = pf.module_bytes(P.modules(models)) + meter.peak
     assert within(est.peak, measured), (est.peak, measured)
+
+
+def test_hellomeme_estimate_is_kept_per_input_shapes_not_per_object():
+    from portrait_animation.sk_attention import preflight as P
+
+    models, _ = tiny_models("v5")
+    hw = (128, 128)
+    rt = StandaloneRuntime("cpu", show_progress=False)
+
+    def est(frames, controls=None):
+        controls = controls or controls_with_store(models, frames, hw, 64)
+        return P.estimate(models, controls, reference_image(hw), video=True, steps=2, prompt=text(1),
+                          negative=text(2), runtime=rt, output="video file")
+
+    mine = controls_with_store(models, 30, hw, 64)
+    first = est(30, mine)
+    assert not mine.cache.items and mine._negative is None          # the trace ran on a copy: no fake features
+    assert est(30) is first                                         # a re-queue: new but equal inputs, no new trace
+    other = est(31)                                                 # another length: traced again, a new figure
+    assert other is not first and other.settings["frames"] == 31
