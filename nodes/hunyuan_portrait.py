@@ -284,11 +284,13 @@ class HunyuanPortraitSampler(io.ComfyNode):
 def preflight_settings(bundle, conditions, settings, rt, auto_decode: bool, full: bool):
     """The sampler's settings after the preflight check (decode_chunk 0: the largest that fits)."""
     from ..hunyuan_portrait import preflight as hp
+    from ..runtime.preflight import advisory
 
     size = tuple(conditions.original.shape[:2]) if full else None
-    if auto_decode:
-        settings = hp.auto_decode_chunk(bundle, conditions.num_frames, settings, conditions, rt, full_size=size)[0]
-    hp.ensure(bundle, conditions, settings, rt, full_size=size)
+    if auto_decode:  # without an estimate: the settings' chunk (the original's 8)
+        settings = advisory("HunyuanPortrait", lambda: hp.auto_decode_chunk(
+            bundle, conditions.num_frames, settings, conditions, rt, full_size=size)[0], settings)
+    advisory("HunyuanPortrait", lambda: hp.ensure(bundle, conditions, settings, rt, full_size=size))
     return settings
 
 

@@ -200,8 +200,9 @@ class MemoSampler(io.ComfyNode):
         check_settings(memo, conditions, settings)  # clip length and size, before the face models run
         paste = paste_frame_fn(crop_info, original) if output == "video file" else None  # checked before sampling
         from ..memo.preflight import ensure  # refuses a run that cannot fit, before any work
+        from ..runtime.preflight import advisory
 
-        ensure(memo, conditions, settings, node_runtime(cls), output=output)
+        advisory("MEMO", lambda: ensure(memo, conditions, settings, node_runtime(cls), output=output))
         face = face_embedding(memo, reference, on_missing_face=on_missing_face, input_name="reference")
         count = conditions.frames_with_audio
         audio = prepare_audio(conditions.audio, sample_rate=conditions.audio["sample_rate"], mono=False,

@@ -52,13 +52,14 @@ def hellomeme_estimate(hellomeme, conditions, steps, size, output, rt):
 def check_hellomeme(hellomeme, conditions, width, height, rt, video: bool, output: str = "frames", **options):
     """The HelloMeme samplers' check before any work (fresh control sources: a trace leaves fake features in the
     one it runs)."""
+    from ..runtime.preflight import advisory
     from ..sk_attention import preflight as sp
     from .hellomeme import _prepare
 
     models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
     if not video and ref_controls is not None:
         options["reference_controls"] = ref_controls
-    return sp.ensure(models, controls, ref, rt, video=video, output=output, **options)
+    return advisory("HelloMeme", lambda: sp.ensure(models, controls, ref, rt, video=video, output=output, **options))
 
 
 class Preflight(io.ComfyNode):

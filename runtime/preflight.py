@@ -25,20 +25,24 @@ estimate fits. ``PORTRAIT_ANIMATION_MEMORY_MB`` (environment) caps the memory th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, TypeVar
 
 import torch
 
 from ..media.errors import PlainName
 from .base import Progress, Runtime
 
+log = logging.getLogger(__name__)
+
 MB = 1 << 20
 BUDGET_ENV = "PORTRAIT_ANIMATION_MEMORY_MB"
+T = TypeVar("T")
 
 
 class PreflightError(PlainName, RuntimeError):
@@ -494,6 +498,21 @@ def check(estimate: Estimate, free: Optional[int], fixes: Sequence[str]) -> Esti
             + ", ".join(f"{k} {v}" for k, v in estimate.settings.items())
             + f") and {free / MB:,.0f} MB is free. Nothing was run. Try: " + "; ".join(fixes) + ".")
     return estimate
+
+
+def advisory(model: str, check: Callable[[], T], fallback: Optional[T] = None) -> Optional[T]:
+    """A sampler's preflight: ``check()`` (an estimate and its refusal), whose :class:`PreflightError` stops the run
+    before any work. Any other failure means the trace could not follow this run's code; the check is a safeguard,
+    not a condition of the run, so the failure is logged and the run goes on unchecked with ``fallback``."""
+    try:
+        return check()
+    except PreflightError:
+        raise
+    except Exception as e:  # noqa: BLE001 (the trace runs the whole sampler on fake tensors)
+        log.warning("%s preflight: could not estimate this run (%s: %s); running it without the memory check",
+                    model, type(e).__name__, str(e).splitlines()[0] if str(e) else "", exc_info=log.isEnabledFor(
+                        logging.DEBUG))
+        return fallback
 
 
 def largest_fitting(candidates: Sequence[int], estimate_for: Callable[[int], Estimate], free: Optional[int],
