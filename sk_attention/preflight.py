@@ -83,8 +83,20 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
 
     from . import pipeline_image, pipeline_video
 
-    t = pf.trace(run, resident, device, real_calls=[(mod, name) for mod in (pipeline_video, pipeline_image)
-                                                      for name in ("set_steps", "make_scheduler")])
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    # a scheduler looks its step index up by value (``nonzero``: no shape on fake tensors); the trace runs one
+    # step, so every lookup is of the first timestep: index 0
+    lookups = [(cls, cls.__dict__["index_for_timestep"]) for cls in (EulerDiscreteScheduler, DPMSolverMultistepScheduler)
+               if "index_for_timestep" in cls.__dict__]
+    try:
+        for cls, _ in lookups:
+            cls.index_for_timestep = _first_index
+        t = pf.trace(run, resident, device, real_calls=[(mod, name) for mod in (pipeline_video, pipeline_image)
+                                                          for name in ("set_steps", "make_scheduler")])
+    finally:
+        for cls, real in lookups:
+            cls.index_for_timestep = real
     if video and phases:
         # setup (reference encoding + cache) once; each phase scaled to its real units (a keyframe pass traced
         # without windows at the final pass's work per window); the control features of every frame; the decode of
@@ -117,6 +129,10 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
         _CACHE.clear()
     _CACHE[key] = (weakref.ref(models.denoiser), est)
     return est
+
+
+def _first_index(self, timestep, schedule_timesteps=None) -> int:
+    return 0
 
 
 def _fresh(controls):

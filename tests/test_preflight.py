@@ -231,3 +231,25 @@ def test_hellomeme_estimate_is_kept_per_input_shapes_not_per_object():
     assert est(30) is first                                         # a re-queue: new but equal inputs, no new trace
     other = est(31)                                                 # another length: traced again, a new figure
     assert other is not first and other.settings["frames"] == 31
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_hellomeme_euler_versions_estimate_matches_the_measured_peak(version):
+    """v1/v2 (stage 1 per frame, fixed windows) and v3/v4 (end-frame pre-pass, Euler): 30 frames, more windows
+    than traced."""
+    from portrait_animation.sk_attention import preflight as P
+    from portrait_animation.sk_attention.pipeline_video import generate_video
+    from test_hellomeme_versions import as_version
+
+    models, _ = as_version(version, latent_hw=(16, 16))
+    hw = (128, 128)
+    ref, pos, neg = reference_image(hw), text(1), text(2)
+    rt = StandaloneRuntime("cpu", show_progress=False)
+    est = P.estimate(models, controls_with_store(models, 30, hw, 64), ref, video=True, steps=2, prompt=pos,
+                     negative=neg, runtime=rt, output="video file")
+    with torch.no_grad(), LiveCPUBytes() as meter:
+        job = generate_video(models, rt, ref, pos, controls_with_store(models, 30, hw, 64), negative_prompt_embeds=neg,
+                             steps=2, guidance_scale=1.5, noise=0)
+    assert job.latents.shape[2] == 30
+    measured = pf.module_bytes(P.modules(models)) + meter.peak
+    assert within(est.peak, measured), (est.peak, measured)
