@@ -192,14 +192,17 @@ def test_memo_node_passes_speed_with_cache_interval_to_the_sampler(monkeypatch):
 
     received = {}
 
-    def talking_frames(bundle, reference, conditions, face, settings, runtime=None, speed=None):
-        received["speed"] = speed
+    def talking_frames(bundle, reference, conditions, face, settings, runtime=None, speed=None, **options):
+        received["speed"] = speed  # options: the identity guard and resume (None / the default here)
         yield torch.rand(conditions.frames_with_audio, 8, 8, 3)
 
     monkeypatch.setattr(pipeline, "talking_frames", talking_frames)
     monkeypatch.setattr(pipeline, "check_settings", lambda *args: None)
+    from portrait_animation.memo import preflight
+
+    monkeypatch.setattr(preflight, "ensure", lambda *args, **kwargs: None)  # no bundle to trace here
     monkeypatch.setattr(pipeline, "face_embedding", lambda *args, **kw: torch.zeros(512))
-    conditions = types.SimpleNamespace(frames_with_audio=4, fps=30.0,
+    conditions = types.SimpleNamespace(frames_with_audio=4, fps=30.0, clip_length=4,
                                        audio={"waveform": torch.zeros(1, 1, 2400), "sample_rate": 16000})
     out = memo_node.MemoSampler.execute(memo=None, reference=torch.rand(1, 8, 8, 3), conditions=conditions, seed=0,
                                         steps=2, cfg=3.5, past_frames=2, resolution=64, on_missing_face="uncond",
