@@ -333,7 +333,8 @@ def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face
     with rt.progress(num_clips * s.steps, desc="MEMO") as bar:
         clips = sampler.clips(ref, face_emb.reshape(1, 512), audio_tokens,
                               frame_emotions=frame_emotions, noise=int(s.seed), on_step=lambda k, step: bar.update(1),
-                              speed=speed, resume=job, guard=guard)
+                              speed=speed, resume=job, guard=guard,
+                              on_retry=lambda k, attempt: bar.grow(s.steps))  # a retry runs the steps again
         for clip in clips:
             frames = clip.frames[0].permute(1, 2, 3, 0)  # (F, H, W, 3)
             start = clip.index * f

@@ -161,7 +161,8 @@ class MemoSampler:
               frame_emotions: torch.Tensor | None = None,
               noise: Callable[[int, tuple], torch.Tensor] | torch.Generator | int | None = None,
               inspect: Inspector | None = None, on_step: Callable[[int, int], None] | None = None,
-              speed: SpeedOptions | None = None, resume=None, guard=None) -> Iterator[MemoClip]:
+              speed: SpeedOptions | None = None, resume=None, guard=None,
+              on_retry: Callable[[int, int], None] | None = None) -> Iterator[MemoClip]:
         """Yield the generated clips one by one.
 
         ``ref_image (1, 3, H, W)`` in [-1, 1]; ``face_emb (1, 512)``; ``audio_tokens (1, T, tokens, A)`` after
@@ -175,7 +176,8 @@ class MemoSampler:
         clip d on, with the same frames as an uninterrupted run.
         ``guard``: an identity guard (``metrics.identity_guard.ClipGuard``; None: off) that scores every decoded
         clip and may have it made again anchored on the reference (:meth:`guarded_clip`); the next clip continues from
-        the attempt it keeps.
+        the attempt it keeps. ``on_retry(clip, attempt)`` is called before a retry starts (its ``steps`` denoising
+        steps then report through ``on_step`` under that clip): a progress bar grows its total by them.
         """
         s = self.settings
         net = self.diffusion_net
@@ -263,7 +265,7 @@ class MemoSampler:
             if guard is not None:  # identity guard: this clip, or an attempt re-anchored on the reference
                 first = latents
                 frames, latents = self.guarded_clip(guard, k, frames, latents, ref_image, face_emb, audio_tokens,
-                                                    frame_emotions, speed, on_step)
+                                                    frame_emotions, speed, on_step, on_retry)
                 if resume is not None and latents is not first:  # a re-anchored clip cannot be replayed: made again
                     resume.drop(f"clip{k:05d}")
             past = frames[-n:] * 2 - 1  # the official script: the last N frames of THIS clip (fewer if F < N)
@@ -277,8 +279,8 @@ class MemoSampler:
     @torch.no_grad()
     def guarded_clip(self, guard, k: int, frames: torch.Tensor, latents: torch.Tensor, ref_image: torch.Tensor,
                      face_emb: torch.Tensor, audio_tokens: torch.Tensor, frame_emotions: torch.Tensor | None,
-                     speed: SpeedOptions | None = None, on_step: Callable[[int, int], None] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     speed: SpeedOptions | None = None, on_step: Callable[[int, int], None] | None = None,
+                     on_retry: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip ``k``'s kept attempt: ``frames (F, 3, H, W)`` in [0, 1] and its final ``latents (1, 4, F, h, w)``.
 
         ``guard.check(k, attempt, frames)`` scores an attempt and returns None (enough) or a retry plan with
@@ -286,7 +288,8 @@ class MemoSampler:
         reference repeated and the temporal memory is rebuilt from them alone (``is_new_audio``), with clip ``k``'s
         audio and emotion, a new noise draw from ``seed`` and that guidance scale. ``guard.keep(k)`` then names
         the attempt to keep; the temporal memory is the one that attempt left (the others' memory is restored from
-        a host copy), so the next clip continues from the kept attempt.
+        a host copy), so the next clip continues from the kept attempt. ``on_retry(k, attempt)`` is called before
+        each retry runs.
         """
         f = self.settings.frames_per_clip
         net = self.diffusion_net
@@ -295,6 +298,8 @@ class MemoSampler:
         plan = guard.check(k, 0, frames)
         while plan is not None:
             states[len(attempts) - 1] = {name: layer.memory.clone().to("cpu") for name, layer in net.memory_layers()}
+            if on_retry is not None:
+                on_retry(k, len(attempts))
             sub = MemoSampler(self.vae, self.reference_net, net, self.image_proj,
                               replace(self.settings, guidance_scale=float(plan.guidance_scale)))
             emotions = None if frame_emotions is None else frame_emotions[k * f:(k + 1) * f]

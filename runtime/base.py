@@ -72,6 +72,10 @@ class Progress(abc.ABC):
     @abc.abstractmethod
     def update(self, n: int = 1, preview=None) -> None: ...
 
+    def grow(self, n: int) -> None:
+        """Add ``n`` units to the total: the loop found more work than it announced (an identity guard's retry runs
+        its steps again), so the bar still ends at exactly 100%. Reporters without a total ignore it."""
+
     def close(self) -> None:
         pass
 

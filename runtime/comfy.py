@@ -35,6 +35,12 @@ class _ComfyProgress(Progress):
         else:
             self.bar.update_absolute(self.bar.current + n, self.total, preview)
 
+    def grow(self, n: int) -> None:
+        # ProgressBar clamps its value to its ``total`` and sends that total with each update it reports (0.3.64
+        # every one; newer versions throttle those between the first and the final one)
+        self.total += int(n)
+        self.bar.update_absolute(self.bar.current, self.total)
+
 
 class _Holder(torch.nn.Module):
     """A plain module holding the managed one (its weights move with it)."""

@@ -28,6 +28,12 @@ class _TqdmProgress(Progress):
             cb(self.value, self.total, preview)
         self.runtime.check_interrupted()
 
+    def grow(self, n: int) -> None:
+        self.total += int(n)
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

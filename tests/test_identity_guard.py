@@ -110,12 +110,13 @@ def _sampler():
                                            vae_batch=CLIP))
 
 
-def _run(guard=None, steps=None):
+def _run(guard=None, steps=None, retries=None):
     ref = _reference()
     tokens = torch.zeros(1, CLIP * CLIPS, 2, 8)
     sampler = _sampler()
     clips = sampler.clips(ref, torch.zeros(1, 8), tokens, noise=7, guard=guard,
-                          on_step=None if steps is None else (lambda k, s: steps.append(k)))
+                          on_step=None if steps is None else (lambda k, s: steps.append(k)),
+                          on_retry=None if retries is None else (lambda k, attempt: retries.append((k, attempt))))
     return ref, [c.frames[0].transpose(0, 1) for c in clips]  # per clip (F, 3, H, W) in [0, 1]
 
 
@@ -162,10 +163,10 @@ def test_re_anchor_regenerates_the_failing_clip_and_continues_from_it():
     ref, plain = _run()
     expected = _clip_scores(ref, plain)
     threshold = (expected[1] + expected[2]) / 2
-    steps = []
+    steps, retries = [], []
     guard = ClipGuard(IdentityGuard(threshold=threshold, max_retries=2), _closeness(ref), seed=7,
                       guidance_scale=3.5, clip_length=CLIP)
-    _, clips = _run(guard, steps)
+    _, clips = _run(guard, steps, retries)
     assert all(torch.equal(a, b) for a, b in zip(plain[:2], clips[:2]))  # the clips before are untouched
     windows = guard.report.windows
     assert windows[2].action == "re-anchored" and (windows[2].first, windows[2].last) == (8, 11)
@@ -177,6 +178,8 @@ def test_re_anchor_regenerates_the_failing_clip_and_continues_from_it():
     assert scores[2] == pytest.approx(1.0, abs=1e-5) and scores[3] == pytest.approx(expected[1], abs=1e-5)
     assert [w.action for w in windows] == ["ok", "ok", "re-anchored", "ok", "re-anchored"]
     assert steps.count(2) == 2 * 3  # the retry's steps count on the progress bar, under the clip they belong to
+    assert retries == [(2, 1), (4, 1)]  # announced before they run (the bar grows by their steps)
+    assert len(steps) == 3 * (CLIPS + len(retries))
 
 
 def test_a_retry_that_scores_lower_is_dropped_and_the_run_continues_exactly_as_without_the_guard():
@@ -368,6 +371,33 @@ def test_memo_guard_on_the_real_networks(memo_run):
         assert all(w.action == "kept original" for w in worse.report.windows)
     finally:
         bundle.face = None
+
+
+def test_memo_guard_retries_grow_the_progress_total_so_the_bar_ends_at_100_percent(memo_run):
+    from portrait_animation.metrics.identity_guard import memo_clip_guard
+
+    bundle, _, ref, settings = memo_run
+    seen = []
+    record = lambda value, total, preview: seen.append((value, total))  # noqa: E731
+    bundle.runtime.callbacks.append(record)
+    bundle.face = _ColourFace()
+    try:
+        plain = _memo_frames(memo_run)
+        assert seen[-1] == (4 * settings.steps, 4 * settings.steps) and len(seen) == 4 * settings.steps
+        seen.clear()
+        face_emb = torch.as_tensor(bundle.face.embed(ref[0]))
+        guard = memo_clip_guard(IdentityGuard(threshold=1.0, max_retries=2), bundle, face_emb, settings, 4, 15)
+        frames = _memo_frames(memo_run, guard)
+        assert frames.shape == plain.shape
+        retries = sum(len(w.scores) - 1 for w in guard.report.windows)
+        assert retries >= 4  # every clip fails a threshold of 1 at least once
+        total = (4 + retries) * settings.steps
+        assert seen[-1] == (total, total)  # one update per step, retries included: exactly 100% at the end
+        assert [v for v, _ in seen] == list(range(1, total + 1)) and all(v <= t for v, t in seen)
+        assert seen[0][1] == 4 * settings.steps  # the total grows only when a retry starts
+    finally:
+        bundle.face = None
+        bundle.runtime.callbacks.remove(record)
 
 
 def test_memo_guard_needs_identity_models_and_a_reference_face(memo_run):

@@ -96,3 +96,15 @@ def test_progress_reports_and_interrupt_stops_the_loop():
     with rt.progress(2) as bar:
         bar.update(2)
     assert seen[-1] == (2, 2)
+
+
+def test_progress_total_grows_when_the_loop_finds_more_work():
+    rt = StandaloneRuntime("cpu", show_progress=True)
+    seen = []
+    rt.callbacks.append(lambda v, t, p: seen.append((v, t)))
+    with rt.progress(4) as bar:
+        bar.update(3)
+        bar.grow(2)  # e.g. an identity guard's retry of 2 steps
+        assert bar.bar.total == 6
+        bar.update(3)
+    assert seen == [(3, 4), (6, 6)]

@@ -51,6 +51,19 @@ SCRIPT = textwrap.dedent('''
     assert patcher.loaded_size() == 0 and h.device == patcher.offload_device
     with rt.progress(3) as bar:
         bar.update(1)
+    import comfy.utils
+    seen = []
+    hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: seen.append((value, total)))
+    try:
+        with rt.progress(3) as bar:  # a loop that finds 2 more units (an identity guard's retry) ends at 100%
+            bar.update(2)
+            bar.grow(2)
+            bar.update(3)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(hook)
+    # (newer ComfyUI throttles the updates between the first and the final one)
+    assert seen[0] == (2, 3) and seen[-1] == (5, 5) and all(v < t for v, t in seen[:-1]), seen
     mm.interrupt_current_processing(True)
     try:
         with rt.progress(3) as bar:
