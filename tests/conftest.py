@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -97,3 +98,47 @@ def hellomeme_stand_ins(tmp_path_factory):
         pytest.skip(f"HelloMeme parity cases not found under {root} (set SHARED_DIR)")
     models_dir = tmp_path_factory.mktemp("models")
     return models_dir, write_hellomeme_models(models_dir, root)
+
+
+@pytest.fixture(scope="session")
+def hunyuan_stand_ins(tmp_path_factory, parity_root):
+    """HunyuanPortrait's stand-in models in the manifest layout (tests/helpers/tiny_models.py), written once per
+    session: ``(models_dir, crop size)``; the files are only read."""
+    from helpers.tiny_models import write_hunyuan_models
+
+    models_dir = tmp_path_factory.mktemp("hp_models")
+    return models_dir, write_hunyuan_models(models_dir, parity_root)["size"]
+
+
+class HunyuanCase(NamedTuple):
+    bundle: Any  # hunyuan_portrait.bundle.HunyuanBundle under a CPU StandaloneRuntime, fp32
+    cond: Any  # PortraitConditions of the first HUNYUAN_FRAMES frames of driving_video.mp4
+    reference: Any  # torch.Tensor (1, H, W, 3) source_image.png in 0..1
+
+
+@pytest.fixture(scope="module")
+def hunyuan_case(request, hunyuan_stand_ins, data_dir) -> HunyuanCase:
+    """HunyuanPortrait as the nodes run it on real media: the stand-in bundle loaded from the store, conditions from
+    ``source_image.png`` and the first ``HUNYUAN_FRAMES`` frames of ``driving_video.mp4`` (a module constant of the
+    requesting test module, 6 without one). Loaded once per test module (a module may hook the networks)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from portrait_animation.hunyuan_portrait.bundle import load_bundle
+    from portrait_animation.hunyuan_portrait.conditions import portrait_conditions
+    from portrait_animation.loaders.store import HubCaches, ModelStore
+    from portrait_animation.media.video import read_video
+    from portrait_animation.runtime.standalone import StandaloneRuntime
+
+    if not (data_dir / "source_image.png").is_file():
+        pytest.skip(f"sample media not found under {data_dir}")
+    models_dir, size = hunyuan_stand_ins
+    frames = getattr(request.module, "HUNYUAN_FRAMES", 6)
+    rt = StandaloneRuntime(device="cpu", show_progress=False)
+    bundle = load_bundle(rt, ModelStore.at(models_dir, caches=HubCaches(hf=None, modelscope=None)), dtype="fp32")
+    image = np.asarray(Image.open(data_dir / "source_image.png").convert("RGB"), dtype=np.float32) / 255
+    reference = torch.from_numpy(image)[None]
+    video, fps, audio = read_video(data_dir / "driving_video.mp4", max_frames=frames)
+    cond = portrait_conditions(bundle, reference, video, size=size, intensity_chunk=4, fps=float(fps), audio=audio)
+    return HunyuanCase(bundle, cond, reference)

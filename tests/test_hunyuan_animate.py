@@ -3,37 +3,17 @@ the bundle loads them under a runtime, conditions come from a real portrait and 
 YOLOv5-face and ArcFace stand-ins, the sampler runs with progress and cancellation, frames are pasted back."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers.tiny_models import write_hunyuan_models
 from portrait_animation.face.track import NoFaceError
 from portrait_animation.hunyuan_portrait import animate as A
-from portrait_animation.hunyuan_portrait.bundle import load_bundle
-from portrait_animation.hunyuan_portrait.conditions import detect_driving, portrait_conditions
-from portrait_animation.loaders.store import HubCaches, ModelStore
-from portrait_animation.media.video import read_video
+from portrait_animation.hunyuan_portrait.conditions import detect_driving
 from portrait_animation.runtime.base import Interrupted
 from portrait_animation.runtime.standalone import StandaloneRuntime
 
-FRAMES = 6
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, parity_root, data_dir):
-    models = tmp_path_factory.mktemp("hp_models")
-    size = write_hunyuan_models(models, parity_root)["size"]
-    rt = StandaloneRuntime(device="cpu", show_progress=False)
-    bundle = load_bundle(rt, ModelStore.at(models, caches=HubCaches(hf=None, modelscope=None)), dtype="fp32")
-    image = np.asarray(Image.open(data_dir / "source_image.png").convert("RGB"), dtype=np.float32) / 255
-    reference = torch.from_numpy(image)[None]
-    frames, fps, audio = read_video(data_dir / "driving_video.mp4", max_frames=FRAMES)
-    cond = portrait_conditions(bundle, reference, frames, size=size, intensity_chunk=4, fps=float(fps), audio=audio)
-    return bundle, cond, reference
+HUNYUAN_FRAMES = FRAMES = 6  # the driving frames of the shared hunyuan_case fixture (tests/conftest.py)
 
 
 def _settings(cond, **kw):
@@ -41,8 +21,8 @@ def _settings(cond, **kw):
     return A.settings_for(cond, **{**base, **kw})
 
 
-def test_conditions_from_real_media(setup):
-    bundle, cond, reference = setup
+def test_conditions_from_real_media(hunyuan_case):
+    bundle, cond, reference = hunyuan_case
     assert cond.num_frames == FRAMES and cond.motion.shape == (FRAMES, 64, 1024)
     assert cond.appearance.shape == (1, 64, 1024) and torch.isfinite(cond.appearance).all()
     assert cond.intensity_ids.shape == (2, 2)                      # ceil(6 / 4) chunks
@@ -55,8 +35,8 @@ def test_conditions_from_real_media(setup):
     assert "6 driving frames" in cond.report()
 
 
-def test_animate_pastes_back_and_scores_identity(setup):
-    bundle, cond, reference = setup
+def test_animate_pastes_back_and_scores_identity(hunyuan_case):
+    bundle, cond, reference = hunyuan_case
     s = _settings(cond)
     frames = A.animate(bundle, cond, s, seed=3)
     assert frames.shape == (FRAMES, cond.size, cond.size, 3)
@@ -79,8 +59,8 @@ def test_animate_pastes_back_and_scores_identity(setup):
     assert all(v is None or -1 <= v <= 1 for v in report.per_frame) and np.isfinite(report.mean)
 
 
-def test_progress_counts_every_window_and_cancel_stops(setup):
-    bundle, cond, _ = setup
+def test_progress_counts_every_window_and_cancel_stops(hunyuan_case):
+    bundle, cond, _ = hunyuan_case
     s = _settings(cond)
     rt = StandaloneRuntime(device="cpu", show_progress=False)
     seen = []

@@ -6,38 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers.tiny_models import write_hunyuan_models
 from portrait_animation.hunyuan_portrait import animate as A
-from portrait_animation.hunyuan_portrait.bundle import load_bundle
-from portrait_animation.hunyuan_portrait.conditions import portrait_conditions
 from portrait_animation.hunyuan_portrait.reanchor import regenerate_range
-from portrait_animation.loaders.store import HubCaches, ModelStore
-from portrait_animation.media.video import read_video
 from portrait_animation.metrics.identity_guard import IdentityGuard, guard_portrait
-from portrait_animation.runtime.standalone import StandaloneRuntime
 
-FRAMES = 8
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, parity_root, data_dir):
-    models = tmp_path_factory.mktemp("hp_models")
-    size = write_hunyuan_models(models, parity_root)["size"]
-    rt = StandaloneRuntime(device="cpu", show_progress=False)
-    bundle = load_bundle(rt, ModelStore.at(models, caches=HubCaches(hf=None, modelscope=None)), dtype="fp32")
-    image = np.asarray(Image.open(data_dir / "source_image.png").convert("RGB"), dtype=np.float32) / 255
-    frames, fps, audio = read_video(data_dir / "driving_video.mp4", max_frames=FRAMES)
-    cond = portrait_conditions(bundle, torch.from_numpy(image)[None], frames, size=size, intensity_chunk=4,
-                               fps=float(fps), audio=audio)
-    settings = A.settings_for(cond, num_inference_steps=2, n_sample_frames=4, overlap=1, pad_frames=2,
-                              decode_chunk_size=4)
-    return bundle, cond, settings
+HUNYUAN_FRAMES = FRAMES = 8  # the driving frames of the shared hunyuan_case fixture (tests/conftest.py)
 
 
-def test_a_range_generated_again_has_its_frames_and_follows_the_seed(setup):
-    bundle, cond, s = setup
+def _settings(cond):
+    return A.settings_for(cond, num_inference_steps=2, n_sample_frames=4, overlap=1, pad_frames=2, decode_chunk_size=4)
+
+
+def test_a_range_generated_again_has_its_frames_and_follows_the_seed(hunyuan_case):
+    bundle, cond, _ = hunyuan_case
+    s = _settings(cond)
     part = regenerate_range(bundle, cond, s, seed=5, start=4, stop=8, context=2)
     assert part.shape == (4, cond.size, cond.size, 3) and torch.isfinite(part).all() and part.std() > 0.01
     assert torch.equal(part, regenerate_range(bundle, cond, s, seed=5, start=4, stop=8, context=2))
@@ -46,8 +29,9 @@ def test_a_range_generated_again_has_its_frames_and_follows_the_seed(setup):
         regenerate_range(bundle, cond, s, seed=5, start=6, stop=9)
 
 
-def test_guard_over_a_run_reports_windows_and_keeps_the_better_attempt(setup):
-    bundle, cond, s = setup
+def test_guard_over_a_run_reports_windows_and_keeps_the_better_attempt(hunyuan_case):
+    bundle, cond, _ = hunyuan_case
+    s = _settings(cond)
     frames = A.animate(bundle, cond, s, seed=3)
     plain = frames.clone()
     first = A.identity_scores(bundle, cond, frames, window=4)
@@ -72,8 +56,9 @@ def test_guard_over_a_run_reports_windows_and_keeps_the_better_attempt(setup):
     assert len(report.per_frame) == FRAMES
 
 
-def test_guard_needs_arcface_scores(setup):
-    bundle, cond, s = setup
+def test_guard_needs_arcface_scores(hunyuan_case):
+    bundle, cond, _ = hunyuan_case
+    s = _settings(cond)
     no_face = type(cond)(**{**cond.__dict__, "id_embedding": torch.zeros(1, 512)})
     with pytest.raises(ValueError, match="arcface"):
         guard_portrait(IdentityGuard(), bundle, no_face, s, seed=0, frames=torch.zeros(FRAMES, 8, 8, 3))

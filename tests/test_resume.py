@@ -13,6 +13,8 @@ import torch
 from portrait_animation.runtime import Interrupted, StandaloneRuntime
 from portrait_animation.runtime.resume import ResumeOptions, enforce_cap, open_job, resume_key
 
+HUNYUAN_FRAMES = 6  # the driving frames of the shared hunyuan_case fixture (tests/conftest.py)
+
 
 # ---- the cache itself -------------------------------------------------------------------------------------------------
 def test_key_follows_every_input_and_setting():
@@ -158,33 +160,10 @@ def test_memo_resumes_after_an_interrupt_with_identical_frames(memo_bundle, data
 
 
 # ---- HunyuanPortrait: whole-sequence state after each step ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hunyuan(tmp_path_factory, parity_root, data_dir):
-    import numpy as np
-    from PIL import Image
-
-    from portrait_animation.hunyuan_portrait.bundle import load_bundle
-    from portrait_animation.hunyuan_portrait.conditions import portrait_conditions
-    from portrait_animation.loaders.store import HubCaches, ModelStore
-    from portrait_animation.media.video import read_video
-
-    from helpers.tiny_models import write_hunyuan_models
-
-    models = tmp_path_factory.mktemp("hp_models")
-    size = write_hunyuan_models(models, parity_root)["size"]
-    rt = StandaloneRuntime(device="cpu", show_progress=False)
-    bundle = load_bundle(rt, ModelStore.at(models, caches=HubCaches(hf=None, modelscope=None)), dtype="fp32")
-    image = np.asarray(Image.open(data_dir / "source_image.png").convert("RGB"), dtype=np.float32) / 255
-    frames, fps, audio = read_video(data_dir / "driving_video.mp4", max_frames=6)
-    cond = portrait_conditions(bundle, torch.from_numpy(image)[None], frames, size=size, intensity_chunk=4,
-                               fps=float(fps), audio=audio)
-    return bundle, cond
-
-
-def test_hunyuan_resumes_after_an_interrupt_with_identical_frames(hunyuan, tmp_path, caplog):
+def test_hunyuan_resumes_after_an_interrupt_with_identical_frames(hunyuan_case, tmp_path, caplog):
     from portrait_animation.hunyuan_portrait import animate as A
 
-    bundle, cond = hunyuan
+    bundle, cond, _ = hunyuan_case
     s = A.settings_for(cond, num_inference_steps=4, n_sample_frames=4, overlap=1, pad_frames=2, decode_chunk_size=4)
     opts = ResumeOptions(str(tmp_path / "resume"))
     rt = StandaloneRuntime(device="cpu", show_progress=False)

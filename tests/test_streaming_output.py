@@ -17,6 +17,8 @@ from portrait_animation.media.audio import make_audio
 from portrait_animation.media.video import (VideoWriter, fill_frames, frames_to_components, read_video,
                                             stream_to_video, video_info)
 
+HUNYUAN_FRAMES = 7  # the driving frames of the shared hunyuan_case fixture (tests/conftest.py)
+
 
 def _moving(t: int, h: int = 48, w: int = 64, seed: int = 0) -> torch.Tensor:
     """Smooth frames that change over time (h264 keeps them close)."""
@@ -137,33 +139,10 @@ def test_components_inplace_shares_the_frames():
     assert frames_to_components(odd, 10, inplace=True)["images"].shape == (3, 8, 10, 3)      # padded: a new batch
 
 
-@pytest.fixture(scope="module")
-def hunyuan(tmp_path_factory, parity_root, data_dir):
-    from PIL import Image
-
-    from helpers.tiny_models import write_hunyuan_models
-    from portrait_animation.hunyuan_portrait.bundle import load_bundle
-    from portrait_animation.hunyuan_portrait.conditions import portrait_conditions
-    from portrait_animation.loaders.store import HubCaches, ModelStore
-    from portrait_animation.runtime.standalone import StandaloneRuntime
-
-    if not (data_dir / "source_image.png").is_file():
-        pytest.skip(f"sample media not found under {data_dir}")
-    models = tmp_path_factory.mktemp("hp_models")
-    size = write_hunyuan_models(models, parity_root)["size"]
-    rt = StandaloneRuntime(device="cpu", show_progress=False)
-    bundle = load_bundle(rt, ModelStore.at(models, caches=HubCaches(hf=None, modelscope=None)), dtype="fp32")
-    image = np.asarray(Image.open(data_dir / "source_image.png").convert("RGB"), dtype=np.float32) / 255
-    frames, fps, audio = read_video(data_dir / "driving_video.mp4", max_frames=7)
-    cond = portrait_conditions(bundle, torch.from_numpy(image)[None], frames, size=size, intensity_chunk=4,
-                               fps=float(fps), audio=audio)
-    return bundle, cond
-
-
-def test_hunyuan_chunked_decode_gives_the_same_frames(hunyuan):
+def test_hunyuan_chunked_decode_gives_the_same_frames(hunyuan_case):
     from portrait_animation.hunyuan_portrait import animate as A
 
-    bundle, cond = hunyuan
+    bundle, cond, _ = hunyuan_case
     s = A.settings_for(cond, num_inference_steps=2, n_sample_frames=4, overlap=1, pad_frames=2, decode_chunk_size=3)
     whole = A.animate(bundle, cond, s, seed=5)
     chunks = list(A.iter_animate(bundle, cond, s, seed=5))
