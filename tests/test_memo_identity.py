@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import tiny_insightface
 from portrait_animation.memo import identity as I
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,67 +173,15 @@ V_MAX = (255 - 127.5) / 128  # detector blob value of a 255 pixel
 V_MIN = (0 - 127.5) / 128
 
 
-def _init(name, arr, dtype=np.float32):
-    return _onnx().numpy_helper.from_array(np.asarray(arr, dtype), name)
-
-
-def _save(graph, path):
-    onnx = _onnx()
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
 def make_fake_scrfd(path, fixed_size=None):
-    """9-output SCRFD stand-in. Only stride 16 fires: per cell (16 x 16 average of the RGB blob ``v``)
-    score anchor 0 = sigmoid(4 v_R + v_B - 2), anchor 1 = sigmoid(4 v_R + v_B - 3); box distances (2 v_G + 2.5) strides
-    on every side; keypoints = anchor + (template - 56) * 0.5 pixels."""
-    helper, TensorProto = _onnx().helper, _onnx().TensorProto
-    hw = list(fixed_size) if fixed_size else ["h", "w"]
-    inp = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3] + hw)
-    nodes, inits, outs = [], [], {}
-    kps_bias = ((I.ARCFACE_TEMPLATE - 56.0) * 0.5 / 16.0).reshape(-1)
-    for s in (8, 16, 32):
-        nodes.append(helper.make_node("AveragePool", ["input.1"], [f"pool{s}"], kernel_shape=[s, s], strides=[s, s]))
-        live = s == 16
-        w_score = np.zeros((2, 3, 1, 1))
-        b_score = np.array([-2.0, -3.0]) if live else np.array([-20.0, -20.0])
-        if live:
-            w_score[:, 0] = 4.0
-            w_score[:, 2] = 1.0
-        w_box = np.zeros((8, 3, 1, 1))
-        w_box[:, 1] = 2.0 if live else 0.0
-        b_box = np.full(8, 2.5)
-        w_kps = np.zeros((20, 3, 1, 1))
-        b_kps = np.tile(kps_bias, 2)
-        for name, w, b, k, act in (("score", w_score, b_score, 1, True), ("bbox", w_box, b_box, 4, False),
-                                   ("kps", w_kps, b_kps, 10, False)):
-            inits += [_init(f"{name}{s}_w", w), _init(f"{name}{s}_b", b), _init(f"{name}{s}_shape", [-1, k], np.int64)]
-            nodes.append(helper.make_node("Conv", [f"pool{s}", f"{name}{s}_w", f"{name}{s}_b"], [f"{name}{s}_c"]))
-            src = f"{name}{s}_c"
-            if act:
-                nodes.append(helper.make_node("Sigmoid", [src], [f"{name}{s}_sig"]))
-                src = f"{name}{s}_sig"
-            nodes.append(helper.make_node("Transpose", [src], [f"{name}{s}_t"], perm=[0, 2, 3, 1]))
-            nodes.append(helper.make_node("Reshape", [f"{name}{s}_t", f"{name}{s}_shape"], [f"{name}_{s}"]))
-            outs[(name, s)] = helper.make_tensor_value_info(f"{name}_{s}", TensorProto.FLOAT, [None, k])
-    order = [outs[(n, s)] for n in ("score", "bbox", "kps") for s in (8, 16, 32)]
-    return _save(helper.make_graph(nodes, "fake_scrfd", [inp], order, inits), path)
+    """The picture-reading SCRFD stand-in (``helpers.tiny_insightface``; skips without ``onnx``)."""
+    _onnx()
+    return tiny_insightface.make_fake_scrfd(path, fixed_size)
 
 
 def make_fake_arcface(path, weights, node_names=None):
-    """112 x 112 input -> 16 x 16 average pool (3 x 7 x 7) -> flatten -> ``weights (147, D)``."""
-    helper, TensorProto = _onnx().helper, _onnx().TensorProto
-    inp = helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])
-    out = helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, weights.shape[1]])
-    names = node_names or ["", "", ""]
-    nodes = [helper.make_node("AveragePool", ["data"], ["p"], kernel_shape=[16, 16], strides=[16, 16], name=names[0]),
-             helper.make_node("Reshape", ["p", "shape"], ["flat"], name=names[1]),
-             helper.make_node("MatMul", ["flat", "w"], ["fc1"], name=names[2])]
-    inits = [_init("shape", [1, 147], np.int64), _init("w", weights)]
-    return _save(helper.make_graph(nodes, "fake_arcface", [inp], [out], inits), path)
+    _onnx()
+    return tiny_insightface.make_fake_arcface(path, weights, node_names)
 
 
 def arcface_reference(crop_rgb, weights):
@@ -379,3 +328,31 @@ def test_from_store_resolves_manifest_files(tmp_path, models):
         shutil.copy(src, dest)
     emb = I.FaceEmbedder.from_store(store, device="cpu")
     assert len(emb.detect(make_scene())) == 2
+
+
+def test_find_anywhere_standin_finds_one_face_in_every_picture(tmp_path):
+    """The integration server's stand-in (``write_memo_identity_standins``): one face, the same box, in noise, a blank
+    frame and a portrait-sized picture, found through the manifest's destinations; the embedding follows the picture."""
+    from portrait_animation.loaders.store import ModelStore
+
+    _onnx()
+    paths = tiny_insightface.write_memo_identity_standins(tmp_path)
+    assert {p.name for p in paths.values()} == {"scrfd_10g_bnkps.onnx", "glintr100.onnx"}
+    emb = I.FaceEmbedder.from_store(ModelStore.at(tmp_path), device="cpu")
+    assert emb.detector.input_size == I.DET_SIZE
+    box, kps = tiny_insightface.anywhere_face()
+    rng = np.random.default_rng(5)
+    pictures = [rng.integers(0, 256, (64, 64, 3)).astype(np.uint8), np.zeros((64, 64, 3), np.uint8),
+                rng.integers(0, 256, (512, 512, 3)).astype(np.uint8)]
+    embeddings = []
+    for img in pictures:
+        faces = emb.detect(img)
+        scale = img.shape[0] / I.DET_SIZE[1]  # square pictures fill the canvas
+        assert len(faces) == 1 and faces[0].score == pytest.approx(tiny_insightface.ANYWHERE_SCORE, rel=1e-5)
+        np.testing.assert_allclose(faces[0].box, box * scale, rtol=1e-5)
+        np.testing.assert_allclose(faces[0].kps, kps * scale, rtol=1e-4, atol=1e-3)
+        embeddings.append(emb.embed(img))
+    assert all(np.isfinite(e).all() and e.shape == (512,) for e in embeddings)
+    assert 1 < np.linalg.norm(embeddings[0]) < 10  # unit-scale entries, not a zero (no face) embedding
+    cos = embeddings[0] @ embeddings[2] / np.linalg.norm(embeddings[0]) / np.linalg.norm(embeddings[2])
+    assert np.abs(embeddings[0] - embeddings[1]).max() > 0.1 and cos < 0.999

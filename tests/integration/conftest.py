@@ -102,6 +102,7 @@ def loopback_hub():
 def comfy_server(comfy_install, tmp_path_factory, data_dir, parity_root, loopback_hub):
     """A ComfyUI server for this install with the pack, the tests' stand-in models and the sample media."""
     from helpers.tiny_clip import widen_text_dim, write_clip_l
+    from helpers.tiny_insightface import write_memo_identity_standins
     from helpers.tiny_models import (write_hellomeme_models, write_hellomeme_v1_v4_models, write_hunyuan_models,
                                      write_memo_models)
     from portrait_animation.media.audio import load_audio
@@ -110,6 +111,7 @@ def comfy_server(comfy_install, tmp_path_factory, data_dir, parity_root, loopbac
     workdir = tmp_path_factory.mktemp(f"comfy-{comfy_version(comfy_install)}")
     server = ComfyServer(comfy_install, workdir, env={"HF_ENDPOINT": base})
     write_memo_models(server.models_dir, parity_root)  # small stand-ins, laid out like the real files
+    write_memo_identity_standins(server.models_dir)  # SCRFD (a face in every frame) + ArcFace, for MEMO Loader identity
     hm = write_hellomeme_models(server.models_dir, parity_root)
     widen_text_dim(hm["hellomeme"] / "stable-diffusion-v1-5" / "unet")  # CONDITIONING from a real-shaped CLIP-L
     write_hellomeme_v1_v4_models(server.models_dir)  # v1-v4 folders at the same widths (a few seconds)
