@@ -104,6 +104,13 @@ NOTES = {
         "neighbours) and the better attempt is kept. action 'report' only lists them; threshold 0 turns it off. "
         "The report (frame ranges, scores before/after) shows in the preview; the same Identity Guard plugs into "
         "MEMO Talking Portrait (it re-anchors failing clips on the reference)."),
+    "Identity guard (MEMO)": (
+        "What to change: Portrait and Speech, as in MEMO talking portrait. Identity Guard scores every clip by "
+        "ArcFace similarity to the portrait with MEMO's identity models (identity on in MEMO Loader): a clip below "
+        "its threshold is made again anchored on the portrait (past frames and temporal memory rebuilt from it, new "
+        "seed, cfg + guidance_boost) and the better attempt is kept; the next clips continue from it. action "
+        "'report' only lists them; threshold 0 turns it off. The report (frame ranges, scores before/after) shows "
+        "in the preview."),
     "Quality metrics": (
         "What to change: connect your animation's frames (a sampler's frames or full_frames) in place of the "
         "stand-in (ImageSharpen on the driving video's faces), the reference portrait to Identity Similarity and "

@@ -224,7 +224,18 @@ def fast(graph: dict) -> dict:
     out = json.loads(json.dumps(graph))
     for node in out.values():
         node["inputs"].update(FAST_OVERRIDES.get(node["class_type"], {}))
-    return standin_talking_head(out)
+    return guarded_memo_identity(standin_talking_head(out))
+
+
+def guarded_memo_identity(graph: dict) -> dict:
+    """A MEMO Loader whose sampler has an Identity Guard connected loads the identity models (the guard scores with
+    them; the test server has stand-ins, ``helpers.tiny_insightface``: a face in every frame), although the fast
+    settings turn them off everywhere else. Returns ``graph``, changed in place."""
+    for node in graph.values():
+        guarded = isinstance(node["inputs"].get("identity_guard"), list)
+        if node["class_type"] == "PortraitAnim_MemoSampler" and guarded:
+            graph[node["inputs"]["memo"][0]]["inputs"]["identity"] = True
+    return graph
 
 
 STANDIN_FACE_BLEND = 0.3  # share of the MEMO stand-in's frames in the driving frames

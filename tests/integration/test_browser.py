@@ -6,9 +6,10 @@ frontend (``app.loadGraphData``, what opening a file does) and the checks read t
 missing-node dialog or error toast, no node flagged with errors, every widget value valid for its input, no console
 error from the pack, no overlapping nodes, and the prompt the frontend builds equals ``workflows/api/<name>.json``.
 Then the workflow is queued from the UI (with the tests' CPU-speed settings typed into its widgets; a MEMO talking
-head that drives HelloMeme gets the stand-in face of ``comfy.standin_talking_head`` in the posted prompt) and must
-succeed with the stand-in models, its outputs finite and not constant. A screenshot of each loaded workflow is
-saved in the test's tmp dir (``<basetemp>/<test>/<version>-<workflow>.png``).
+head that drives HelloMeme gets the stand-in face of ``comfy.standin_talking_head`` in the posted prompt, a MEMO
+Loader feeding a guarded sampler its identity models back: ``comfy.guarded_memo_identity``) and must succeed with
+the stand-in models, its outputs finite and not constant. A screenshot of each loaded workflow is saved in the
+test's tmp dir (``<basetemp>/<test>/<version>-<workflow>.png``).
 
 Both frontends are covered: 1.27.10 (ComfyUI 0.3.64) and 1.49.6 (ComfyUI 0.33.0).
 """
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .comfy import (FAST_OVERRIDES, ROOT, decode_media, fetch_view, load_api_workflow, output_files,
-                    standin_talking_head)
+from .comfy import (FAST_OVERRIDES, ROOT, decode_media, fetch_view, guarded_memo_identity, load_api_workflow,
+                    output_files, standin_talking_head)
 from .conftest import comfy_version
 
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -109,12 +110,13 @@ class Frontend:
 
     def queue_with_standins(self) -> None:
         """Queue as the user does; the prompt the frontend posts gets the tests' stand-in face over a MEMO talking
-        head that drives HelloMeme (``comfy.standin_talking_head``: the stand-in MEMO draws no face)."""
+        head that drives HelloMeme (``comfy.standin_talking_head``: the stand-in MEMO draws no face), and a guarded
+        MEMO sampler's loader its identity models back (``comfy.guarded_memo_identity``)."""
         def adapt(route, request):
             if request.method != "POST":
                 return route.continue_()
             body = json.loads(request.post_data)
-            body["prompt"] = standin_talking_head(body["prompt"])
+            body["prompt"] = guarded_memo_identity(standin_talking_head(body["prompt"]))
             route.continue_(post_data=json.dumps(body))
 
         self.page.route("**/prompt", adapt)

@@ -1,7 +1,8 @@
-"""Identity Guard through a real ComfyUI server with the stand-in models: HunyuanPortrait re-anchors every window a
-threshold of 1 fails and reports it (sampler UI JSON, the identity_report output through a preview), with the frame
-count unchanged; threshold 0 is the unguarded run; MEMO's report output, and the clear error when MEMO's identity
-models are off."""
+"""Identity Guard through a real ComfyUI server with the stand-in models: HunyuanPortrait and MEMO (their example
+workflows) re-anchor every window a threshold of 1 fails and report it (sampler UI JSON, the identity_report output
+through a preview), with the frame count unchanged; threshold 0 is HunyuanPortrait's unguarded run; MEMO's report
+output is empty without the guard, and the error is clear when MEMO's identity models are off. MEMO's identity
+models are the test server's stand-ins (``helpers.tiny_insightface``: a face in every frame)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import numpy as np
 from .comfy import ROOT, decode_media, fast, fetch_view, load_api_workflow, output_files, status_messages
 
 WORKFLOW = ROOT / "workflows" / "api" / "Identity guard (HunyuanPortrait).json"
+MEMO_WORKFLOW = ROOT / "workflows" / "api" / "Identity guard (MEMO).json"
 
 
 def _node(graph: dict, class_type: str) -> str:
@@ -64,6 +66,38 @@ def test_hunyuan_guard_threshold_zero_is_the_unguarded_run(comfy_server):
     (video_plain, text_plain), (video_off, text_off) = results
     assert text_plain == text_off and "identity guard" not in text_off["text"][0]
     assert video_plain.shape == video_off.shape and np.array_equal(video_plain, video_off)
+
+
+def test_memo_guard_re_anchors_every_clip_and_reports_it(comfy_server):
+    from portrait_animation.media.audio import audio_duration, load_audio
+
+    graph = fast(load_api_workflow(MEMO_WORKFLOW))
+    graph[_node(graph, "PortraitAnim_IdentityGuard")]["inputs"].update(threshold=1.0, max_retries=1,
+                                                                      action="re-anchor")  # every clip fails
+    assert graph[_node(graph, "PortraitAnim_MemoLoader")]["inputs"]["identity"] is True  # kept on by fast()
+    entry = comfy_server.run(graph, timeout=900)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
+    sampler = _node(graph, "PortraitAnim_MemoSampler")
+    ui = json.loads(entry["outputs"][sampler]["text"][0])
+    frames = _saved_video(comfy_server, graph, entry)
+
+    cond = graph[graph[sampler]["inputs"]["conditions"][0]]["inputs"]
+    speech = load_audio(comfy_server.input_dir / graph[cond["audio"][0]]["inputs"]["audio_file"])
+    n = round(audio_duration(speech) * float(cond["fps"]))  # one frame per 1/fps s of speech, as unguarded
+    clip = cond["clip_length"]
+    assert frames.shape[0] == n and np.isfinite(frames).all() and frames.std() > 0.01
+    assert np.abs(np.diff(frames, axis=0)).mean() > 1e-3  # the frames move
+    windows = ui["windows"]
+    assert [w["frames"] for w in windows] == [[s, min(s + clip, n) - 1] for s in range(0, n, clip)]
+    assert ui["identity_guard"]["family"] == "MEMO" and ui["identity_guard"]["threshold"] == 1.0
+    assert ui["flagged"] == [w["frames"] for w in windows]
+    for w in windows:
+        assert w["attempts"] == 2 and w["action"] in ("re-anchored", "kept original"), w
+        assert w["before"] is not None and w["after"] == max(w["scores"]) >= w["before"], w
+    assert ui["re_anchored"] == [w["frames"] for w in windows if w["action"] == "re-anchored"]
+    report = entry["outputs"][_node(graph, "PreviewAny")]["text"][0]
+    assert "identity guard (MEMO" in report and f"{len(windows)} of {len(windows)} windows" in report
+    assert f"frames 0-{clip - 1}" in report and f"frames {windows[-1]['frames'][0]}-{n - 1}" in report
 
 
 def _memo_graph(**guard) -> dict:
