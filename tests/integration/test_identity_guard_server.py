@@ -75,9 +75,9 @@ def test_memo_guard_re_anchors_every_clip_and_reports_it(comfy_server):
     graph[_node(graph, "PortraitAnim_IdentityGuard")]["inputs"].update(threshold=1.0, max_retries=1,
                                                                       action="re-anchor")  # every clip fails
     assert graph[_node(graph, "PortraitAnim_MemoLoader")]["inputs"]["identity"] is True  # kept on by fast()
-    entry = comfy_server.run(graph, timeout=900)
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
     sampler = _node(graph, "PortraitAnim_MemoSampler")
+    entry, bar = _run_with_progress(comfy_server, graph, sampler, timeout=900)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
     ui = json.loads(entry["outputs"][sampler]["text"][0])
     frames = _saved_video(comfy_server, graph, entry)
 
@@ -98,6 +98,43 @@ def test_memo_guard_re_anchors_every_clip_and_reports_it(comfy_server):
     report = entry["outputs"][_node(graph, "PreviewAny")]["text"][0]
     assert "identity guard (MEMO" in report and f"{len(windows)} of {len(windows)} windows" in report
     assert f"frames 0-{clip - 1}" in report and f"frames {windows[-1]['frames'][0]}-{n - 1}" in report
+    # the sampler's progress bar counts every retry's steps and ends at exactly 100%: its total grows when a retry
+    # starts (without that the bar reached 100% halfway and stayed there)
+    steps = graph[sampler]["inputs"]["steps"]
+    assert bar and bar[-1] == (2 * len(windows) * steps,) * 2, bar
+    assert all(v <= t for v, t in bar) and bar[0][1] == len(windows) * steps, bar
+
+
+def _run_with_progress(server, graph: dict, node: str, timeout: float) -> tuple[dict, list]:
+    """Run ``graph``; its history entry and the (value, max) of every progress message of ``node``."""
+    import time
+
+    import websocket
+
+    ws = server.ws()
+    bar = []
+    try:
+        status, body = server.queue(graph)
+        assert status == 200, body
+        pid, deadline = body["prompt_id"], time.time() + timeout
+        while time.time() < deadline:
+            try:
+                raw = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            if not isinstance(raw, str):
+                continue
+            msg = json.loads(raw)
+            data = msg.get("data", {})
+            if data.get("prompt_id") not in (None, pid):
+                continue
+            if msg["type"] == "progress" and data.get("node") == node:
+                bar.append((data["value"], data["max"]))
+            if msg["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                break
+    finally:
+        ws.close()
+    return server.wait(pid, 60), bar
 
 
 def _memo_graph(**guard) -> dict:
