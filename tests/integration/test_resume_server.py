@@ -1,12 +1,14 @@
-"""Resume through a real ComfyUI server: a MEMO or HunyuanPortrait run is interrupted (POST /interrupt once its first
-segment is in the resume folder), the server process is STOPPED and started again (ComfyUI's execution cache and
-temp folder are gone; output/portrait_animation/resume is not), the same prompt is queued again and continues from
-the saved segments (the log says from which clip / step), and its frames, saved losslessly (SaveImage PNGs, fetched
-through /view), equal those of an uninterrupted run with resume switched off by a Resume Options node."""
+"""Resume through a real ComfyUI server: a MEMO, HunyuanPortrait or HelloMeme video run (v5, and v2 with its
+per-frame first stage) is interrupted (POST /interrupt once its first segment is in the resume folder), the server
+process is STOPPED and started again (ComfyUI's execution cache and temp folder are gone;
+output/portrait_animation/resume is not), the same prompt is queued again and continues from the saved segments (the
+log says from which clip / step), and its frames, saved losslessly (SaveImage PNGs, fetched through /view), equal
+those of an uninterrupted run with resume switched off by a Resume Options node."""
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +16,28 @@ import pytest
 from .comfy import ROOT, decode_media, fast, fetch_view, load_api_workflow, output_files, status_messages
 
 CASES = {
-    # workflow, sampler class, sampler settings (long enough to interrupt mid-run), family, first segment, unit
+    # workflow, sampler class, sampler settings (long enough to interrupt mid-run), family, first segment, unit,
+    # other nodes' inputs by class
     "memo": ("MEMO talking portrait", "PortraitAnim_MemoSampler", {"steps": 6, "seed": 9191}, "memo",
-             "clip00001.pt", "clip"),
+             "clip00001.pt", "clip", {}),
     "hunyuan_portrait": ("HunyuanPortrait video", "PortraitAnim_HunyuanPortraitSampler", {"steps": 8, "seed": 9191},
-                         "hunyuan_portrait", "state.pt", "step"),
+                         "hunyuan_portrait", "state.pt", "step", {}),
+    # v5: a keyframe pass then the whole clip (14 frames: 1 + 2 windows a step); the state after every step
+    "hellomeme_v5": ("HelloMeme video", "PortraitAnim_HelloMemeVideo", {"steps": 4, "seed": 9191}, "hellomeme",
+                     "state.pt", "step", {}),
+    # v2 runs in two stages: every frame alone (a state after each frame; interrupted there), then the AnimateDiff
+    # windows; 8 driving frames at 15 fps are 4 at the conditions' 8 fps
+    "hellomeme_v2": ("HelloMeme video", "PortraitAnim_HelloMemeVideo", {"steps": 2, "seed": 9191}, "hellomeme",
+                     "state.pt", "step", {"PortraitAnim_HelloMemeLoader": {"version": "v2"},
+                                          "PortraitAnim_LoadVideoFrames": {"frame_cap": 8}}),
 }
 
 
 def _graph(case: str, tag: str, resume_enabled: bool | None = None) -> tuple[dict, str]:
-    workflow, sampler_class, settings, *_ = CASES[case]
+    workflow, sampler_class, settings, *_, others = CASES[case]
     graph = fast(load_api_workflow(ROOT / "workflows" / "api" / f"{workflow}.json"))
+    for node in graph.values():
+        node["inputs"].update(others.get(node["class_type"], {}))
     sampler = next(k for k, v in graph.items() if v["class_type"] == sampler_class)
     graph[sampler]["inputs"].update(settings)
     # only the sampler's frames, saved losslessly: drop the example's other outputs (paste-back, video, model files)
@@ -56,15 +69,12 @@ def _entries(server, family: str) -> set:
     return {p for p in folder.glob(f"{family}-*")} if folder.is_dir() else set()
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_an_interrupted_run_continues_after_a_server_restart(comfy_server, case):
-    server = comfy_server
-    family, segment, unit = CASES[case][3:]
-    graph, sampler = _graph(case, "resumed")
+def _interrupt_after_first_segment(server, case: str) -> Path:
+    """Queue ``case`` with resume on (the default), POST /interrupt once its first segment is on disk, wait until the
+    run stopped; returns its entry folder."""
+    family, segment = CASES[case][3:5]
     before = _entries(server, family)
-
-    # 1. queue and interrupt once the first segment is saved
-    status, body = server.queue(graph)
+    status, body = server.queue(_graph(case, "resumed")[0])
     assert status == 200, body
     pid = body["prompt_id"]
     deadline, entry_dir = time.time() + 600, None
@@ -72,31 +82,50 @@ def test_an_interrupted_run_continues_after_a_server_restart(comfy_server, case)
         entry_dir = next((p for p in _entries(server, family) - before if (p / segment).is_file()), None)
         if entry_dir is None:
             hist = server.get(f"/history/{pid}")
-            assert pid not in hist, f"the run ended before a segment was saved: {hist.get(pid, {}).get('status')}"
+            assert pid not in hist, f"{case} ended before a segment was saved: {hist.get(pid, {}).get('status')}"
             time.sleep(0.05)
     assert entry_dir is not None, server.log_tail()
     server.request("POST", "/interrupt", {})
     entry = server.wait(pid, timeout=600)
     assert "execution_interrupted" in status_messages(entry), entry["status"]
     assert (entry_dir / segment).is_file()  # the segments outlive the cancelled run
+    return entry_dir
+
+
+# cases interrupted together, then continued after ONE restart (HelloMeme's versions share the server's cached
+# driving conditions and text encodings before the restart, and a restart costs as much as a short run)
+GROUPS = {"memo": ("memo",), "hunyuan_portrait": ("hunyuan_portrait",), "hellomeme": ("hellomeme_v5", "hellomeme_v2")}
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_an_interrupted_run_continues_after_a_server_restart(comfy_server, group):
+    server = comfy_server
+    cases = GROUPS[group]
+
+    # 1. queue each and interrupt it once its first segment is saved
+    entry_dirs = {case: _interrupt_after_first_segment(server, case) for case in cases}
+    assert len(set(entry_dirs.values())) == len(cases)  # one entry per job (versions and settings differ)
 
     # 2. stop the server process and start a new one: the segments are on disk, nothing else is kept
     server.stop()
     server.start()
 
-    # 3. the same prompt again: it continues from the saved segments
-    resumed = server.run(graph, timeout=900)
-    assert resumed["status"]["status_str"] == "success", resumed["status"]
-    match = re.search(rf"resuming {family} from {unit} (\d+) of (\d+)", server.log_text())
-    assert match, server.log_tail()
-    done, total = int(match.group(1)), int(match.group(2))
-    assert 1 <= done < total  # less work: the finished part was not sampled again
-    assert not entry_dir.exists()  # completed: its entry is deleted
+    for case in cases:
+        family, _, unit = CASES[case][3:6]
+        # 3. the same prompt again: it continues from the saved segments
+        seen = len(server.log_text())
+        resumed = server.run(_graph(case, "resumed")[0], timeout=900)
+        assert resumed["status"]["status_str"] == "success", (case, resumed["status"])
+        match = re.search(rf"resuming {family} from {unit} (\d+) of (\d+)", server.log_text()[seen:])
+        assert match, (case, server.log_tail())
+        done, total = int(match.group(1)), int(match.group(2))
+        assert 1 <= done < total, case  # less work: the finished part was not sampled again
+        assert not entry_dirs[case].exists(), case  # completed: its entry is deleted
 
-    # 4. the reference: the same graph with resume off, run from the start
-    reference = server.run(_graph(case, "uninterrupted", resume_enabled=False)[0], timeout=900)
-    assert reference["status"]["status_str"] == "success", reference["status"]
-    a, b = _frames(server, resumed), _frames(server, reference)
-    assert a.shape == b.shape and a.shape[0] > 1
-    assert np.array_equal(a, b)  # identical 8-bit frames
-    assert a.std() > 0.01
+        # 4. the reference: the same graph with resume off, run from the start
+        reference = server.run(_graph(case, "uninterrupted", resume_enabled=False)[0], timeout=900)
+        assert reference["status"]["status_str"] == "success", (case, reference["status"])
+        a, b = _frames(server, resumed), _frames(server, reference)
+        assert a.shape == b.shape and a.shape[0] > 1, case
+        assert np.array_equal(a, b), case  # identical 8-bit frames
+        assert a.std() > 0.01, case
