@@ -1,13 +1,18 @@
-"""Preflight estimate vs measured peak, per family.
+"""Preflight estimate vs measured peak and time, per family.
 
     python benchmarks/preflight_check.py --device cuda                       # released sizes, random weights
     python benchmarks/preflight_check.py --device cpu --size small --frames 8 --steps 1
+    python benchmarks/preflight_check.py --device cpu --threads 1      # steadier times on a shared CPU
 
 For each family the script builds the models of ``benchmarks/accelerations.py`` (``--size real``: the released
 architectures with random weights; ``small``: the parity stand-ins), asks the family's preflight for the estimate
-(a trace on fake tensors), then runs the same sampler for real and measures its peak: ``torch.cuda.
-max_memory_allocated`` on a GPU (weights + run, what the estimate's ``peak`` predicts), live tensor bytes on the CPU
-(weights + everything the run allocates). It prints one line per family and a JSON list with ``--json``.
+(a trace on fake tensors), then runs the same sampler for real twice: once timed, with nothing watching it (the
+estimate's ``seconds`` predicts it), once with its peak measured: ``torch.cuda.max_memory_allocated`` on a GPU
+(weights + run, what the estimate's ``peak`` predicts), live tensor bytes on the CPU (weights + everything the run
+allocates). It prints one line per family (the time ratio x = estimate / measured) and a JSON list with ``--json``
+(with the time model's parts and the measured rates); the exit status is 1 when a memory estimate is off by more
+than 15%. The time is a run's alone: on a CPU that other programs share, use ``--threads 1`` for steadier figures
+(with two threads a busy machine makes every parallel operation wait for a core).
 """
 from __future__ import annotations
 
@@ -26,8 +31,26 @@ import_pack()
 
 
 def measure(device, run):
-    """(peak bytes, seconds) of ``run()``: CUDA's allocator peak, or live CPU tensor bytes (+ weights: added by the
-    caller)."""
+    """(peak bytes, seconds) of ``run()``: its wall time alone, then CUDA's allocator peak or live CPU tensor bytes
+    (+ weights: added by the caller) of a second run."""
+    seconds = timed(device, run)
+    return peak_of(device, run), seconds
+
+
+def timed(device, run):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def peak_of(device, run):
     import torch
 
     from portrait_animation.runtime.preflight import LiveBytes
@@ -39,12 +62,11 @@ def measure(device, run):
         with torch.no_grad():
             run()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(), time.perf_counter() - t0
+        return torch.cuda.max_memory_allocated()
     meter = LiveBytes()
-    t0 = time.perf_counter()
     with torch.no_grad(), meter:
         run()
-    return meter.peak.get("cpu", 0), time.perf_counter() - t0
+    return meter.peak.get("cpu", 0)
 
 
 def hunyuan(args):
@@ -113,6 +135,12 @@ def hellomeme(args):
     return est, peak, seconds, took, P.modules(case.models)
 
 
+def est_dtype(est):
+    import torch
+
+    return getattr(torch, est.settings.get("dtype", "float32"))
+
+
 FAMILIES = {"hunyuan_portrait": hunyuan, "memo": memo, "hellomeme": hellomeme}
 
 
@@ -125,12 +153,17 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="default: the family's preset (1 on cpu)")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.size = args.size or ("real" if args.device == "cuda" else "small")
     args.frames = args.frames or (50 if args.device == "cuda" else 8)
     if args.device == "cpu" and args.steps is None:
         args.steps = 1
-    from portrait_animation.runtime.preflight import MB, module_bytes
+    from portrait_animation.runtime.preflight import MB, module_bytes, rates
 
     rows = []
     for name in args.family:
@@ -141,10 +174,13 @@ def main(argv=None) -> int:
                "estimate_mb": round(est.peak / MB, 1), "measured_mb": round(peak / MB, 1),
                "error": round(est.peak / peak - 1, 4), "estimate_s": round(est.seconds, 1),
                "measured_s": round(seconds, 1), "trace_s": round(took, 1), "settings": est.settings}
+        row.update(time_ratio=round(est.seconds / seconds, 2), ops=round(est.ops),
+                   time_parts={k: round(v, 2) for k, v in est.time_parts.items()},
+                   rates=rates(args.device, est_dtype(est)).to_dict())
         rows.append(row)
         print(f"{name:17s} estimate {row['estimate_mb']:9.1f} MB  measured {row['measured_mb']:9.1f} MB  "
-              f"({100 * row['error']:+.1f}%)  time estimate {row['estimate_s']} s, measured {row['measured_s']} s, "
-              f"trace {row['trace_s']} s", flush=True)
+              f"({100 * row['error']:+.1f}%)  time estimate {row['estimate_s']} s, measured {row['measured_s']} s "
+              f"(x{row['time_ratio']}), trace {row['trace_s']} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0 if all(abs(r["error"]) <= 0.15 for r in rows) else 1

@@ -73,11 +73,12 @@ def estimate(bundle, settings, frames: int, conditions=None, runtime=None, full_
     else:
         work = max(stages.values())
         host = max(sample_trace.device_peak("cpu"), decode_trace.device_peak("cpu") + out)
-    flops = sample_trace.flops_for(windows * s.num_inference_steps) + decode_trace.flops_for(padded)
+    done = sample_trace.work_for(windows * s.num_inference_steps) + decode_trace.work_for(padded)
     dtype = next(bundle.unet.module.parameters()).dtype
     est = pf.Estimate(
-        model=MODEL, device=str(device), weights=pf.module_bytes(resident), work=work, host=host, flops=flops,
-        seconds=flops / pf.throughput(device, dtype), stages=stages,
+        model=MODEL, device=str(device), weights=pf.module_bytes(resident), work=work, host=host, flops=done.flops,
+        seconds=pf.seconds(done, device, dtype), ops=done.ops,
+        time_parts=done.breakdown(pf.rates(device, dtype)), stages=stages,
         settings={"frames": frames, "size": s.width, "steps": s.num_inference_steps, "window": s.n_sample_frames,
                   "overlap": s.overlap, "pad_frames": s.pad_frames, "decode_chunk": s.decode_chunk_size,
                   "dtype": str(dtype).replace("torch.", "")})

@@ -20,7 +20,7 @@ Settings that could only fail later are checked before any work (:func:`check_cl
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -296,14 +296,16 @@ def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face
                    settings: MemoSettings | None = None,
                    on_clip: Callable[[int, int], None] | None = None,
                    runtime: Runtime | None = None, speed=None, resume=None,
-                   guard=None) -> Iterator[torch.Tensor]:
+                   guard=None, vae_batch: int | None = None) -> Iterator[torch.Tensor]:
     """Yield IMAGE batches ``(F, H, W, 3)`` (CPU, [0,1]) clip after clip; the last clip is trimmed to the audio.
 
     ``runtime``: the one reporting progress (the calling node's); default the bundle's. ``speed``: opt-in
     accelerations (``runtime.speed.SpeedOptions``; None: the exact path). ``resume``: a
     ``runtime.resume.ResumeOptions`` (None: off): finished clips are cached and a re-run continues after them.
     ``guard``: an identity guard (``metrics.identity_guard.ClipGuard``; None: off) that scores each clip and may
-    make it again anchored on the reference."""
+    make it again anchored on the reference. ``vae_batch``: frames per VAE encode/decode call (None: the sampler's
+    default, 4); it changes the memory of a run, not its frames (the preflight picks a smaller one when the default
+    does not fit: ``memo/preflight.py``)."""
     from ..motion.memo_sampler import MemoSampler, MemoSamplerSettings
 
     s = settings or MemoSettings()
@@ -324,12 +326,16 @@ def talking_frames(bundle: MemoBundle, reference: torch.Tensor, conditions, face
                           bundle.image_proj.module,
                           MemoSamplerSettings(steps=s.steps, guidance_scale=s.guidance_scale, frames_per_clip=f,
                                               num_past_frames=s.num_past_frames, faithful=s.faithful,
-                                              offload_memory=False))
+                                              offload_memory=False,
+                                              vae_batch=MemoSamplerSettings.vae_batch if vae_batch is None
+                                              else max(1, int(vae_batch))))
     keep = conditions.frames_with_audio
     ref = reference_tensor(reference, s.width, s.height)
     from .resume import memo_job
 
-    job = memo_job(resume, bundle, ref, face_emb, audio_tokens, frame_emotions, s, sampler.settings, speed)
+    # the resume key: the VAE batch changes no frame, so a run continued with another batch is the same run
+    job = memo_job(resume, bundle, ref, face_emb, audio_tokens, frame_emotions, s,
+                   replace(sampler.settings, vae_batch=MemoSamplerSettings.vae_batch), speed)
     with rt.progress(num_clips * s.steps, desc="MEMO") as bar:
         clips = sampler.clips(ref, face_emb.reshape(1, 512), audio_tokens,
                               frame_emotions=frame_emotions, noise=int(s.seed), on_step=lambda k, step: bar.update(1),

@@ -6,6 +6,13 @@ the VAE decode of its frames) and the first step of the second clip (past frames
 read), with the sampling models' weights faked on the compute device. Later clips repeat the second clip's work
 (the memory has a fixed size), so the peak does not grow with the audio; the time of the other clips follows from
 the traced work per step. The node's output buffer (every frame, output ``frames``) is added on the host.
+
+What the preflight may choose: the VAE batch (frames per VAE encode/decode call, :data:`VAE_BATCHES`), the one size of
+a MEMO run that changes its memory and not its frames (the clips' frames are encoded and decoded one by one by the
+VAE, whatever the batch). When the run does not fit with the default (4) and the caller left it on auto (None),
+:func:`ensure` picks the largest that fits. Every other size changes the frames (clip length, past frames,
+resolution) and is only suggested in the refusal; the temporal memory's host offload (``offload_memory``) moves
+memory only between clips on a GPU and is not chosen here.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import torch
 from ..runtime import preflight as pf
 
 MODEL = "MEMO"
+VAE_BATCHES = (1, 2, 4)         # the sampler's default (MemoSamplerSettings.vae_batch) is the largest
 TRACED_STEPS = 2  # enough for every kind of step (the first one updates the memory); the time scales to `steps`
 _CACHE: dict = {}
 
@@ -34,17 +42,20 @@ def stand_in_conditions(bundle, frames: int, clip_length: int, make):
 
 
 def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=None, runtime=None,
-             output: str = "frames") -> pf.Estimate:
+             output: str = "frames", vae_batch: Optional[int] = None) -> pf.Estimate:
     """The estimate of a MEMO Talking Portrait run of ``frames`` frames (``conditions``: the real ones when there
-    are). ``output`` "frames": every frame is kept on the host as well (the node's IMAGE)."""
+    are). ``output`` "frames": every frame is kept on the host as well (the node's IMAGE). ``vae_batch``: frames per
+    VAE call (None: the sampler's default)."""
+    from ..motion.memo_sampler import MemoSamplerSettings
     from .pipeline import talking_frames
 
+    vae_batch = MemoSamplerSettings.vae_batch if vae_batch is None else max(1, int(vae_batch))
     rt = runtime or bundle.runtime
     device = torch.device(rt.device)
     if conditions is not None:
         frames, clip_length = conditions.frames_with_audio, conditions.clip_length
     key = (id(bundle.diffusion_net.module), astuple(settings), frames, clip_length, str(device), output,
-           id(conditions))
+           id(conditions), vae_batch)
     if key in _CACHE:
         return _CACHE[key]
     started = time.perf_counter()
@@ -56,16 +67,15 @@ def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=No
         cond = conditions if conditions is not None else stand_in_conditions(bundle, frames, clip_length, make)
         ref = make(lambda: torch.zeros(1, settings.height, settings.width, 3))
         face = make(lambda: torch.zeros(1, 512))
-        return talking_frames(bundle, ref, cond, face, traced, runtime=trt)
+        return talking_frames(bundle, ref, cond, face, traced, runtime=trt, vae_batch=vae_batch)
 
     units = traced.steps + (1 if clips > 1 else 0)
     t = pf.trace(run, resident, device, stop_after=units)
     # every clip: `steps` denoising steps; the traced units hold clip 0's (with its decode) and clip 1's first
     per_step = (t.marks[-1] - t.marks[traced.steps - 1]) if clips > 1 else \
         (t.marks[-1] - t.marks[0]) / max(len(t.marks) - 1, 1)
-    first_clip = t.marks[traced.steps - 1] if t.marks else t.flops
-    clip_flops = first_clip + per_step * (settings.steps - traced.steps)
-    flops = clip_flops * clips
+    first_clip = t.marks[traced.steps - 1] if t.marks else t.work
+    done = (first_clip + per_step * (settings.steps - traced.steps)) * clips
     out = frames * settings.height * settings.width * 3 * 4 if output == "frames" else 0
     peak = t.device_peak(device)
     if device.type == "cpu":
@@ -74,10 +84,12 @@ def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=No
         work, host = peak, t.device_peak("cpu") + out
     dtype = next(bundle.diffusion_net.module.parameters()).dtype
     est = pf.Estimate(
-        model=MODEL, device=str(device), weights=pf.module_bytes(resident), work=work, host=host, flops=flops,
-        seconds=flops / pf.throughput(device, dtype), stages={"clip": peak},
+        model=MODEL, device=str(device), weights=pf.module_bytes(resident), work=work, host=host, flops=done.flops,
+        seconds=pf.seconds(done, device, dtype), ops=done.ops,
+        time_parts=done.breakdown(pf.rates(device, dtype)), stages={"clip": peak},
         settings={"frames": frames, "clips": clips, "clip_length": clip_length, "resolution": settings.width,
-                  "steps": settings.steps, "past_frames": settings.num_past_frames, "output": output,
+                  "steps": settings.steps, "past_frames": settings.num_past_frames, "vae_batch": vae_batch,
+                  "output": output,
                   "dtype": str(dtype).replace("torch.", "")})
     est.trace_seconds = time.perf_counter() - started
     if len(_CACHE) > 32:
@@ -91,10 +103,28 @@ FIXES = ("a lower 'resolution'", "a shorter 'clip_length' on MEMO Audio Conditio
          "closing other programs or models that use the memory")
 
 
-def ensure(bundle, conditions, settings, runtime=None, output: str = "frames",
-           free: Optional[int] = None) -> pf.Estimate:
-    """Refuse before any work when the run will not fit (:class:`runtime.preflight.PreflightError`)."""
+def ensure(bundle, conditions, settings, runtime=None, output: str = "frames", free: Optional[int] = None,
+           vae_batch: Optional[int] = None) -> pf.Estimate:
+    """Refuse before any work when the run will not fit (:class:`runtime.preflight.PreflightError`). ``vae_batch``
+    None (auto): when the default does not fit, the largest of :data:`VAE_BATCHES` that fits is chosen and named in
+    the estimate's ``picked`` (``{"vae_batch": n}``; empty when the default fits); a value set by the caller is
+    kept and only checked."""
+    return fit(bundle, settings, conditions.frames_with_audio, conditions.clip_length, conditions, runtime, output,
+               free, vae_batch)
+
+
+def fit(bundle, settings, frames: int, clip_length: int = 16, conditions=None, runtime=None, output: str = "frames",
+        free: Optional[int] = None, vae_batch: Optional[int] = None) -> pf.Estimate:
+    """:func:`ensure` for ``frames`` frames (``conditions`` None: stand-ins of the right shapes)."""
     rt = runtime or bundle.runtime
-    est = estimate(bundle, settings, conditions.frames_with_audio, conditions.clip_length, conditions, rt, output)
     free = pf.free_bytes(rt, [h.module for h in bundle.sampling_models]) if free is None else free
-    return pf.check(est, free, FIXES)
+
+    def for_batch(batch):
+        return estimate(bundle, settings, frames, clip_length, conditions, rt, output, vae_batch=batch)
+
+    est = for_batch(vae_batch)
+    if vae_batch is not None or free is None or est.peak <= free:
+        return pf.check(est, free, FIXES)
+    batch, est = pf.largest_fitting([b for b in VAE_BATCHES if b < est.settings["vae_batch"]], for_batch, free,
+                                    "vae_batch", FIXES)
+    return replace(est, picked={"vae_batch": batch})       # a copy: the cached estimate stays as it was

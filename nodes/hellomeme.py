@@ -448,9 +448,12 @@ class HelloMemeVideo(io.ComfyNode):
                        size_correct=size_correct, speed=speed)
         from .preflight import check_hellomeme  # refuses a run that cannot fit, before any work
 
-        check_hellomeme(hellomeme, conditions, width, height, node_runtime(cls), True, output=output, steps=steps,
-                        guidance_scale=cfg, prompt=pos, negative=neg, scheduler=_scheduler(scheduler),
-                        size_correct=size_correct)
+        from ..sk_attention.preflight import apply_picked
+
+        est = check_hellomeme(hellomeme, conditions, width, height, node_runtime(cls), True, output=output,
+                              steps=steps, guidance_scale=cfg, prompt=pos, negative=neg,
+                              scheduler=_scheduler(scheduler), size_correct=size_correct)
+        apply_picked(est, controls, options)  # smaller decode batch / stores when the defaults would not fit
         from ..sk_attention.resume import hellomeme_job
 
         options["resume"] = hellomeme_job(resume_options(resume), models, conditions.drive_params(), ref, pos, neg,

@@ -202,14 +202,15 @@ class MemoSampler(io.ComfyNode):
         from ..memo.preflight import ensure  # refuses a run that cannot fit, before any work
         from ..runtime.preflight import advisory
 
-        advisory("MEMO", lambda: ensure(memo, conditions, settings, node_runtime(cls), output=output))
+        est = advisory("MEMO", lambda: ensure(memo, conditions, settings, node_runtime(cls), output=output))
+        vae_batch = est.picked.get("vae_batch") if est is not None else None  # smaller when the default won't fit
         face = face_embedding(memo, reference, on_missing_face=on_missing_face, input_name="reference")
         count = conditions.frames_with_audio
         audio = prepare_audio(conditions.audio, sample_rate=conditions.audio["sample_rate"], mono=False,
                               frames=count, fps=conditions.fps)
         guard = memo_clip_guard(active_guard(identity_guard), memo, face, settings, conditions.clip_length, count)
         clips = talking_frames(memo, reference, conditions, face, settings, runtime=node_runtime(cls), speed=speed,
-                               guard=guard, resume=resume_options(resume))
+                               guard=guard, resume=resume_options(resume), vae_batch=vae_batch)
         if output == "video file":
             path, written, first = stream_to_video(clips, stream_video_path("memo"), conditions.fps, audio=audio,
                                                    frame_fn=paste)

@@ -6,6 +6,8 @@ import json
 
 from comfy_api.v0_0_2 import io
 
+from ..runtime import preflight as pf
+
 from .common import CAT_MODELS, PREFIX, node_runtime
 from .hellomeme import Conditions as HMConditions, HelloMeme
 from .hunyuan_portrait import Conditions as HPConditions, Models as HPModels
@@ -30,8 +32,22 @@ def memo_estimate(bundle, conditions, frames, steps, size, clip_length, output, 
     from ..memo import preflight as mp
     from ..memo.pipeline import MemoSettings
 
-    return mp.estimate(bundle, MemoSettings(steps=steps, width=size, height=size), frames, clip_length,
-                       conditions, rt, output=output)
+    s = MemoSettings(steps=steps, width=size, height=size)
+    return _fitted(lambda free: mp.fit(bundle, s, frames, clip_length, conditions, rt, output, free),
+                   lambda: mp.estimate(bundle, s, frames, clip_length, conditions, rt, output=output),
+                   lambda: pf.free_bytes(rt, [h.module for h in bundle.sampling_models]))
+
+
+def _fitted(fit, default, free_now):
+    """The estimate the sampler would run with (sizes chosen to fit, when they must be); when nothing fits, the
+    default's, with the refusal's text in ``refusal``."""
+    free = free_now()
+    try:
+        return fit(free)
+    except pf.PreflightError as e:
+        from dataclasses import replace
+
+        return replace(default(), free=free, refusal=str(e))     # a copy: estimates are cached
 
 
 def hellomeme_estimate(hellomeme, conditions, steps, size, output, rt):
@@ -45,8 +61,11 @@ def hellomeme_estimate(hellomeme, conditions, steps, size, output, rt):
     models, ref, controls, ref_controls = _prepare(hellomeme, conditions, size, size)
     video = bool(hellomeme["video"]) and models.version in VIDEO_VERSIONS
     extra = {} if video else {"reference_controls": ref_controls}
-    return sp.estimate(models, controls, ref, video=video, steps=steps, runtime=rt, output=output,
-                       size_correct=True, **extra)
+    return _fitted(lambda free: sp.ensure(models, controls, ref, rt, video=video, free=free, steps=steps,
+                                          output=output, size_correct=True, **extra),
+                   lambda: sp.estimate(models, controls, ref, video=video, steps=steps, runtime=rt, output=output,
+                                       size_correct=True, **extra),
+                   lambda: pf.free_bytes(rt, sp.modules(models)))
 
 
 def check_hellomeme(hellomeme, conditions, width, height, rt, video: bool, output: str = "frames", **options):
@@ -71,8 +90,9 @@ class Preflight(io.ComfyNode):
             category=CAT_MODELS,
             description=("Estimates the peak memory and the time of a HelloMeme, MEMO or HunyuanPortrait run before "
                          "any work, by tracing the real models at the real shapes without computing (no memory is "
-                         "taken). The samplers run the same check first and refuse a run that cannot fit. Connect "
-                         "one loaded model."),
+                         "taken). The samplers run the same check first and refuse a run that cannot fit; when the "
+                         "defaults do not fit they first shrink the sizes that change memory but not the result "
+                         "(decode/VAE batches, feature stores), which the report names. Connect one loaded model."),
             inputs=[
                 io.Int.Input("frames", default=100, min=1, max=100000,
                              tooltip="Frames to generate (used when no conditions are connected: MEMO and "
@@ -104,7 +124,8 @@ class Preflight(io.ComfyNode):
             outputs=[
                 io.String.Output(display_name="report", tooltip="The estimate, per stage, and whether it fits."),
                 io.Float.Output(display_name="peak_mb", tooltip="Estimated peak memory of the compute device (MB)."),
-                io.Float.Output(display_name="seconds", tooltip="Rough time of the run (seconds)."),
+                io.Float.Output(display_name="seconds",
+                                tooltip="Estimated time of the run alone (seconds; within about 2x on a CPU)."),
                 io.Boolean.Output(display_name="fits", tooltip="Whether the peak fits the free memory now."),
             ],
             is_output_node=True,

@@ -14,8 +14,13 @@ loads nothing, and its progress reporter stops the trace once ``stop_after`` uni
 chunks) have run: the memory peak of a long run is reached in its first units (the sequence state is allocated
 before them), and the time of the rest follows from the work per unit times the units the run announced.
 
-Time is ``flops / throughput``, the throughput measured once per device and dtype by a short matmul probe: a rough
-figure (convolutions, attention kernels and host work run at other rates).
+Time is a sum over the traced operations (:class:`WorkCounter`, :class:`Work`): a fixed cost per dispatched
+operation (host work and launch: Python, dispatcher, kernel launch), the flops of matmuls, convolutions and attention
+each at its own rate, attention's query x key scores (the softmax work a small head does not amortise) and the bytes
+every operation reads and writes at the memory bandwidth. The per-op cost, the rates and the bandwidth are measured
+once per device and dtype by short probes (:func:`rates`, < 1 s, kept for the process; each the fastest of its
+repeats, so other programs' load is not counted). On the CPU the parts
+add up; on a GPU the kernels run while the host queues the next ones, so the time is the slower of the two sides.
 
 :func:`check` compares an estimate with the memory free for the run (:func:`free_bytes`: ComfyUI's view under
 ComfyUI, ``torch.cuda.mem_get_info`` standalone, host RAM on the CPU) and refuses with a message that names the
@@ -122,6 +127,139 @@ class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
+_KINDS = ("ops", "matmul", "conv", "attention", "scores", "bytes")
+
+
+class Work:
+    """What a traced stretch of a run does: dispatched operations, flops of matmuls / convolutions / attention, the
+    attention scores (query x key pairs: softmax work that a small head dimension does not amortise), and bytes read
+    and written by every operation that makes a new tensor. Adds, subtracts and scales like a number, so the
+    families' scaling of the traced units to a whole run applies to it; :meth:`seconds` turns it into time at a
+    device's measured rates."""
+
+    __slots__ = _KINDS
+
+    def __init__(self, ops=0.0, matmul=0.0, conv=0.0, attention=0.0, scores=0.0, bytes=0.0):  # noqa: A002
+        self.ops, self.matmul, self.conv, self.attention = float(ops), float(matmul), float(conv), float(attention)
+        self.scores, self.bytes = float(scores), float(bytes)
+
+    def _values(self):
+        return [getattr(self, k) for k in _KINDS]
+
+    @property
+    def flops(self) -> float:
+        return self.matmul + self.conv + self.attention
+
+    def __add__(self, other):
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        return Work(*(a + b for a, b in zip(self._values(), other._values())))
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        return Work(*(a - b for a, b in zip(self._values(), other._values())))
+
+    def __mul__(self, k):
+        return Work(*(a * float(k) for a in self._values()))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k):
+        return Work(*(a / float(k) for a in self._values()))
+
+    def __float__(self):
+        return self.flops
+
+    def __eq__(self, other):
+        return isinstance(other, Work) and self._values() == other._values()
+
+    def __lt__(self, other):                    # for max(): the larger piece of work is the one with more flops
+        return (self.flops, self.ops) < (other.flops, other.ops)
+
+    def __gt__(self, other):
+        return other < self
+
+    def seconds(self, rates: "Rates") -> float:
+        """CPU: the host runs every operation, so the parts add up. GPU (``rates.overlap``): kernels run while the
+        host queues the next ones, so the slower of the two sides."""
+        host = self.ops * rates.per_op
+        device = (self.matmul / rates.matmul + self.conv / rates.conv + self.attention / rates.attention
+                  + self.scores / rates.scores + self.bytes / rates.bandwidth)
+        return max(host, device) if rates.overlap else host + device
+
+    def breakdown(self, rates: "Rates") -> dict:
+        """Seconds per part: per-op cost, matmul, conv, attention, memory traffic."""
+        return {"per_op": self.ops * rates.per_op, "matmul": self.matmul / rates.matmul, "conv": self.conv / rates.conv,
+                "attention": self.attention / rates.attention + self.scores / rates.scores,
+                "memory": self.bytes / rates.bandwidth}
+
+    def __repr__(self):
+        return (f"Work(ops={self.ops:.0f}, matmul={self.matmul:.3g}, conv={self.conv:.3g}, "
+                f"attention={self.attention:.3g}, scores={self.scores:.3g}, bytes={self.bytes:.3g})")
+
+
+def _attention_work(args) -> tuple[float, float]:
+    """(flops, scores) of attention over (..., L, E) queries and (..., S, E) keys: two matmuls (q k^T, then the
+    softmax times v) and L x S scores per batch and head."""
+    q, k, v = args[:3]
+    batch = 1
+    for d in q.shape[:-2]:
+        batch *= int(d)
+    scores = float(batch) * int(q.shape[-2]) * int(k.shape[-2])
+    return 2.0 * scores * (int(q.shape[-1]) + int(v.shape[-1])), scores
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+class WorkCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the :class:`Work` of the operations dispatched through it (not while ``meter.paused``: inputs made
+    before the run). Matmuls and convolutions get torch's flop formulas, attention kernels two matmuls and their
+    scores; every operation that makes a new tensor its bytes in and out; views and metadata queries move nothing."""
+
+    def __init__(self, meter: Optional["LiveBytes"] = None):
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self.registry = flop_registry
+        self.meter = meter
+        self.work = Work()
+
+    def total(self) -> Work:
+        return Work(*self.work._values())
+
+    def get_total_flops(self) -> float:
+        return self.work.flops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if (self.meter is not None and self.meter.paused) or func.namespace == "prim":
+            return out
+        w = self.work
+        w.ops += 1
+        name = func.__name__
+        packet = func._overloadpacket
+        if "attention" in name and len(args) >= 3 and all(isinstance(a, torch.Tensor) for a in args[:3]):
+            flops, scores = _attention_work(args)
+            w.attention += flops
+            w.scores += scores
+        elif packet in self.registry:
+            flops = self.registry[packet](*args, **kwargs, out_val=out)
+            if "conv" in name:
+                w.conv += flops
+            else:
+                w.matmul += flops
+        if not getattr(func, "is_view", False) and not name.startswith(("empty", "new_empty")):
+            leaves = torch.utils._pytree.tree_leaves((args, kwargs, out))
+            w.bytes += sum(_nbytes(t) for t in leaves)
+        return out
+
+
 class _TraceProgress(Progress):
     def __init__(self, owner: "TraceRuntime", total: int):
         self.owner = owner
@@ -140,7 +278,7 @@ class TraceRuntime(Runtime):
         self._device = torch.device(device)
         self.stop_after = stop_after
         self.totals: list[int] = []
-        self.marks: list[float] = []            # flops counted at each unit's end
+        self.marks: list[Work] = []             # work counted at each unit's end
         self.counter = None
 
     @property
@@ -172,8 +310,8 @@ class TraceRuntime(Runtime):
         pass
 
     def unit(self, n: int = 1) -> None:
-        flops = float(self.counter.get_total_flops()) if self.counter is not None else 0.0
-        self.marks.extend([flops] * int(n))
+        work = self.counter.total() if self.counter is not None else Work()
+        self.marks.extend([work] * int(n))
         if self.stop_after is not None and len(self.marks) >= self.stop_after:
             raise _Stop()
 
@@ -181,19 +319,23 @@ class TraceRuntime(Runtime):
 @dataclass
 class Trace:
     peak: dict                 # device type -> peak live bytes of the trace
-    flops: float               # counted flops of the trace
-    marks: list                # flops at each unit's end
+    work: Work                 # counted work of the trace
+    marks: list                # work at each unit's end
     totals: list               # units announced by the traced progress reporters
+
+    @property
+    def flops(self) -> float:
+        return self.work.flops
 
     def device_peak(self, device: torch.device | str) -> int:
         return int(self.peak.get(torch.device(device).type, 0))
 
-    def flops_for(self, units: Optional[int] = None) -> float:
+    def work_for(self, units: Optional[int] = None) -> Work:
         """The work of a whole run of ``units`` units (default: the announced total), from the traced units: the
         work before the first unit, plus the mean work of the traced units after the first for every later one."""
         total = sum(self.totals) if units is None else units
         if not self.marks or total <= len(self.marks):
-            return self.flops
+            return self.work
         first = self.marks[0]
         later = (self.marks[-1] - first) / (len(self.marks) - 1) if len(self.marks) > 1 else first
         return first + later * (total - 1)
@@ -263,15 +405,12 @@ def trace(fn: Callable[[TraceRuntime, Callable], object], resident: Sequence[tor
     calls ``f()`` in the fake mode outside the byte count (inputs that exist before the run: conditions, images).
     ``real_calls``: ``(owner, attribute)`` functions run on real tensors (tables made from Python values, e.g. a
     scheduler's ``set_timesteps``). The trace ends when ``fn`` returns or after ``stop_after`` progress units."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = torch.device(device)
     rt = TraceRuntime(device, stop_after)
     mode = fake_mode()
 
-    counter = FlopCounterMode(display=False)
-    rt.counter = counter
     meter = LiveBytes(mode)
+    counter = rt.counter = WorkCounter(meter)
 
     def make(f):  # inputs that exist before the run: not counted
         meter.paused += 1
@@ -316,8 +455,7 @@ def trace(fn: Callable[[TraceRuntime, Callable], object], resident: Sequence[tor
                 m._parameters.update(params)
                 m._buffers.clear()
                 m._buffers.update(buffers)
-    return Trace(peak=dict(meter.peak), flops=float(counter.get_total_flops()), marks=list(rt.marks),
-                 totals=list(rt.totals))
+    return Trace(peak=dict(meter.peak), work=counter.total(), marks=list(rt.marks), totals=list(rt.totals))
 
 
 # ---- weights, free memory, throughput ---------------------------------------------------------------------------
@@ -393,28 +531,141 @@ def _on(module: torch.nn.Module, device: torch.device) -> bool:
     return False
 
 
-_THROUGHPUT: dict = {}
+@dataclass
+class Rates:
+    """Measured speeds of one device and dtype: seconds per dispatched operation (host work + launch), flops per
+    second of matmuls, convolutions and attention, bytes per second of an elementwise operation."""
+
+    per_op: float
+    matmul: float
+    conv: float
+    attention: float
+    bandwidth: float
+    scores: float = float("inf")   # attention scores per second (the softmax part, apart from the matmul flops)
+    probe_seconds: float = 0.0
+    overlap: bool = False       # the device computes while the host dispatches (GPU): time = the slower side
+
+    def to_dict(self) -> dict:
+        return {"per_op_us": round(self.per_op * 1e6, 2), "matmul_gflops": round(self.matmul / 1e9, 1),
+                "conv_gflops": round(self.conv / 1e9, 1), "attention_gflops": round(self.attention / 1e9, 1),
+                "scores_g_per_s": round(self.scores / 1e9, 2),
+                "bandwidth_gbs": round(self.bandwidth / 1e9, 1), "probe_seconds": round(self.probe_seconds, 2)}
+
+
+_RATES: dict = {}
+
+
+class _OverheadProbe(torch.nn.Module):
+    """A block of the kinds of layers the models are made of, on tiny tensors: its time is its operations' fixed
+    cost (Python, dispatcher, kernel launch), not their arithmetic."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(2, c)
+        self.lin = torch.nn.Linear(c, c)
+        self.ln = torch.nn.LayerNorm(c)
+
+    def forward(self, x):                      # (1, C, 4, 4)
+        h = torch.nn.functional.silu(self.norm(self.conv(x)))
+        t = self.ln(h.flatten(2).transpose(1, 2))                                       # (1, 16, C)
+        q = self.lin(t)[:, None]                                                        # (1, 1, 16, C)
+        a = torch.nn.functional.scaled_dot_product_attention(q, q, q)[:, 0]
+        return x + a.transpose(1, 2).reshape(x.shape)
+
+
+def _timed(device: torch.device, fn, min_seconds: float = 0.03, min_reps: int = 3) -> float:
+    """Seconds of the fastest call of ``fn`` (after one warm-up call): on a shared machine the others' work only
+    ever adds time, so the fastest call is the device's own speed."""
+    fn()
+    _sync(device)
+    best, reps, start = float("inf"), 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+    return best
+
+
+def rates(device: torch.device | str, dtype: torch.dtype = torch.float32) -> Rates:
+    """The :class:`Rates` of ``device`` in ``dtype`` (the CPU: float32), measured once per process (< 1 s). On a
+    CPU with several threads each figure is the better of all threads and one thread: on an idle machine all threads
+    are faster; on a machine that other programs keep busy, every parallel operation waits for a core, which this
+    run's own speed does not include (the estimate is the run's time on an idle machine)."""
+    device = torch.device(device)
+    dtype = dtype if device.type != "cpu" else torch.float32
+    key = (device.type, device.index, dtype)
+    if key in _RATES:
+        return _RATES[key]
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    measured = _measure(device, dtype, per_op=device.type != "cpu" or threads == 1)
+    if device.type == "cpu" and threads > 1:
+        torch.set_num_threads(1)                 # the host's per-operation cost is one thread's
+        try:
+            one = _measure(device, dtype)
+        finally:
+            torch.set_num_threads(threads)
+        measured = Rates(per_op=min(measured.per_op, one.per_op), matmul=max(measured.matmul, one.matmul),
+                         conv=max(measured.conv, one.conv), attention=max(measured.attention, one.attention),
+                         bandwidth=max(measured.bandwidth, one.bandwidth), scores=max(measured.scores, one.scores))
+    measured.probe_seconds = time.perf_counter() - started
+    measured.overlap = device.type != "cpu"
+    _RATES[key] = measured
+    log.debug("preflight rates of %s %s: %s", device, dtype, measured.to_dict())
+    return measured
+
+
+def _measure(device: torch.device, dtype: torch.dtype, per_op: bool = True) -> Rates:
+    big = device.type != "cpu"
+    kw = dict(device=device, dtype=dtype)
+    with torch.no_grad():
+        n = 4096 if big else 512
+        a, b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
+        matmul = 2 * n ** 3 / _timed(device, lambda: a @ b)
+        del a, b
+        batch, c, side = (8, 256, 64) if big else (1, 64, 48)
+        x, conv = torch.randn(batch, c, side, side, **kw), torch.nn.Conv2d(c, c, 3, padding=1).to(**kw)
+        conv_rate = 2 * batch * c * c * 9 * side * side / _timed(device, lambda: conv(x))
+        del x, conv
+        # attention at two head sizes: time = flops / rate + scores / score rate (a small head pays the scores)
+        heads, tokens, dim = (16, 4096, 64) if big else (8, 512, 40)
+        times = []
+        for d in (dim, 8):
+            q = torch.randn(1, heads, tokens, d, **kw)
+            times.append(_timed(device, lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)))
+            del q
+        pairs = heads * tokens * tokens
+        per_flop = max((times[0] - times[1]) / (4 * pairs * (dim - 8)), times[0] / (4 * pairs * dim) / 4)
+        per_score = max(times[1] - 4 * pairs * 8 * per_flop, times[1] / 4) / pairs
+        attention, scores = 1 / per_flop, 1 / per_score
+        elems = (64 if big else 4) << 20
+        u, v = torch.randn(elems, **kw), torch.randn(elems, **kw)
+        bandwidth = 3 * elems * u.element_size() / _timed(device, lambda: u + v)
+        del u, v
+        if per_op:
+            probe = _OverheadProbe().to(**kw)
+            x = torch.randn(1, 8, 4, 4, **kw)
+            counter = WorkCounter()
+            with counter:
+                probe(x)
+            per_op = _timed(device, lambda: probe(x), min_seconds=0.05, min_reps=5) / max(1.0, counter.work.ops)
+        else:
+            per_op = float("inf")
+    return Rates(per_op=per_op, matmul=matmul, conv=conv_rate, attention=attention, bandwidth=bandwidth,
+                 scores=scores)
 
 
 def throughput(device: torch.device | str, dtype: torch.dtype = torch.float32) -> float:
-    """Flops per second of a square matmul on ``device`` in ``dtype`` (measured once per process and kept)."""
-    device = torch.device(device)
-    key = (device.type, device.index, dtype)
-    if key not in _THROUGHPUT:
-        n = 512 if device.type == "cpu" else 4096
-        dtype = dtype if device.type != "cpu" or dtype == torch.float32 else torch.float32
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        _sync(device)
-        a @ b
-        _sync(device)
-        reps, start = 0, time.perf_counter()
-        while reps < 3 or time.perf_counter() - start < 0.05:
-            a @ b
-            reps += 1
-        _sync(device)
-        _THROUGHPUT[key] = 2 * n ** 3 * reps / (time.perf_counter() - start)
-    return _THROUGHPUT[key]
+    """Flops per second of a square matmul on ``device`` in ``dtype`` (see :func:`rates`)."""
+    return rates(device, dtype).matmul
+
+
+def seconds(work: Work, device: torch.device | str, dtype: torch.dtype = torch.float32) -> float:
+    """The time of ``work`` on ``device`` in ``dtype`` at the measured :func:`rates`."""
+    return work.seconds(rates(device, dtype))
 
 
 def _sync(device: torch.device) -> None:
@@ -438,6 +689,11 @@ class Estimate:
     stages: dict = field(default_factory=dict)     # stage -> traced device peak (bytes)
     free: Optional[int] = None
     trace_seconds: float = 0.0
+    ops: float = 0.0            # dispatched operations of the whole run (their fixed cost is part of ``seconds``)
+    time_parts: dict = field(default_factory=dict)  # seconds per part of the time model (Work.breakdown)
+    picked: dict = field(default_factory=dict)      # sizes the preflight chose (left on auto, defaults too large)
+    sizes: dict = field(default_factory=dict)       # the memory-only sizes of the run and what they hold (family)
+    refusal: str = ""                               # why the run would be refused (set by the Preflight node)
 
     @property
     def on_cpu(self) -> bool:
@@ -457,6 +713,7 @@ class Estimate:
         out.update(peak=self.peak, peak_mb=round(self.peak / MB, 1), seconds=round(self.seconds, 1),
                    free_mb=None if self.free is None else round(self.free / MB, 1), fits=self.fits)
         out["stages"] = {k: round(v / MB, 1) for k, v in self.stages.items()}
+        out["time_parts"] = {k: round(v, 2) for k, v in self.time_parts.items()}
         return out
 
     def summary(self) -> str:
@@ -467,12 +724,17 @@ class Estimate:
             lines.append(f"host memory held by the run: about {self.host / MB:,.0f} MB")
         for stage, value in self.stages.items():
             lines.append(f"  {stage}: {value / MB:,.0f} MB of work on the device")
-        lines.append(f"time: roughly {_duration(self.seconds)} ({self.flops / 1e12:,.2f} TFLOP at the measured matmul "
-                     "rate; a rough figure)")
+        lines.append(f"time: roughly {_duration(self.seconds)} ({self.flops / 1e12:,.2f} TFLOP and {self.ops:,.0f} "
+                     "operations at this device's measured rates; within about 2x)")
         if self.free is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             lines.append(f"free for the run: {self.free / MB:,.0f} MB -> {verdict}")
         lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in self.settings.items()))
+        if self.picked:
+            lines.append("chosen to fit (memory only, same result): "
+                         + ", ".join(f"{k} {v}" for k, v in self.picked.items()))
+        if self.refusal:
+            lines.append("the sampler would refuse: " + self.refusal)
         return "\n".join(lines)
 
     def json(self) -> str:
@@ -515,11 +777,13 @@ def advisory(model: str, check: Callable[[], T], fallback: Optional[T] = None) -
         return fallback
 
 
-def largest_fitting(candidates: Sequence[int], estimate_for: Callable[[int], Estimate], free: Optional[int],
-                    name: str) -> tuple[int, Estimate]:
-    """The largest of ``candidates`` whose estimate fits ``free`` (the smallest when ``free`` is None means no
-    limit: the largest). Estimates grow with the size, so the search halves the list each time."""
-    ordered = sorted(set(int(c) for c in candidates))
+def largest_fitting(candidates: Sequence[T], estimate_for: Callable[[T], Estimate], free: Optional[int],
+                    name: str, fixes: Sequence[str] = ()) -> tuple[T, Estimate]:
+    """The largest of ``candidates`` whose estimate fits ``free`` (None means no limit: the largest). Estimates grow
+    with the size, so the search halves the list each time. ``candidates``: numbers (sorted here), or any values
+    already in increasing order of memory (e.g. tuples of sizes). Nothing fits: :class:`PreflightError` naming the
+    smallest candidate's estimate and ``fixes``."""
+    ordered = sorted(set(candidates)) if all(isinstance(c, (int, float)) for c in candidates) else list(candidates)
     if free is None:
         return ordered[-1], estimate_for(ordered[-1])
     lo, hi, best = 0, len(ordered) - 1, None
@@ -534,11 +798,16 @@ def largest_fitting(candidates: Sequence[int], estimate_for: Callable[[int], Est
     if best is None:
         smallest = estimate_for(ordered[0])
         smallest.free = free
-        raise PreflightError(f"{smallest.model} will not fit even with {name} {ordered[0]}: it needs about "
-                             f"{smallest.peak / MB:,.0f} MB and {free / MB:,.0f} MB is free. Nothing was run.")
+        tried = ordered[0] if not isinstance(ordered[0], dict) else ", ".join(f"{k} {v}" for k, v in ordered[0].items())
+        raise PreflightError(f"{smallest.model} will not fit even with {name} {tried}: it needs about "
+                             f"{smallest.peak / MB:,.0f} MB (" + ", ".join(f"{k} {v}" for k, v in
+                                                                          smallest.settings.items())
+                             + f") and {free / MB:,.0f} MB is free. Nothing was run."
+                             + (" Try: " + "; ".join(fixes) + "." if fixes else ""))
     best[1].free = free
     return best
 
 
-__all__ = ["BUDGET_ENV", "Estimate", "LiveBytes", "PreflightError", "Trace", "TraceRuntime", "budget_override",
-           "check", "fake_mode", "free_bytes", "largest_fitting", "module_bytes", "throughput", "trace"]
+__all__ = ["BUDGET_ENV", "Estimate", "LiveBytes", "PreflightError", "Rates", "Trace", "TraceRuntime", "Work",
+           "WorkCounter", "budget_override", "check", "fake_mode", "free_bytes", "largest_fitting", "module_bytes",
+           "rates", "seconds", "throughput", "trace"]

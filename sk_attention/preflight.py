@@ -13,18 +13,31 @@ steps, frames) and the decode to every frame. Weights: every module of the versi
 control nets), on the compute device. The node's output buffer (every frame, output ``frames``) is added on the host.
 Estimates are kept per model and per input shapes (not per object), so a re-queue with the same inputs is not
 traced again.
+
+What the preflight may choose for a video run (:func:`ensure`), sizes that change its memory and not its frames: the
+decode batch (frames per VAE decode call; each frame decodes as alone), then, on the CPU where they take the same
+memory, the budgets of the control-feature store (``controls.cache``: features not kept are computed again from the
+same driving frames) and of the keyframe-pad store (``pad_cache_bytes``: pads not kept are computed again from the
+same keyframe latents). When the run does not fit with the defaults, the first step of :func:`size_ladder` that fits
+is taken, for the sizes the caller left on auto. On a GPU both stores are on the host, so only the decode batch is
+chosen. The window and the stride change the frames: only suggested in the refusal.
 """
 from __future__ import annotations
 
 import copy as _copy
 import time
 import weakref
-from typing import Optional
+from dataclasses import replace
+from typing import Optional, Sequence
 
 import torch
 
 from ..runtime import preflight as pf
 from .pipeline_image import _BoundedStore
+
+AUTO_SIZES = ("decode_batch", "cache_bytes", "pad_cache_bytes")
+DECODE_BATCHES = (4, 2, 1)              # below the default (pipeline_video.DEFAULT_DECODE_BATCH)
+STORE_FRACTIONS = (0.5, 0.25, 0.125, 0.0)   # of the bytes the stores hold with their default budgets
 
 MODEL = "HelloMeme"
 _CACHE: dict = {}
@@ -68,16 +81,17 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
     resident = modules(models)
     width = text_width(models)
     controls = _fresh(controls)
+    jobs: list = []
     phases: list = []
     decoded = [frames]
-    control_flops = [0.0]
+    control_flops = [pf.Work()]
 
     def run(trt, make):
         pos = prompt if prompt is not None else make(lambda: torch.zeros(1, 77, width))
         neg = negative if negative is not None else make(lambda: torch.zeros(1, 77, width))
         if video:
             return _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps, traced_windows,
-                              options, phases, decoded, control_flops)
+                              options, phases, decoded, control_flops, jobs)
         return generate_image(models, trt, reference, pos, controls, negative_prompt_embeds=neg, steps=1,
                               guidance_scale=guidance_scale, noise=0, **options)
 
@@ -101,15 +115,16 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
         # setup (reference encoding + cache) once; each phase scaled to its real units (a keyframe pass traced
         # without windows at the final pass's work per window); the control features of every frame; the decode of
         # every frame
-        per_window = next(((end - begin) / traced for begin, end, traced, real in reversed(phases) if traced), 0.0)
-        flops = phases[0][0] + sum((end - begin) * real / traced if traced else per_window * real
-                                   for begin, end, traced, real in phases)
-        flops += (t.flops - phases[-1][1]) * frames / max(1, decoded[0]) + control_flops[0] * frames
+        per_window = next(((end - begin) / traced for begin, end, traced, real in reversed(phases) if traced),
+                          pf.Work())
+        done = phases[0][0] + sum((end - begin) * real / traced if traced else per_window * real
+                                  for begin, end, traced, real in phases)
+        done += (t.work - phases[-1][1]) * frames / max(1, decoded[0]) + control_flops[0] * frames
     else:
         units = len(t.marks)
-        first = t.marks[0] if t.marks else 0.0
+        first = t.marks[0] if t.marks else pf.Work()
         per_unit = (t.marks[-1] - first) / (units - 1) if units > 1 else first
-        flops = first + per_unit * (units * steps - 1) + (t.flops - (t.marks[-1] if t.marks else 0.0))
+        done = first + per_unit * (units * steps - 1) + (t.work - (t.marks[-1] if t.marks else pf.Work()))
     out = frames * reference.shape[-3] * reference.shape[-2] * 3 * 4 if (video and output == "frames") else 0
     peak = t.device_peak(device)
     if device.type == "cpu":
@@ -117,13 +132,25 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
     else:
         work, host = peak, t.device_peak("cpu") + out
     dtype = next(models.denoiser.parameters()).dtype
+    sizes = {}
+    if video and jobs:
+        store = getattr(controls, "cache", None)
+        sizes = {"decode_batch": int(jobs[0].decode_batch), "pad_cache_bytes": int(jobs[0].pad_cache_bytes),
+                 "pad_cache_used": int(jobs[0].stats.pad_cache_peak_bytes)}
+        if isinstance(store, _BoundedStore):
+            sizes.update(cache_bytes=store.max_bytes, cache_used=int(store.peak_bytes))
     est = pf.Estimate(
         model=f"{MODEL} {models.version} {'video' if video else 'image'}", device=str(device),
-        weights=pf.module_bytes(resident), work=work, host=host, flops=flops,
-        seconds=flops / pf.throughput(device, dtype), stages={"run": peak},
+        weights=pf.module_bytes(resident), work=work, host=host, flops=done.flops,
+        seconds=pf.seconds(done, device, dtype), ops=done.ops,
+        time_parts=done.breakdown(pf.rates(device, dtype)), stages={"run": peak},
         settings={"frames": frames, "size": f"{reference.shape[-2]}x{reference.shape[-3]}", "steps": steps,
                   "cfg": guidance_scale, "output": output if video else "image",
-                  "dtype": str(dtype).replace("torch.", "")})
+                  "dtype": str(dtype).replace("torch.", "")}, sizes=sizes)
+    for name in ("decode_batch", "cache_bytes", "pad_cache_bytes"):
+        if name in sizes:
+            est.settings[name.replace("_bytes", "_mb")] = sizes[name] if name == "decode_batch" else round(
+                sizes[name] / pf.MB, 1)
     est.trace_seconds = time.perf_counter() - started
     if len(_CACHE) > 32:
         _CACHE.clear()
@@ -135,14 +162,14 @@ def _first_index(self, timestep, schedule_timesteps=None) -> int:
     return 0
 
 
-def _fresh(controls):
-    """A shallow copy of ``controls`` with an empty feature cache of the same budget (the trace fills it with fake
-    tensors)."""
+def _fresh(controls, budget: Optional[int] = None):
+    """A shallow copy of ``controls`` with an empty feature cache of the same budget, or of ``budget`` bytes (the
+    trace fills it with fake tensors)."""
     store = getattr(controls, "cache", None)
     if not isinstance(store, _BoundedStore):
         return controls
     copy = _copy.copy(controls)
-    copy.cache = _BoundedStore(store.max_bytes, store.device)
+    copy.cache = _BoundedStore(store.max_bytes if budget is None else int(budget), store.device)
     if hasattr(copy, "_negative"):
         copy._negative = None
     return copy
@@ -162,7 +189,7 @@ def _fill(store: "_BoundedStore", keys, skip=()) -> None:
 
 
 def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps, traced, options, phases, decoded,
-               control_flops):
+               control_flops, jobs):
     """The video run at one step, with the first ``traced`` windows of each pass (of v1/v2 stage 1: the first
     ``traced`` frames), then the decode of the first two batches. What grows with the length is still real:
     the whole-sequence tensors are allocated by the run itself (base noise, pass latents, prediction sums, keyframe
@@ -178,13 +205,14 @@ def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps
     traced = max(2, int(traced))
     job = VideoGeneration(models, trt, reference, pos, controls, negative_prompt_embeds=neg, steps=1,
                           guidance_scale=guidance_scale, noise=0, **options)
+    jobs.append(job)
     n_frames = job.num_frames
     plan = list(job.plan)
     store = getattr(controls, "cache", None)
     store = store if isinstance(store, _BoundedStore) else None
 
     def flops():
-        return float(trt.counter.get_total_flops()) if trt.counter is not None else 0.0
+        return trt.counter.total() if trt.counter is not None else pf.Work()
 
     def phase(traced_units, real_units, call):
         begin = flops()
@@ -318,9 +346,58 @@ FIXES = ("a smaller width/height", "fp16 or bf16 on HelloMeme Loader", "output '
          "fewer driving frames (driving_fps)", "closing other programs or models that use the memory")
 
 
+def size_ladder(est: pf.Estimate, device: torch.device | str, auto: Sequence[str] = AUTO_SIZES) -> list[dict]:
+    """The sizes to try when the defaults (``est``) do not fit, in increasing order of memory: every step smaller
+    than the next. First the decode batch down to 1 (free: the same work in smaller calls), then (CPU only) both
+    stores cut to :data:`STORE_FRACTIONS` of what they hold with their defaults (each cut adds the work of computing
+    the features again). Only the sizes named in ``auto`` change."""
+    sizes = est.sizes
+    if not sizes:
+        return []
+    base = {k: sizes[k] for k in AUTO_SIZES if k in sizes}
+    steps = []
+    if "decode_batch" in auto:
+        steps += [dict(base, decode_batch=b) for b in DECODE_BATCHES if b < base["decode_batch"]]
+    if torch.device(device).type == "cpu":
+        last = steps[-1] if steps else dict(base)
+        for fraction in STORE_FRACTIONS:
+            step = dict(last)
+            if "cache_bytes" in auto and "cache_bytes" in base:
+                step["cache_bytes"] = min(base["cache_bytes"], int(sizes["cache_used"] * fraction))
+            if "pad_cache_bytes" in auto:
+                step["pad_cache_bytes"] = min(base["pad_cache_bytes"], int(sizes["pad_cache_used"] * fraction))
+            if step != (steps[-1] if steps else base):
+                steps.append(step)
+    return steps[::-1]
+
+
 def ensure(models, controls, reference, runtime, video: bool = True, free: Optional[int] = None,
-           **kwargs) -> pf.Estimate:
-    """Refuse before any work when the run will not fit (:class:`runtime.preflight.PreflightError`)."""
+           auto: Sequence[str] = AUTO_SIZES, **kwargs) -> pf.Estimate:
+    """Refuse before any work when the run will not fit (:class:`runtime.preflight.PreflightError`). A video run that
+    does not fit with the defaults gets the first step of :func:`size_ladder` that fits (sizes in ``auto`` and not
+    given in ``kwargs``), named in the estimate's ``picked`` (``decode_batch``, ``cache_bytes`` (the control store's
+    budget: set it on ``controls.cache.max_bytes``), ``pad_cache_bytes``); empty when the defaults fit."""
     est = estimate(models, controls, reference, video=video, runtime=runtime, **kwargs)
     free = pf.free_bytes(runtime, modules(models)) if free is None else free
-    return pf.check(est, free, FIXES)
+    auto = [k for k in auto if k not in kwargs]
+    ladder = size_ladder(est, runtime.device, auto) if video and free is not None and est.peak > free else []
+    if not ladder:
+        return pf.check(est, free, FIXES)
+
+    def for_sizes(sizes: dict) -> pf.Estimate:
+        options = dict(kwargs, decode_batch=sizes["decode_batch"], pad_cache_bytes=sizes["pad_cache_bytes"])
+        return estimate(models, _fresh(controls, sizes.get("cache_bytes")), reference, video=True, runtime=runtime,
+                        **options)
+
+    sizes, est = pf.largest_fitting(ladder, for_sizes, free, "the smallest sizes:", FIXES)
+    return replace(est, picked={k: sizes[k] for k in auto if k in sizes})
+
+
+def apply_picked(est: Optional[pf.Estimate], controls, options: dict) -> None:
+    """Put the sizes the preflight chose (``est.picked``) into a run's ``controls`` and video ``options``."""
+    picked = est.picked if est is not None else {}
+    if "cache_bytes" in picked and isinstance(getattr(controls, "cache", None), _BoundedStore):
+        controls.cache.max_bytes = int(picked["cache_bytes"])
+    for name in ("decode_batch", "pad_cache_bytes"):
+        if name in picked:
+            options[name] = picked[name]

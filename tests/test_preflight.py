@@ -253,3 +253,114 @@ def test_hellomeme_euler_versions_estimate_matches_the_measured_peak(version):
     assert job.latents.shape[2] == 30
     measured = pf.module_bytes(P.modules(models)) + meter.peak
     assert within(est.peak, measured), (est.peak, measured)
+
+
+# ---- time model -----------------------------------------------------------------------------------------------------
+def test_the_trace_counts_operations_matmul_conv_attention_and_bytes_apart():
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    lin = torch.nn.Linear(8, 8)
+
+    def work(x):                                               # x (2, 4, 16, 16)
+        h = torch.nn.functional.silu(conv(x))                  # conv + one elementwise op
+        t = lin(h.flatten(2).transpose(1, 2))                  # views + (2*256, 8) x (8, 8) matmul
+        q = t[:, None]                                         # (2, 1, 256, 8)
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    t = pf.trace(lambda rt, make: work(make(lambda: torch.zeros(2, 4, 16, 16))), [conv, lin], "cpu")
+    w = t.work
+    assert w.conv == 2 * 2 * 8 * 4 * 9 * 16 * 16
+    assert w.matmul == 2 * 2 * 256 * 8 * 8
+    assert w.attention == 2 * 2 * 1 * 256 * 256 * (8 + 8) and w.scores == 2 * 1 * 256 * 256
+    assert w.bytes >= 2 * 2 * 8 * 16 * 16 * 4                   # silu reads and writes (2, 8, 16, 16) fp32
+    assert 4 <= w.ops <= 30 and t.flops == w.flops
+    # Work scales like a number (the families scale traced units to whole runs)
+    assert (w * 3 - w).ops == 2 * w.ops and (w + 0) is w and sum([w, w]).matmul == 2 * w.matmul
+
+
+def test_rates_are_measured_once_per_device_and_cheaply():
+    pf._RATES.pop(("cpu", None, torch.float32), None)
+    r = pf.rates("cpu")
+    assert pf.rates("cpu", torch.float16) is r                 # the CPU is measured in fp32 only; kept
+    assert min(r.matmul, r.conv, r.attention, r.bandwidth) > 1e6 and 0 < r.per_op < 0.1
+    assert r.probe_seconds < 5                                 # about 0.5 s on an idle 2-core CPU
+    w = pf.Work(ops=1000, matmul=r.matmul, bytes=r.bandwidth)
+    assert w.seconds(r) == pytest.approx(1000 * r.per_op + 2)
+
+
+# ---- sizes chosen to fit (memory only: same frames) --------------------------------------------------------------
+def test_memo_picks_a_smaller_vae_batch_that_fits_and_makes_the_same_frames(memo, monkeypatch):
+    from portrait_animation.memo import preflight as P
+    from portrait_animation.memo.pipeline import MemoSettings, talking_frames
+
+    s = MemoSettings(steps=1, num_past_frames=4, seed=5, width=128, height=128)   # the decode makes the peak
+    frames, clip = 8, 8
+    peaks = {b: P.estimate(memo, s, frames, clip, vae_batch=b, output="video file").peak for b in (1, 2, 4)}
+    assert peaks[1] <= peaks[2] < peaks[4] == P.estimate(memo, s, frames, clip, output="video file").peak
+    cond = P.stand_in_conditions(memo, frames, clip, lambda f: f())
+    cond.audio_emb = torch.randn(cond.audio_emb.shape, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setenv(pf.BUDGET_ENV, str((peaks[2] + peaks[4]) / 2 / pf.MB))       # the cap between 2 and 4
+    est = P.ensure(memo, cond, s, output="video file")
+    assert est.picked == {"vae_batch": 2} and est.fits and "vae_batch 2" in est.summary()
+    ref = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(2))
+
+    def run(batch):
+        with torch.no_grad():
+            return torch.cat(list(talking_frames(memo, ref, cond, torch.zeros(1, 512), s, vae_batch=batch)))
+
+    assert torch.equal(run(est.picked["vae_batch"]), run(None))
+    with pytest.raises(pf.PreflightError, match="vae_batch 4"):                  # set by the caller: kept, refused
+        P.ensure(memo, cond, s, output="video file", vae_batch=4)
+    with pytest.raises(pf.PreflightError) as e:                                   # under the smallest: refused
+        P.ensure(memo, cond, s, output="video file", free=peaks[1] - pf.MB // 4)
+    assert "MEMO will not fit even with vae_batch 1" in str(e.value) and "clip_length" in str(e.value)
+
+
+def test_hellomeme_picks_smaller_decode_batch_and_stores_that_fit_with_the_same_frames():
+    from portrait_animation.sk_attention import preflight as P
+    from portrait_animation.sk_attention.pipeline_video import generate_video
+
+    models, _ = tiny_models("v5")
+    hw, frames = (128, 128), 40
+    ref, pos, neg = reference_image(hw), text(1), text(2)
+    rt = StandaloneRuntime("cpu", show_progress=False)
+    options = dict(steps=2, prompt=pos, negative=neg, output="video file")
+    default = P.estimate(models, controls_with_store(models, frames, hw, 64), ref, runtime=rt, **options)
+    ladder = P.size_ladder(default, "cpu")
+    assert ladder[-1]["decode_batch"] == 4 and ladder[0] == {"decode_batch": 1, "cache_bytes": 0,
+                                                             "pad_cache_bytes": 0}
+    smallest = P.ensure(models, controls_with_store(models, frames, hw, 64), ref, rt, free=10 ** 12,
+                        decode_batch=1, pad_cache_bytes=0, auto=("cache_bytes",), **options)
+    assert smallest.picked == {}                               # fits: nothing chosen
+    tiny = P.estimate(models, P._fresh(controls_with_store(models, frames, hw, 64), 0), ref, runtime=rt,
+                      decode_batch=1, pad_cache_bytes=0, **options)
+    assert tiny.peak < default.peak
+    picks = []
+    for budget in ((tiny.peak + default.peak) // 2, tiny.peak + 1):   # a smaller decode batch; then every size
+        est = P.ensure(models, controls_with_store(models, frames, hw, 64), ref, rt, free=budget, **options)
+        assert est.fits and est.peak <= budget < default.peak
+        picks.append(est)
+    assert picks[0].picked["decode_batch"] < 8 and picks[0].picked["cache_bytes"] == default.sizes["cache_bytes"]
+    assert picks[1].picked == {"decode_batch": 1, "cache_bytes": 0, "pad_cache_bytes": 0}
+
+    def run(est):
+        controls, run_options = controls_with_store(models, frames, hw, 64), {}
+        P.apply_picked(est, controls, run_options)
+        images = []
+        job = generate_video(models, rt, ref, pos, controls, negative_prompt_embeds=neg, steps=2, guidance_scale=1.5,
+                             noise=0, on_frame=lambda i, img: images.append(img), **run_options)
+        return job, torch.cat(images)
+
+    plain = run(None)
+    for est in picks:
+        chosen = run(est)
+        assert chosen[0].decode_batch == est.picked["decode_batch"] and torch.equal(chosen[0].latents, plain[0].latents)
+        if est.picked["decode_batch"] % 2 == 0:
+            assert torch.equal(chosen[1], plain[1])
+        else:  # the CPU's convolutions take other kernels for odd batches: the frames differ in float rounding only
+            torch.testing.assert_close(chosen[1], plain[1], rtol=0, atol=1e-5)
+    assert chosen[0].stats.control_cache_peak_bytes == 0 < plain[0].stats.control_cache_peak_bytes  # recomputed
+    with pytest.raises(pf.PreflightError) as e:
+        P.ensure(models, controls_with_store(models, frames, hw, 64), ref, rt, free=tiny.peak - pf.MB // 4,
+                 **options)
+    assert "will not fit even with the smallest sizes: decode_batch 1, cache_bytes 0" in str(e.value)
+    assert "width/height" in str(e.value)
