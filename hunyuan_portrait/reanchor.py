@@ -18,11 +18,13 @@ from .animate import animate
 
 @torch.no_grad()
 def regenerate_range(bundle, conditions, settings, seed: int, start: int, stop: int, context: int = 4,
-                     guidance_boost: float = 0.0, runtime=None, speed=None) -> torch.Tensor:
+                     guidance_boost: float = 0.0, runtime=None, speed=None, resume=None) -> torch.Tensor:
     """Frames ``start .. stop - 1`` generated again: IMAGE ``(stop - start, S, S, 3)`` in [0, 1] on the host.
 
     The sequence is driving frames ``max(0, start - context) .. min(N, stop + context) - 1`` with the run's
-    settings (pads, windows, steps), appearance guidance raised by ``guidance_boost`` and noise from ``seed``."""
+    settings (pads, windows, steps), appearance guidance raised by ``guidance_boost`` and noise from ``seed``.
+    ``resume``: ``runtime.resume.ResumeOptions`` for the range's own run (keyed by its inputs; see
+    ``resume.guard_scope``)."""
     n = conditions.num_frames
     if not 0 <= start < stop <= n:
         raise ValueError(f"frame range {start}..{stop - 1} is outside the {n} driving frames")
@@ -31,7 +33,7 @@ def regenerate_range(bundle, conditions, settings, seed: int, start: int, stop: 
     s = replace(settings,
                 min_appearance_guidance_scale=settings.min_appearance_guidance_scale + guidance_boost,
                 max_appearance_guidance_scale=settings.max_appearance_guidance_scale + guidance_boost)
-    frames = animate(bundle, part, s, seed, runtime=runtime, speed=speed)                  # (hi - lo, S, S, 3)
+    frames = animate(bundle, part, s, seed, runtime=runtime, speed=speed, resume=resume)   # (hi - lo, S, S, 3)
     return frames[start - lo:stop - lo]
 
 

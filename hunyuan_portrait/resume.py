@@ -5,11 +5,12 @@ to step, so no window is final before the last step: the resumable unit is the w
 step (about 64 KB per frame at 512x512 in fp32). The scheduler is stateless (the step index picks sigma, shift and
 guidance scales) and both Gaussian draws are made up front from the seed, so ``(steps done, state)`` is all a run
 needs to continue bit-identically. The state is rewritten after every step (one segment, ``state``); decoding is
-recomputed from the final state."""
+recomputed from the final state. Under the identity guard the run's and its retries' entries are kept together
+until the guard is done (:func:`guard_scope`)."""
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -53,3 +54,33 @@ def step_saver(job: ResumeJob | None):
     if job is None:
         return None
     return lambda i, state: job.save("state", {"done": int(i) + 1, "state": state.detach().to("cpu").clone()})
+
+
+GUARD_PREFIX = "hunyuan_portrait_guard"
+
+
+def guard_scope(options: ResumeOptions | None, bundle, conditions, settings, seed: int, speed
+                ) -> tuple[ResumeOptions | None, Callable[[], None]]:
+    """Resume for a run under the identity guard: ``(options for the main run and every retry, done)``.
+
+    The guard's retries (``hunyuan_portrait/reanchor.py``) start after the main run finished, which deletes a
+    finished run's entry: a cancel during the retries would then sample the whole run again. Here the main run's and
+    every retry's entries go into one folder of their own (``<folder>/hunyuan_portrait_guard-<main key>``), all kept
+    until ``done()`` is called after the guard; a re-queue then decodes the finished main run and finished retries
+    from their last step and continues an interrupted retry from its step (each entry keyed by its own inputs, so the
+    frames are the uninterrupted run's). ``done()`` deletes the folder (unless the user's ``keep``)."""
+    import shutil
+    from dataclasses import replace
+    from pathlib import Path
+
+    main = hunyuan_job(options, bundle, conditions, settings, seed, speed)
+    if main is None:
+        return options, lambda: None
+    folder = Path(options.folder) / f"{GUARD_PREFIX}-{main.key}"
+    held = replace(options, folder=str(folder), keep=True)
+
+    def done() -> None:
+        if not options.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return held, done

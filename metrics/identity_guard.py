@@ -349,10 +349,11 @@ def report_windows(guard: IdentityGuard, per_frame: list, window: int, family: s
 
 
 def guard_portrait(guard: IdentityGuard, bundle, conditions, settings, seed: int, frames: torch.Tensor,
-                   runtime=None, speed=None):
+                   runtime=None, speed=None, resume=None):
     """HunyuanPortrait's guard over the generated crops ``frames (N, S, S, 3)``: the sampler's ArcFace scores,
     then :func:`guard_windows` with :func:`..hunyuan_portrait.reanchor.regenerate_range`. Returns ``(frames,
-    IdentityReport after the guard, GuardReport)``."""
+    IdentityReport after the guard, GuardReport)``. ``resume``: the retries' resume options (from
+    ``hunyuan_portrait.resume.guard_scope``: kept until the guard is done, so a cancelled guard continues)."""
     from ..hunyuan_portrait.animate import IdentityReport, identity_scores
     from ..hunyuan_portrait.reanchor import regenerate_range
 
@@ -364,7 +365,7 @@ def guard_portrait(guard: IdentityGuard, bundle, conditions, settings, seed: int
     def remake(start: int, stop: int, attempt: int) -> torch.Tensor:
         return regenerate_range(bundle, conditions, settings, retry_seed(seed, start // window, attempt), start,
                                 stop, context=context, guidance_boost=guard.guidance_boost * attempt,
-                                runtime=runtime, speed=speed)
+                                runtime=runtime, speed=speed, resume=resume)
 
     def score(images: torch.Tensor) -> list:
         return identity_scores(bundle, conditions, images, window).per_frame

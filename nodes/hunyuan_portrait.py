@@ -256,11 +256,16 @@ class HunyuanPortraitSampler(io.ComfyNode):
                 guarded = report_windows(guard, scores, window, note="re-anchoring needs output 'frames' (the video "
                                          "file is written as the frames are decoded): windows reported only")
         else:
-            frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed,
-                             resume=resume_options(resume))
+            run_resume, guard_done = resume_options(resume), None
+            if guard is not None:  # the run's and the retries' entries kept until the guard is done
+                from ..hunyuan_portrait.resume import guard_scope
+
+                run_resume, guard_done = guard_scope(run_resume, hunyuan_portrait, conditions, settings, seed, speed)
+            frames = animate(hunyuan_portrait, conditions, settings, seed, runtime=rt, speed=speed, resume=run_resume)
             if guard is not None:  # scores every frame, re-anchors failing windows in place
                 frames, report, guarded = guard_portrait(guard, hunyuan_portrait, conditions, settings, seed, frames,
-                                                         runtime=rt, speed=speed)
+                                                         runtime=rt, speed=speed, resume=run_resume)
+                guard_done()
             n = frames.shape[0]
             with rt.progress(2 * n if identity_score and guard is None else n,
                              desc="HunyuanPortrait paste-back") as bar:

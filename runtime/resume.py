@@ -136,12 +136,12 @@ def resume_key(*parts: Any) -> str:
 
 
 # ---- the cache folder ---------------------------------------------------------------------------------------------
-def _entry_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.glob("*") if f.is_file())
+def _entry_size(path: Path) -> int:  # an entry may hold entries of its own (hunyuan_portrait.resume.guard_scope)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def _entry_time(path: Path) -> float:
-    times = [f.stat().st_mtime for f in path.glob("*") if f.is_file()]
+    times = [f.stat().st_mtime for f in path.rglob("*") if f.is_file()]
     return max(times) if times else path.stat().st_mtime
 
 

@@ -62,3 +62,62 @@ def test_guard_needs_arcface_scores(hunyuan_case):
     no_face = type(cond)(**{**cond.__dict__, "id_embedding": torch.zeros(1, 512)})
     with pytest.raises(ValueError, match="arcface"):
         guard_portrait(IdentityGuard(), bundle, no_face, s, seed=0, frames=torch.zeros(FRAMES, 8, 8, 3))
+
+
+def test_a_guard_cancelled_in_its_retries_continues_with_identical_frames(hunyuan_case, tmp_path, caplog):
+    """Resume under the guard (hunyuan_portrait/resume.guard_scope): the main run's entry is kept while the guard
+    retries, so a cancel in a retry costs neither the run nor the finished retries; the re-queue decodes them from
+    their last step, continues the cancelled retry from its step, and gives the uninterrupted guard's frames."""
+    import logging
+
+    from portrait_animation.hunyuan_portrait.resume import GUARD_PREFIX, guard_scope
+    from portrait_animation.hunyuan_portrait.sampler import window_starts
+    from portrait_animation.runtime import Interrupted, StandaloneRuntime
+    from portrait_animation.runtime.resume import ResumeOptions
+
+    bundle, cond, _ = hunyuan_case
+    s = _settings(cond)
+    frames = A.animate(bundle, cond, s, seed=3)
+    guard = IdentityGuard(threshold=1.0, max_retries=1, blend_frames=1)  # both windows fail: one retry each
+    ref_out, ref_report, ref_guarded = guard_portrait(guard, bundle, cond, s, seed=3, frames=frames)
+    assert len(ref_guarded.windows) == 2 and all(len(w.scores) == 2 for w in ref_guarded.windows)
+
+    opts = ResumeOptions(str(tmp_path / "resume"))
+    assert guard_scope(None, bundle, cond, s, 3, None)[0] is None
+    held, done = guard_scope(opts, bundle, cond, s, 3, None)
+    assert held.keep and held.folder.startswith(str(tmp_path / "resume" / GUARD_PREFIX))
+
+    main_total, retries = A.progress_total(s, FRAMES), []
+
+    def step_units(total: int) -> int:  # a retry's windows per step, from its progress total
+        k = next(k for k in range(1, FRAMES + 1) if A.progress_total(s, k) == total)
+        return len(window_starts(s.padded_length(k), s.n_sample_frames, s.overlap, 0))
+
+    def cancel_in_second_retry(value, total, preview):  # after its first step, in its second
+        if total != main_total and value == 1:
+            retries.append(total)
+        if len(retries) == 2 and total != main_total and value == step_units(total) + 1:
+            rt.interrupt()
+
+    rt = StandaloneRuntime(device="cpu", show_progress=False)
+    rt.callbacks.append(cancel_in_second_retry)
+    main = A.animate(bundle, cond, s, seed=3, runtime=rt, resume=held)
+    assert torch.equal(main, frames)
+    with pytest.raises(Interrupted):
+        guard_portrait(guard, bundle, cond, s, seed=3, frames=main, runtime=rt, resume=held)
+    assert len(retries) == 2
+
+    # the re-queue: the same scope, the run and the first retry decoded from their last step, the second continued
+    rt = StandaloneRuntime(device="cpu", show_progress=False)
+    again, done = guard_scope(opts, bundle, cond, s, 3, None)
+    assert again == held
+    with caplog.at_level(logging.INFO, logger="portrait_animation.runtime.resume"):
+        main = A.animate(bundle, cond, s, seed=3, runtime=rt, resume=again)
+        out, report, guarded = guard_portrait(guard, bundle, cond, s, seed=3, frames=main, runtime=rt, resume=again)
+    done()
+    assert caplog.text.count(f"resuming hunyuan_portrait from step {s.num_inference_steps} of "
+                             f"{s.num_inference_steps}") == 2
+    assert f"resuming hunyuan_portrait from step 1 of {s.num_inference_steps}" in caplog.text
+    assert torch.equal(main, frames) and torch.equal(out, ref_out)
+    assert report.per_frame == ref_report.per_frame and guarded.to_dict() == ref_guarded.to_dict()
+    assert not any((tmp_path / "resume").iterdir())  # the guard finished: its folder is gone
