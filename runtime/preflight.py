@@ -611,6 +611,8 @@ def rates(device: torch.device | str, dtype: torch.dtype = torch.float32) -> Rat
         measured = Rates(per_op=min(measured.per_op, one.per_op), matmul=max(measured.matmul, one.matmul),
                          conv=max(measured.conv, one.conv), attention=max(measured.attention, one.attention),
                          bandwidth=max(measured.bandwidth, one.bandwidth), scores=max(measured.scores, one.scores))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()                 # the probes' blocks go back: the check reads the free memory next
     measured.probe_seconds = time.perf_counter() - started
     measured.overlap = device.type != "cpu"
     _RATES[key] = measured
@@ -641,7 +643,7 @@ def _measure(device: torch.device, dtype: torch.dtype, per_op: bool = True) -> R
         per_flop = max((times[0] - times[1]) / (4 * pairs * (dim - 8)), times[0] / (4 * pairs * dim) / 4)
         per_score = max(times[1] - 4 * pairs * 8 * per_flop, times[1] / 4) / pairs
         attention, scores = 1 / per_flop, 1 / per_score
-        elems = (64 if big else 4) << 20
+        elems = (32 if big else 4) << 20
         u, v = torch.randn(elems, **kw), torch.randn(elems, **kw)
         bandwidth = 3 * elems * u.element_size() / _timed(device, lambda: u + v)
         del u, v
