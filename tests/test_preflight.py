@@ -341,6 +341,9 @@ def test_hellomeme_picks_smaller_decode_batch_and_stores_that_fit_with_the_same_
         picks.append(est)
     assert picks[0].picked["decode_batch"] < 8 and picks[0].picked["cache_bytes"] == default.sizes["cache_bytes"]
     assert picks[1].picked == {"decode_batch": 1, "cache_bytes": 0, "pad_cache_bytes": 0}
+    kept = P.ensure(models, controls_with_store(models, frames, hw, 64), ref, rt, free=picks[1].peak,
+                    decode_batch=2, **options)                    # set by the caller: kept, the stores still shrink
+    assert kept.picked == {"cache_bytes": 0, "pad_cache_bytes": 0} and kept.sizes["decode_batch"] == 2
 
     def run(est):
         controls, run_options = controls_with_store(models, frames, hw, 64), {}
