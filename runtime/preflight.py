@@ -727,7 +727,7 @@ class Estimate:
         for stage, value in self.stages.items():
             lines.append(f"  {stage}: {value / MB:,.0f} MB of work on the device")
         lines.append(f"time: roughly {_duration(self.seconds)} ({self.flops / 1e12:,.2f} TFLOP and {self.ops:,.0f} "
-                     "operations at this device's measured rates; within about 2x)")
+                     "operations at this device's measured rates; the run alone, within about 2x on a CPU)")
         if self.free is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             lines.append(f"free for the run: {self.free / MB:,.0f} MB -> {verdict}")
