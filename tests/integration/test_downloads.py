@@ -67,11 +67,28 @@ def test_corrupt_download_is_reported_and_not_installed(comfy_server, loopback_h
     f = load_manifest("memo").file("insightface_scrfd_10g_bnkps")
     good = b"onnx model bytes" * 64
     loopback_hub.add(f.repo_id, f.path, b"tampered" + good[8:], advertised_sha256=hashlib.sha256(good).hexdigest())
-    for other in load_manifest("memo").select(groups=["face"]):
+    face = load_manifest("memo").select(groups=["face"])
+    for other in face:
         if other.id != f.id:
             loopback_hub.add(other.repo_id, other.path, b"onnx" * 100)
-    entry = comfy_server.run(model_files_prompt("memo", "face", True))
-    assert entry["status"]["status_str"] == "error"
-    msg = status_messages(entry)["execution_error"]["exception_message"]
-    assert "memo/insightface_scrfd_10g_bnkps" in msg and "corrupt" in msg and "sha256" in msg, msg
-    assert not (comfy_server.extra_models_dir / f.dest).exists()
+    # the server holds stand-in face models (the MEMO identity-guard example): set them aside so the group downloads
+    aside = {}
+    for g in face:
+        for path in (comfy_server.models_dir / g.folder / g.dest, comfy_server.extra_models_dir / g.dest):
+            if path.exists():
+                aside[path] = path.with_name(path.name + ".aside")
+                path.rename(aside[path])
+    try:
+        entry = comfy_server.run(model_files_prompt("memo", "face", True))
+        assert entry["status"]["status_str"] == "error"
+        msg = status_messages(entry)["execution_error"]["exception_message"]
+        assert "memo/insightface_scrfd_10g_bnkps" in msg and "corrupt" in msg and "sha256" in msg, msg
+        assert not (comfy_server.extra_models_dir / f.dest).exists()
+    finally:
+        for g in face:  # what the download did install (the good files of the group) goes again
+            path = comfy_server.extra_models_dir / g.dest
+            if path not in aside:
+                path.unlink(missing_ok=True)
+        for path, moved in aside.items():
+            path.unlink(missing_ok=True)
+            moved.rename(path)
