@@ -37,12 +37,15 @@ def _conditions(conditions, frames: int, size: int, make):
 
 
 def estimate(bundle, settings, frames: int, conditions=None, runtime=None, full_size: Optional[tuple] = None,
-             traced_windows: int = 2) -> pf.Estimate:
+             traced_windows: int = 2, speed=None) -> pf.Estimate:
     """The estimate of :func:`.animate.animate` for ``frames`` driving frames (``conditions``: the real ones, when
-    there are; otherwise stand-ins of the right shapes). ``full_size`` (H, W): also the pasted full frames."""
+    there are; otherwise stand-ins of the right shapes). ``full_size`` (H, W): also the pasted full frames.
+    ``speed``: the run's Speed Options (``sdpa_math``'s score matrices are traced; see
+    :func:`runtime.preflight.traced_speed`)."""
     rt = runtime or bundle.runtime
     device = torch.device(rt.device)
-    key = (id(bundle.unet.module), astuple(settings), frames, str(device), full_size, id(conditions))
+    key = (id(bundle.unet.module), astuple(settings), frames, str(device), full_size, id(conditions),
+           pf.speed_key(speed))
     if key in _CACHE:
         return _CACHE[key]
     started = __import__("time").perf_counter()
@@ -54,7 +57,7 @@ def estimate(bundle, settings, frames: int, conditions=None, runtime=None, full_
     def sampling(trt, make):
         cond = _conditions(conditions, frames, s.width, make)
         with trt.progress(s.num_inference_steps * windows) as bar:
-            return A._denoised(bundle, cond, s, 0, trt, bar)
+            return A._denoised(bundle, cond, s, 0, trt, bar, speed=pf.traced_speed(speed))
 
     sample_trace = pf.trace(sampling, resident, device, stop_after=min(traced_windows, windows * s.num_inference_steps))
 
@@ -81,7 +84,7 @@ def estimate(bundle, settings, frames: int, conditions=None, runtime=None, full_
         time_parts=done.breakdown(pf.rates(device, dtype)), stages=stages,
         settings={"frames": frames, "size": s.width, "steps": s.num_inference_steps, "window": s.n_sample_frames,
                   "overlap": s.overlap, "pad_frames": s.pad_frames, "decode_chunk": s.decode_chunk_size,
-                  "dtype": str(dtype).replace("torch.", "")})
+                  "dtype": str(dtype).replace("torch.", ""), **pf.speed_settings(speed)})
     est.trace_seconds = __import__("time").perf_counter() - started
     if len(_CACHE) > 32:
         _CACHE.clear()
@@ -94,16 +97,17 @@ FIXES = ("a smaller 'window' (fewer frames per UNet call)", "a smaller 'decode_c
          "output 'video file' for long videos", "closing other programs or models that use the memory")
 
 
-def ensure(bundle, conditions, settings, runtime=None, full_size=None, free: Optional[int] = None) -> pf.Estimate:
+def ensure(bundle, conditions, settings, runtime=None, full_size=None, free: Optional[int] = None,
+           speed=None) -> pf.Estimate:
     """Refuse before any work when the run will not fit (:class:`runtime.preflight.PreflightError`)."""
     rt = runtime or bundle.runtime
-    est = estimate(bundle, settings, conditions.num_frames, conditions, rt, full_size=full_size)
+    est = estimate(bundle, settings, conditions.num_frames, conditions, rt, full_size=full_size, speed=speed)
     free = pf.free_bytes(rt, [h.module for h in bundle.sampling_models]) if free is None else free
     return pf.check(est, free, FIXES)
 
 
 def auto_decode_chunk(bundle, frames: int, settings, conditions=None, runtime=None, full_size=None,
-                      free: Optional[int] = None):
+                      free: Optional[int] = None, speed=None):
     """The settings with the largest decode chunk (at most the padded length) that fits, and its estimate."""
     rt = runtime or bundle.runtime
     padded = settings.padded_length(frames)
@@ -111,5 +115,5 @@ def auto_decode_chunk(bundle, frames: int, settings, conditions=None, runtime=No
     sizes = [c for c in DECODE_CHUNKS if c <= padded] or [1]
     chunk, est = pf.largest_fitting(
         sizes, lambda c: estimate(bundle, replace(settings, decode_chunk_size=c), frames, conditions, rt,
-                                  full_size=full_size), free, "decode_chunk")
+                                  full_size=full_size, speed=speed), free, "decode_chunk")
     return replace(settings, decode_chunk_size=chunk), est

@@ -42,10 +42,11 @@ def stand_in_conditions(bundle, frames: int, clip_length: int, make):
 
 
 def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=None, runtime=None,
-             output: str = "frames", vae_batch: Optional[int] = None) -> pf.Estimate:
+             output: str = "frames", vae_batch: Optional[int] = None, speed=None) -> pf.Estimate:
     """The estimate of a MEMO Talking Portrait run of ``frames`` frames (``conditions``: the real ones when there
     are). ``output`` "frames": every frame is kept on the host as well (the node's IMAGE). ``vae_batch``: frames per
-    VAE call (None: the sampler's default)."""
+    VAE call (None: the sampler's default). ``speed``: the run's Speed Options (:func:`runtime.preflight.traced_speed`:
+    ``sdpa_math``'s score matrices and ``cache_interval``'s stored features are traced)."""
     from ..motion.memo_sampler import MemoSamplerSettings
     from .pipeline import talking_frames
 
@@ -55,7 +56,7 @@ def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=No
     if conditions is not None:
         frames, clip_length = conditions.frames_with_audio, conditions.clip_length
     key = (id(bundle.diffusion_net.module), astuple(settings), frames, clip_length, str(device), output,
-           id(conditions), vae_batch)
+           id(conditions), vae_batch, pf.speed_key(speed))
     if key in _CACHE:
         return _CACHE[key]
     started = time.perf_counter()
@@ -67,7 +68,8 @@ def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=No
         cond = conditions if conditions is not None else stand_in_conditions(bundle, frames, clip_length, make)
         ref = make(lambda: torch.zeros(1, settings.height, settings.width, 3))
         face = make(lambda: torch.zeros(1, 512))
-        return talking_frames(bundle, ref, cond, face, traced, runtime=trt, vae_batch=vae_batch)
+        return talking_frames(bundle, ref, cond, face, traced, runtime=trt, vae_batch=vae_batch,
+                              speed=pf.traced_speed(speed))
 
     units = traced.steps + (1 if clips > 1 else 0)
     t = pf.trace(run, resident, device, stop_after=units)
@@ -90,7 +92,7 @@ def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=No
         settings={"frames": frames, "clips": clips, "clip_length": clip_length, "resolution": settings.width,
                   "steps": settings.steps, "past_frames": settings.num_past_frames, "vae_batch": vae_batch,
                   "output": output,
-                  "dtype": str(dtype).replace("torch.", "")})
+                  "dtype": str(dtype).replace("torch.", ""), **pf.speed_settings(speed)})
     est.trace_seconds = time.perf_counter() - started
     if len(_CACHE) > 32:
         _CACHE.clear()
@@ -104,23 +106,23 @@ FIXES = ("a lower 'resolution'", "a shorter 'clip_length' on MEMO Audio Conditio
 
 
 def ensure(bundle, conditions, settings, runtime=None, output: str = "frames", free: Optional[int] = None,
-           vae_batch: Optional[int] = None) -> pf.Estimate:
+           vae_batch: Optional[int] = None, speed=None) -> pf.Estimate:
     """Refuse before any work when the run will not fit (:class:`runtime.preflight.PreflightError`). ``vae_batch``
     None (auto): when the default does not fit, the largest of :data:`VAE_BATCHES` that fits is chosen and named in
     the estimate's ``picked`` (``{"vae_batch": n}``; empty when the default fits); a value set by the caller is
     kept and only checked."""
     return fit(bundle, settings, conditions.frames_with_audio, conditions.clip_length, conditions, runtime, output,
-               free, vae_batch)
+               free, vae_batch, speed)
 
 
 def fit(bundle, settings, frames: int, clip_length: int = 16, conditions=None, runtime=None, output: str = "frames",
-        free: Optional[int] = None, vae_batch: Optional[int] = None) -> pf.Estimate:
+        free: Optional[int] = None, vae_batch: Optional[int] = None, speed=None) -> pf.Estimate:
     """:func:`ensure` for ``frames`` frames (``conditions`` None: stand-ins of the right shapes)."""
     rt = runtime or bundle.runtime
     free = pf.free_bytes(rt, [h.module for h in bundle.sampling_models]) if free is None else free
 
     def for_batch(batch):
-        return estimate(bundle, settings, frames, clip_length, conditions, rt, output, vae_batch=batch)
+        return estimate(bundle, settings, frames, clip_length, conditions, rt, output, vae_batch=batch, speed=speed)
 
     est = for_batch(vae_batch)
     if vae_batch is not None or free is None or est.peak <= free:

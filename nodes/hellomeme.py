@@ -342,12 +342,12 @@ class HelloMemeImage(io.ComfyNode):
             raise ValueError(f"driving_frame {driving_frame} is past the {conditions.num_frames} driving frames")
         models = hellomeme["models"]
         pos, neg = _text(models, positive, negative)
-        models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
+        prepared = models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
         from .preflight import check_hellomeme  # refuses a run that cannot fit, before any work
 
-        check_hellomeme(hellomeme, conditions, width, height, node_runtime(cls), False, steps=steps,
+        check_hellomeme(prepared, node_runtime(cls), False, steps=steps,
                         guidance_scale=cfg, prompt=pos, negative=neg, scheduler=_scheduler(scheduler),
-                        frame=driving_frame, size_correct=size_correct)
+                        frame=driving_frame, size_correct=size_correct, speed=speed)
         result = generate_image(models, node_runtime(cls), ref, pos, controls,
                                 negative_prompt_embeds=neg, reference_controls=ref_controls,
                                 steps=steps, guidance_scale=cfg, noise=seed, scheduler=_scheduler(scheduler),
@@ -421,7 +421,7 @@ class HelloMemeVideo(io.ComfyNode):
         streaming = output == "video file"
         paste = paste_frame_fn(crop_info, original) if streaming else None  # checked before any work
         pos, neg = _text(hellomeme["models"], positive, negative)
-        models, ref, controls, _ = _prepare(hellomeme, conditions, width, height)
+        prepared = models, ref, controls, _ = _prepare(hellomeme, conditions, width, height)
         fps = float(conditions.fps or 25.0)
         n = conditions.num_frames
         state = {"frames": None, "next": 0, "preview": None}
@@ -450,9 +450,9 @@ class HelloMemeVideo(io.ComfyNode):
 
         from ..sk_attention.preflight import apply_picked
 
-        est = check_hellomeme(hellomeme, conditions, width, height, node_runtime(cls), True, output=output,
+        est = check_hellomeme(prepared, node_runtime(cls), True, output=output,
                               steps=steps, guidance_scale=cfg, prompt=pos, negative=neg,
-                              scheduler=_scheduler(scheduler), size_correct=size_correct)
+                              scheduler=_scheduler(scheduler), size_correct=size_correct, speed=speed)
         apply_picked(est, controls, options)  # smaller decode batch / stores when the defaults would not fit
         from ..sk_attention.resume import hellomeme_job
 

@@ -227,7 +227,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
             max_motion_guidance_scale=motion_guidance, border_ratio=paste_border)
         rt = node_runtime(cls)
         settings = preflight_settings(hunyuan_portrait, conditions, settings, rt, auto_decode=decode_chunk == 0,
-                                      full=output != "video file")  # refuses a run that cannot fit, before any work
+                                      full=output != "video file", speed=speed)  # refuses a run that cannot fit
         fps = float(conditions.fps or 25.0)
         guard, guarded = active_guard(identity_guard), None
         if guard is not None:
@@ -286,7 +286,7 @@ class HunyuanPortraitSampler(io.ComfyNode):
         return io.NodeOutput(frames, full, video, fps, mean, text, ui=ui or None)
 
 
-def preflight_settings(bundle, conditions, settings, rt, auto_decode: bool, full: bool):
+def preflight_settings(bundle, conditions, settings, rt, auto_decode: bool, full: bool, speed=None):
     """The sampler's settings after the preflight check (decode_chunk 0: the largest that fits)."""
     from ..hunyuan_portrait import preflight as hp
     from ..runtime.preflight import advisory
@@ -294,8 +294,8 @@ def preflight_settings(bundle, conditions, settings, rt, auto_decode: bool, full
     size = tuple(conditions.original.shape[:2]) if full else None
     if auto_decode:  # without an estimate: the settings' chunk (the original's 8)
         settings = advisory("HunyuanPortrait", lambda: hp.auto_decode_chunk(
-            bundle, conditions.num_frames, settings, conditions, rt, full_size=size)[0], settings)
-    advisory("HunyuanPortrait", lambda: hp.ensure(bundle, conditions, settings, rt, full_size=size))
+            bundle, conditions.num_frames, settings, conditions, rt, full_size=size, speed=speed)[0], settings)
+    advisory("HunyuanPortrait", lambda: hp.ensure(bundle, conditions, settings, rt, full_size=size, speed=speed))
     return settings
 
 

@@ -202,7 +202,8 @@ class MemoSampler(io.ComfyNode):
         from ..memo.preflight import ensure  # refuses a run that cannot fit, before any work
         from ..runtime.preflight import advisory
 
-        est = advisory("MEMO", lambda: ensure(memo, conditions, settings, node_runtime(cls), output=output))
+        est = advisory("MEMO", lambda: ensure(memo, conditions, settings, node_runtime(cls), output=output,
+                                              speed=speed))
         vae_batch = est.picked.get("vae_batch") if est is not None else None  # smaller when the default won't fit
         face = face_embedding(memo, reference, on_missing_face=on_missing_face, input_name="reference")
         count = conditions.frames_with_audio

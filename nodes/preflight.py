@@ -12,9 +12,10 @@ from .common import CAT_MODELS, PREFIX, node_runtime
 from .hellomeme import Conditions as HMConditions, HelloMeme
 from .hunyuan_portrait import Conditions as HPConditions, Models as HPModels
 from .memo import MemoAudio, MemoModels
+from .speed import SpeedOptionsType
 
 
-def hunyuan_estimate(bundle, conditions, frames, steps, size, window, decode_chunk, output, rt):
+def hunyuan_estimate(bundle, conditions, frames, steps, size, window, decode_chunk, output, rt, speed=None):
     """The estimate; decode_chunk 0: with the largest decode chunk that fits (named in its settings)."""
     from ..hunyuan_portrait import preflight as hp
     from ..hunyuan_portrait.pipeline import PortraitSettings
@@ -24,17 +25,17 @@ def hunyuan_estimate(bundle, conditions, frames, steps, size, window, decode_chu
     s = PortraitSettings(width=size, height=size, num_inference_steps=steps, n_sample_frames=window,
                          overlap=min(PortraitSettings.overlap, window - 1), decode_chunk_size=max(decode_chunk, 1))
     if decode_chunk == 0:
-        return hp.auto_decode_chunk(bundle, frames, s, conditions, rt)[1]
-    return hp.estimate(bundle, s, frames, conditions, rt)
+        return hp.auto_decode_chunk(bundle, frames, s, conditions, rt, speed=speed)[1]
+    return hp.estimate(bundle, s, frames, conditions, rt, speed=speed)
 
 
-def memo_estimate(bundle, conditions, frames, steps, size, clip_length, output, rt):
+def memo_estimate(bundle, conditions, frames, steps, size, clip_length, output, rt, speed=None):
     from ..memo import preflight as mp
     from ..memo.pipeline import MemoSettings
 
     s = MemoSettings(steps=steps, width=size, height=size)
-    return _fitted(lambda free: mp.fit(bundle, s, frames, clip_length, conditions, rt, output, free),
-                   lambda: mp.estimate(bundle, s, frames, clip_length, conditions, rt, output=output),
+    return _fitted(lambda free: mp.fit(bundle, s, frames, clip_length, conditions, rt, output, free, speed=speed),
+                   lambda: mp.estimate(bundle, s, frames, clip_length, conditions, rt, output=output, speed=speed),
                    lambda: pf.free_bytes(rt, [h.module for h in bundle.sampling_models]))
 
 
@@ -50,7 +51,7 @@ def _fitted(fit, default, free_now):
         return replace(default(), free=free, refusal=str(e))     # a copy: estimates are cached
 
 
-def hellomeme_estimate(hellomeme, conditions, steps, size, output, rt):
+def hellomeme_estimate(hellomeme, conditions, steps, size, output, rt, speed=None):
     from ..sk_attention import preflight as sp
     from ..sk_attention.loading import VIDEO_VERSIONS
     from .hellomeme import _prepare
@@ -60,7 +61,7 @@ def hellomeme_estimate(hellomeme, conditions, steps, size, output, rt):
                          "networks on the driving conditions; connect HelloMeme Driving Conditions")
     models, ref, controls, ref_controls = _prepare(hellomeme, conditions, size, size)
     video = bool(hellomeme["video"]) and models.version in VIDEO_VERSIONS
-    extra = {} if video else {"reference_controls": ref_controls}
+    extra = {"speed": speed} if video else {"reference_controls": ref_controls, "speed": speed}
     return _fitted(lambda free: sp.ensure(models, controls, ref, rt, video=video, free=free, steps=steps,
                                           output=output, size_correct=True, **extra),
                    lambda: sp.estimate(models, controls, ref, video=video, steps=steps, runtime=rt, output=output,
@@ -68,14 +69,13 @@ def hellomeme_estimate(hellomeme, conditions, steps, size, output, rt):
                    lambda: pf.free_bytes(rt, sp.modules(models)))
 
 
-def check_hellomeme(hellomeme, conditions, width, height, rt, video: bool, output: str = "frames", **options):
-    """The HelloMeme samplers' check before any work (fresh control sources: a trace leaves fake features in the
-    one it runs)."""
+def check_hellomeme(prepared, rt, video: bool, output: str = "frames", **options):
+    """The HelloMeme samplers' check before any work, on the sampler's own prepared ``(models, reference, controls,
+    reference_controls)`` (the trace runs on copies of the control sources, so they keep no fake features)."""
     from ..runtime.preflight import advisory
     from ..sk_attention import preflight as sp
-    from .hellomeme import _prepare
 
-    models, ref, controls, ref_controls = _prepare(hellomeme, conditions, width, height)
+    models, ref, controls, ref_controls = prepared
     if not video and ref_controls is not None:
         options["reference_controls"] = ref_controls
     return advisory("HelloMeme", lambda: sp.ensure(models, controls, ref, rt, video=video, output=output, **options))
@@ -120,6 +120,10 @@ class Preflight(io.ComfyNode):
                 HPConditions.Input("hunyuan_conditions", optional=True,
                                    tooltip="From HunyuanPortrait Driving Conditions (optional: frames and size "
                                            "otherwise)."),
+                SpeedOptionsType.Input("speed", optional=True,
+                                       tooltip="Optional: the Speed Options the sampler gets. sdpa_math's score "
+                                               "matrices and cache_interval's stored deep features are counted; "
+                                               "the fused kernels and torch.compile are estimated as plain SDPA."),
             ],
             outputs=[
                 io.String.Output(display_name="report", tooltip="The estimate, per stage, and whether it fits."),
@@ -135,7 +139,7 @@ class Preflight(io.ComfyNode):
     @classmethod
     def execute(cls, frames, steps, size, window, decode_chunk, clip_length, output, hellomeme=None,
                 hellomeme_conditions=None, memo=None, memo_conditions=None, hunyuan_portrait=None,
-                hunyuan_conditions=None) -> io.NodeOutput:
+                hunyuan_conditions=None, speed=None) -> io.NodeOutput:
         from ..runtime import preflight as pf
 
         given = [name for name, value in (("hellomeme", hellomeme), ("memo", memo),
@@ -146,15 +150,15 @@ class Preflight(io.ComfyNode):
         rt = node_runtime(cls)
         if hunyuan_portrait is not None:
             est = hunyuan_estimate(hunyuan_portrait, hunyuan_conditions, frames, steps, size, window, decode_chunk,
-                                   output, rt)
+                                   output, rt, speed)
             resident = [h.module for h in hunyuan_portrait.sampling_models]
         elif memo is not None:
-            est = memo_estimate(memo, memo_conditions, frames, steps, size, clip_length, output, rt)
+            est = memo_estimate(memo, memo_conditions, frames, steps, size, clip_length, output, rt, speed)
             resident = [h.module for h in memo.sampling_models]
         else:
             from ..sk_attention.preflight import modules
 
-            est = hellomeme_estimate(hellomeme, hellomeme_conditions, steps, size, output, rt)
+            est = hellomeme_estimate(hellomeme, hellomeme_conditions, steps, size, output, rt, speed)
             resident = modules(hellomeme["models"])
         if est.free is None:
             est.free = pf.free_bytes(rt, resident)

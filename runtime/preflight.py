@@ -458,6 +458,41 @@ def trace(fn: Callable[[TraceRuntime, Callable], object], resident: Sequence[tor
     return Trace(peak=dict(meter.peak), work=counter.total(), marks=list(rt.marks), totals=list(rt.totals))
 
 
+def traced_speed(speed):
+    """The Speed Options a trace runs with: what changes the memory of a run is kept, the rest is the exact path.
+
+    * ``attention``: ``sdpa_math`` materialises every query x key score matrix and is traced as such; the fused
+      kernels (``sdpa`` and its flash/efficient/cudnn backends, SageAttention, ComfyUI's choice) hold no score
+      matrix and are traced as ``sdpa`` (their kernels cannot run on fake tensors);
+    * ``cache_interval``: kept; the sampler's stored deep features are real tensors in the trace (a family topping
+      up what its untraced windows would store);
+    * ``compile``: traced eager; a compiled block holds what the eager block holds (inductor may fuse temporaries
+      away, so the estimate is on the safe side)."""
+    if speed is None:
+        return None
+    from .speed import SpeedOptions
+
+    attention = "sdpa_math" if speed.attention == "sdpa_math" else "sdpa"
+    return SpeedOptions(attention=attention, cache_interval=int(speed.cache_interval))
+
+
+def speed_key(speed) -> tuple:
+    """The part of an estimate's cache key that the Speed Options decide."""
+    traced = traced_speed(speed)
+    return () if traced is None else (traced.attention, traced.cache_interval)
+
+
+def speed_settings(speed) -> dict:
+    """The Speed Options an estimate names in its settings (none for the exact path)."""
+    if speed is None:
+        return {}
+    from .speed import EXACT
+
+    return {k: v for k, v in (("attention", speed.attention), ("compile", speed.compile),
+                              ("cache_interval", int(speed.cache_interval)))
+            if v != getattr(EXACT, k)}
+
+
 # ---- weights, free memory, throughput ---------------------------------------------------------------------------
 def module_bytes(modules: Iterable[torch.nn.Module]) -> int:
     """Bytes of the parameters and buffers of ``modules`` (shared tensors once)."""
@@ -812,4 +847,4 @@ def largest_fitting(candidates: Sequence[T], estimate_for: Callable[[T], Estimat
 
 __all__ = ["BUDGET_ENV", "Estimate", "LiveBytes", "PreflightError", "Rates", "Trace", "TraceRuntime", "Work",
            "WorkCounter", "budget_override", "check", "fake_mode", "free_bytes", "largest_fitting", "module_bytes",
-           "rates", "seconds", "throughput", "trace"]
+           "rates", "seconds", "speed_key", "speed_settings", "throughput", "trace", "traced_speed"]

@@ -71,6 +71,9 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
     rt = runtime
     device = torch.device(rt.device)
     frames = int(controls.num_frames) if video else 1
+    speed = options.pop("speed", None)
+    if pf.traced_speed(speed) is not None:
+        options["speed"] = pf.traced_speed(speed)
     key = (id(models.denoiser), models.version, _signature(controls), frames, tuple(reference.shape),
            str(reference.dtype), video, steps, guidance_scale > 1.0, str(device), output, traced_windows,
            _signature(prompt), _signature(negative), tuple(sorted((k, str(v)) for k, v in options.items())))
@@ -81,7 +84,10 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
     resident = modules(models)
     width = text_width(models)
     controls = _fresh(controls)
+    if options.get("reference_controls") is not None:
+        options["reference_controls"] = _fresh(options["reference_controls"])
     jobs: list = []
+    deeps = _DeepTopUp()
     phases: list = []
     decoded = [frames]
     control_flops = [pf.Work()]
@@ -91,7 +97,7 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
         neg = negative if negative is not None else make(lambda: torch.zeros(1, 77, width))
         if video:
             return _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps, traced_windows,
-                              options, phases, decoded, control_flops, jobs)
+                              options, phases, decoded, control_flops, jobs, deeps)
         return generate_image(models, trt, reference, pos, controls, negative_prompt_embeds=neg, steps=1,
                               guidance_scale=guidance_scale, noise=0, **options)
 
@@ -103,12 +109,15 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
     # step, so every lookup is of the first timestep: index 0
     lookups = [(cls, cls.__dict__["index_for_timestep"]) for cls in (EulerDiscreteScheduler, DPMSolverMultistepScheduler)
                if "index_for_timestep" in cls.__dict__]
+    real_deep = pipeline_video.DeepFeature
     try:
         for cls, _ in lookups:
             cls.index_for_timestep = _first_index
+        pipeline_video.DeepFeature = deeps.feature_class(real_deep)
         t = pf.trace(run, resident, device, real_calls=[(mod, name) for mod in (pipeline_video, pipeline_image)
                                                           for name in ("set_steps", "make_scheduler")])
     finally:
+        pipeline_video.DeepFeature = real_deep
         for cls, real in lookups:
             cls.index_for_timestep = real
     if video and phases:
@@ -146,7 +155,7 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
         time_parts=done.breakdown(pf.rates(device, dtype)), stages={"run": peak},
         settings={"frames": frames, "size": f"{reference.shape[-2]}x{reference.shape[-3]}", "steps": steps,
                   "cfg": guidance_scale, "output": output if video else "image",
-                  "dtype": str(dtype).replace("torch.", "")}, sizes=sizes)
+                  "dtype": str(dtype).replace("torch.", ""), **pf.speed_settings(speed)}, sizes=sizes)
     for name in ("decode_batch", "cache_bytes", "pad_cache_bytes"):
         if name in sizes:
             est.settings[name.replace("_bytes", "_mb")] = sizes[name] if name == "decode_batch" else round(
@@ -189,7 +198,7 @@ def _fill(store: "_BoundedStore", keys, skip=()) -> None:
 
 
 def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps, traced, options, phases, decoded,
-               control_flops, jobs):
+               control_flops, jobs, deeps: Optional["_DeepTopUp"] = None):
     """The video run at one step, with the first ``traced`` windows of each pass (of v1/v2 stage 1: the first
     ``traced`` frames), then the decode of the first two batches. What grows with the length is still real:
     the whole-sequence tensors are allocated by the run itself (base noise, pass latents, prediction sums, keyframe
@@ -198,7 +207,9 @@ def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps
     budgets, so its next window runs with the stores as full as at the run's last window.
     Keyframe passes before the final one run without windows (their whole-pass tensors are allocated; their
     stores and windows are smaller than the final pass's). The control network runs once (traced); the features of
-    later frames are new tensors of the same shapes (``control_flops``: the work of one frame).
+    later frames are new tensors of the same shapes (``control_flops``: the work of one frame). With feature reuse
+    (Speed Options ``cache_interval``), the deep features that the untraced windows of a pass would store are held
+    beside the traced ones from the pass's first store to its end (``deeps``).
     ``phases`` gets (flops at start, at end, traced units, real units) per phase; ``decoded`` the frames decoded."""
     from .pipeline_video import PRE_PASS_MAX_STEPS, FixedWindows, PassPlan, VideoGeneration
 
@@ -214,11 +225,15 @@ def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps
     def flops():
         return trt.counter.total() if trt.counter is not None else pf.Work()
 
-    def phase(traced_units, real_units, call):
+    deeps = deeps if deeps is not None else _DeepTopUp()
+
+    def phase(traced_units, real_units, call, untraced_windows: int = 0):
         begin = flops()
+        deeps.pending = untraced_windows
         try:
             return call()
         finally:
+            deeps.release()
             phases.append((begin, flops(), traced_units, real_units))
 
     if store is not None and hasattr(controls, "_run"):
@@ -258,7 +273,7 @@ def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps
             bar = _AfterFirst(progress, fill)
         return phase(len(short.windows), steps * len(p.windows),
                      lambda: real_pass(k, short, base_noise, denoiser, rows, cache, pads, motion_pads, guided, bar,
-                                       *rest, **kwargs))
+                                       *rest, **kwargs), len(p.windows) - len(short.windows))
 
     def stage1(*args, **kwargs):
         # every frame alone: the first frames only, then the whole output and the control store of every frame
@@ -279,7 +294,8 @@ def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps
         fixed = job.fixed
         job.fixed = FixedWindows(fixed.frames, fixed.windows[:traced], fixed.overlap)
         try:
-            return phase(len(job.fixed.windows), steps * len(fixed.windows), lambda: real_stage2(*args, **kwargs))
+            return phase(len(job.fixed.windows), steps * len(fixed.windows), lambda: real_stage2(*args, **kwargs),
+                         len(fixed.windows) - len(job.fixed.windows))
         finally:
             job.fixed = fixed
 
@@ -300,6 +316,31 @@ def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps
         decoded[0] = min(n_frames, 2 * k) if n_frames > k else n_frames
         yield last
     return frames()
+
+
+class _DeepTopUp:
+    """The deep features of a pass's untraced windows (feature reuse): at the pass's first store, ``pending``
+    copies of the stored tensors are made (on the store's device, counted by the trace) and held until the pass
+    ends, as the real run holds one per window from its first step on."""
+
+    def __init__(self):
+        self.pending = 0
+        self.held: list = []
+
+    def release(self) -> None:
+        self.pending, self.held = 0, []
+
+    def feature_class(self, base):
+        owner = self
+
+        class TracedDeepFeature(base):
+            def store(self, *tensors):
+                super().store(*tensors)
+                if owner.pending > 0:
+                    owner.held.extend(tuple(t.clone() for t in self.tensors if t is not None)
+                                      for _ in range(owner.pending))
+                    owner.pending = 0
+        return TracedDeepFeature
 
 
 class _AfterFirst:

@@ -367,3 +367,77 @@ def test_hellomeme_picks_smaller_decode_batch_and_stores_that_fit_with_the_same_
                  **options)
     assert "will not fit even with the smallest sizes: decode_batch 1, cache_bytes 0" in str(e.value)
     assert "width/height" in str(e.value)
+
+
+# ---- Speed Options --------------------------------------------------------------------------------------------------
+MATH_REUSE = dict(attention="sdpa_math", cache_interval=2)
+
+
+@pytest.mark.parametrize("version,frames", [("v5", 40), ("v2", 30)])
+def test_hellomeme_estimate_with_speed_options_matches_the_measured_peak(version, frames):
+    """sdpa_math's score matrices and feature reuse's stored deep features (one per window of a pass, held from the
+    first step on: v5's keyframe windows, v2's fixed windows), with more windows than traced."""
+    from portrait_animation.runtime.speed import SpeedOptions
+    from portrait_animation.sk_attention import preflight as P
+    from portrait_animation.sk_attention.pipeline_video import generate_video
+    from test_hellomeme_versions import as_version
+
+    models, _ = tiny_models("v5") if version == "v5" else as_version(version, latent_hw=(16, 16))
+    hw = (128, 128)
+    ref, pos, neg = reference_image(hw), text(1), text(2)
+    rt = StandaloneRuntime("cpu", show_progress=False)
+    speed = SpeedOptions(**MATH_REUSE)
+
+    def est(speed):
+        return P.estimate(models, controls_with_store(models, frames, hw, 64), ref, video=True, steps=2, prompt=pos,
+                          negative=neg, runtime=rt, output="video file", speed=speed)
+
+    fast, exact = est(speed), est(None)
+    with torch.no_grad(), LiveCPUBytes() as meter:
+        job = generate_video(models, rt, ref, pos, controls_with_store(models, frames, hw, 64),
+                             negative_prompt_embeds=neg, steps=2, guidance_scale=1.5, noise=0, speed=speed)
+    assert job.latents.shape[2] == frames
+    measured = pf.module_bytes(P.modules(models)) + meter.peak
+    assert within(fast.peak, measured), (fast.peak, measured, exact.peak)
+    assert fast.peak > exact.peak and fast.settings["attention"] == "sdpa_math"
+    assert fast.settings["cache_interval"] == 2 and "attention" not in exact.settings
+
+
+def test_memo_estimate_with_speed_options_matches_the_measured_peak(memo):
+    from portrait_animation.memo import preflight as P
+    from portrait_animation.memo.pipeline import MemoSettings, talking_frames
+    from portrait_animation.runtime.speed import SpeedOptions
+
+    frames, clip, res = 8, 4, 96
+    s = MemoSettings(steps=3, num_past_frames=4, seed=3, width=res, height=res)
+    speed = SpeedOptions(**MATH_REUSE)
+    fast = P.estimate(memo, s, frames, clip, output="video file", speed=speed)
+    exact = P.estimate(memo, s, frames, clip, output="video file")
+    cond = P.stand_in_conditions(memo, frames, clip, lambda f: f())
+    cond.audio_emb = torch.randn(cond.audio_emb.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), LiveCPUBytes() as meter:
+        clips = list(talking_frames(memo, torch.rand(1, res, res, 3), cond, torch.zeros(1, 512), s, speed=speed))
+    assert sum(c.shape[0] for c in clips) == frames
+    measured = pf.module_bytes([h.module for h in memo.sampling_models]) + meter.peak
+    assert within(fast.peak, measured), (fast.peak, measured, exact.peak)
+    assert fast.peak > exact.peak and fast.settings["cache_interval"] == 2
+
+
+def test_hunyuan_estimate_with_sdpa_math_matches_the_measured_peak(hp):
+    from portrait_animation.hunyuan_portrait import animate as A
+    from portrait_animation.hunyuan_portrait import preflight as P
+    from portrait_animation.runtime.speed import SpeedOptions
+
+    bundle, size = hp
+    cond = hp_conditions(6, size)
+    s = A.settings_for(cond, num_inference_steps=1, n_sample_frames=4, overlap=1, pad_frames=1, decode_chunk_size=2)
+    speed = SpeedOptions(attention="sdpa_math", compile="default")     # compile: traced eager
+    fast, exact = P.estimate(bundle, s, 6, cond, speed=speed), P.estimate(bundle, s, 6, cond)
+    with torch.no_grad(), LiveCPUBytes() as meter:
+        video = A.animate(bundle, cond, s, seed=0, speed=SpeedOptions(attention="sdpa_math"))
+    assert torch.isfinite(video).all()
+    measured = pf.module_bytes([h.module for h in bundle.sampling_models]) + meter.peak
+    assert within(fast.peak, measured), (fast.peak, measured, exact.peak)
+    # at this size the scores are not at the peak; the trace ran the math path (matmuls + softmax, not the fused op)
+    assert fast.time_parts["attention"] < exact.time_parts["attention"] / 10, (fast.time_parts, exact.time_parts)
+    assert fast.settings["compile"] == "default" and fast.settings["attention"] == "sdpa_math"

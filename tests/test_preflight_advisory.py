@@ -44,7 +44,8 @@ def test_hunyuan_auto_decode_chunk_falls_back_to_the_released_chunk_and_refusals
         raise RuntimeError("data-dependent shape")
 
     monkeypatch.setattr(hp, "auto_decode_chunk", cannot_trace)
-    monkeypatch.setattr(hp, "ensure", lambda bundle, conditions, settings, rt, full_size=None: seen.append(settings))
+    monkeypatch.setattr(hp, "ensure", lambda bundle, conditions, settings, rt, full_size=None, speed=None:
+                        seen.append(settings))
     conditions = types.SimpleNamespace(num_frames=10, original=None)
     asked = PortraitSettings(decode_chunk_size=8)  # what the node builds for decode_chunk 0 (auto)
     settings = node.preflight_settings(None, conditions, asked, None, auto_decode=True, full=False)

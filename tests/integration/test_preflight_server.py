@@ -29,6 +29,16 @@ def test_preflight_node_reports_the_estimate(comfy_server):
     assert report["settings"]["frames"] == 10 and report["settings"]["decode_chunk"] >= 1   # 0 = auto: a size
     longer = comfy_server.run(_preflight_graph(frames=200))
     assert json.loads(longer["outputs"]["2"]["text"][0])["peak"] > report["peak"]
+    # with the sampler's Speed Options: traced with them (tests/test_preflight.py measures that), named in the settings
+    graph = _preflight_graph()
+    graph["3"] = {"class_type": "PortraitAnim_SpeedOptions",
+                  "inputs": {"attention": "sdpa_math", "compile": "off", "cache_interval": 1}}
+    graph["2"]["inputs"]["speed"] = ["3", 0]
+    entry = comfy_server.run(graph)
+    assert entry["status"]["status_str"] == "success", status_messages(entry)
+    fast_report = json.loads(entry["outputs"]["2"]["text"][0])
+    assert fast_report["settings"]["attention"] == "sdpa_math" and "attention" not in report["settings"]
+    assert fast_report["peak"] >= report["peak"] and fast_report["fits"] is True
 
 
 def test_preflight_node_wants_one_model(comfy_server):
