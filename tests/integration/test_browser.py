@@ -8,7 +8,8 @@ error from the pack, no overlapping nodes, and the prompt the frontend builds eq
 Then the workflow is queued from the UI (with the tests' CPU-speed settings typed into its widgets; a MEMO talking
 head that drives HelloMeme gets the stand-in face of ``comfy.standin_talking_head`` in the posted prompt, a MEMO
 Loader feeding a guarded sampler its identity models back: ``comfy.guarded_memo_identity``) and must succeed with
-the stand-in models, its outputs finite and not constant. A screenshot of each loaded workflow is saved in the
+the stand-in models; its result is checked as ``example_checks.check_example_result`` says (this is where every
+example runs: finite, not constant, the original's size, the expected frame count, the face changed). A screenshot of each loaded workflow is saved in the
 test's tmp dir (``<basetemp>/<test>/<version>-<workflow>.png``).
 
 Both frontends are covered: 1.27.10 (ComfyUI 0.3.64) and 1.49.6 (ComfyUI 0.33.0).
@@ -22,12 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from .comfy import (FAST_OVERRIDES, ROOT, decode_media, fetch_view, guarded_memo_identity, load_api_workflow,
-                    output_files, standin_talking_head)
+from .comfy import FAST_OVERRIDES, ROOT, guarded_memo_identity, load_api_workflow, standin_talking_head
 from .conftest import comfy_version
+from .example_checks import check_example_result
 
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -255,11 +255,7 @@ def test_workflow_loads_cleanly_and_runs_from_the_ui(frontend, comfy_server, pat
     frontend.queue_with_standins()
     entry = wait_new_prompt(comfy_server, before, rejected=frontend.node_errors)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
-    files = output_files(entry)
-    assert files, f"{path.name} produced no output files"
-    for _, f in files:
-        frames = decode_media(fetch_view(comfy_server, f), f["filename"])
-        assert np.isfinite(frames).all() and frames.std() > 0.01, f"{path.name}: {f} is constant or not finite"
+    check_example_result(comfy_server, entry["prompt"][2], entry, path.stem)    # the prompt that ran
     pack_errors = [m for m in frontend.console if any(k in m.lower() for k in PACK_MARKERS)]
     assert not pack_errors, f"{path.name}: console errors from the pack: {pack_errors}"
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from .comfy import ROOT, decode_media, fast, fetch_view, load_api_workflow, output_files
-from .test_server import change_inside_outside, expected_frames, face_box, paste_back_original
+from .example_checks import change_inside_outside, expected_frames, face_box, paste_back_original
 
 IMAGE_VERSIONS = ("v1", "v2", "v3", "v4", "v5", "v5c")
 VIDEO_VERSIONS = ("v1", "v2", "v3", "v4")

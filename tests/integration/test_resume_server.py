@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from .comfy import ROOT, decode_media, fast, fetch_view, load_api_workflow, output_files, status_messages
 
@@ -92,15 +91,11 @@ def _interrupt_after_first_segment(server, case: str) -> Path:
     return entry_dir
 
 
-# cases interrupted together, then continued after ONE restart (HelloMeme's versions share the server's cached
-# driving conditions and text encodings before the restart, and a restart costs as much as a short run)
-GROUPS = {"memo": ("memo",), "hunyuan_portrait": ("hunyuan_portrait",), "hellomeme": ("hellomeme_v5", "hellomeme_v2")}
-
-
-@pytest.mark.parametrize("group", sorted(GROUPS))
-def test_an_interrupted_run_continues_after_a_server_restart(comfy_server, group):
+def test_interrupted_runs_continue_after_a_server_restart(comfy_server):
+    """Every case is interrupted, then all continue after ONE restart (a restart costs as much as a short run; the
+    HelloMeme versions share the server's cached driving conditions and text encodings before it)."""
     server = comfy_server
-    cases = GROUPS[group]
+    cases = tuple(CASES)
 
     # 1. queue each and interrupt it once its first segment is saved
     entry_dirs = {case: _interrupt_after_first_segment(server, case) for case in cases}

@@ -135,7 +135,7 @@ def test_the_face_example_runs_as_shipped_with_current_mediapipe(fresh_server, m
     overlay_version = current_mediapipe_overlay().name.split("-", 1)[1]
     assert f"MediaPipe {overlay_version}," in versions[0], f"the server did not run the overlay's MediaPipe: {versions}"
 
-    from .test_server import change_inside_outside, face_box
+    from .example_checks import change_inside_outside, face_box
 
     saved = [f for nid, f in output_files(entry) if graph[nid]["class_type"] == "SaveImage"]
     assert len(saved) == 1, entry["outputs"]
