@@ -217,6 +217,7 @@ FAST_OVERRIDES = {
     "PortraitAnim_HunyuanPortraitConditions": {"size": 64, "intensity_chunk": 8},
     "PortraitAnim_HunyuanPortraitSampler": {"steps": 1, "window": 8, "overlap": 1, "pad_frames": 2,
                                             "decode_chunk": 4},
+    "PortraitAnim_Preflight": {"size": 64, "steps": 1},  # the estimate of the run the fast settings make
 }
 
 
