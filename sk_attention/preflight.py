@@ -72,8 +72,9 @@ def estimate(models, controls, reference, video: bool = True, steps: int = 25, g
     device = torch.device(rt.device)
     frames = int(controls.num_frames) if video else 1
     speed = options.pop("speed", None)
-    if pf.traced_speed(speed) is not None:
-        options["speed"] = pf.traced_speed(speed)
+    traced_speed = pf.traced_speed(speed)
+    if traced_speed is not None:
+        options["speed"] = traced_speed
     key = (id(models.denoiser), models.version, _signature(controls), frames, tuple(reference.shape),
            str(reference.dtype), video, steps, guidance_scale > 1.0, str(device), output, traced_windows,
            _signature(prompt), _signature(negative), tuple(sorted((k, str(v)) for k, v in options.items())))
@@ -198,7 +199,7 @@ def _fill(store: "_BoundedStore", keys, skip=()) -> None:
 
 
 def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps, traced, options, phases, decoded,
-               control_flops, jobs, deeps: Optional["_DeepTopUp"] = None):
+               control_flops, jobs, deeps: "_DeepTopUp"):
     """The video run at one step, with the first ``traced`` windows of each pass (of v1/v2 stage 1: the first
     ``traced`` frames), then the decode of the first two batches. What grows with the length is still real:
     the whole-sequence tensors are allocated by the run itself (base noise, pass latents, prediction sums, keyframe
@@ -224,8 +225,6 @@ def _video_run(models, trt, reference, pos, neg, controls, guidance_scale, steps
 
     def flops():
         return trt.counter.total() if trt.counter is not None else pf.Work()
-
-    deeps = deeps if deeps is not None else _DeepTopUp()
 
     def phase(traced_units, real_units, call, untraced_windows: int = 0):
         begin = flops()

@@ -9,8 +9,8 @@ Then the workflow is queued from the UI (with the tests' CPU-speed settings type
 head that drives HelloMeme gets the stand-in face of ``comfy.standin_talking_head`` in the posted prompt, a MEMO
 Loader feeding a guarded sampler its identity models back: ``comfy.guarded_memo_identity``) and must succeed with
 the stand-in models; its result is checked as ``example_checks.check_example_result`` says (this is where every
-example runs: finite, not constant, the original's size, the expected frame count, the face changed). A screenshot of each loaded workflow is saved in the
-test's tmp dir (``<basetemp>/<test>/<version>-<workflow>.png``).
+example runs: finite, not constant, the original's size, the expected frame count, the face changed). A screenshot
+of each loaded workflow is saved in the test's tmp dir (``<basetemp>/<test>/<version>-<workflow>.png``).
 
 Both frontends are covered: 1.27.10 (ComfyUI 0.3.64) and 1.49.6 (ComfyUI 0.33.0).
 """
