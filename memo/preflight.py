@@ -41,6 +41,18 @@ def stand_in_conditions(bundle, frames: int, clip_length: int, make):
         frames_with_audio=frames, clip_length=clip_length, clip_emotions=[0] * clips))
 
 
+def _conditions_key(bundle, frames: int, clip_length: int, conditions) -> tuple:
+    """What of the conditions the estimate depends on: the audio features' shape and dtype (never their values or
+    the object's id), so the Preflight node's estimate, the sampler's check and a re-queue with new conditions of the
+    same shapes share one trace. Without conditions: the shapes :func:`stand_in_conditions` makes."""
+    if conditions is None:
+        cfg = bundle.audio_proj.module.config
+        total = max(1, -(-frames // clip_length)) * clip_length
+        return (total, cfg.window, cfg.layers, cfg.channels), str(torch.float32)
+    emb = conditions.audio_emb
+    return tuple(emb.shape), str(emb.dtype)
+
+
 def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=None, runtime=None,
              output: str = "frames", vae_batch: Optional[int] = None, speed=None) -> pf.Estimate:
     """The estimate of a MEMO Talking Portrait run of ``frames`` frames (``conditions``: the real ones when there
@@ -56,7 +68,7 @@ def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=No
     if conditions is not None:
         frames, clip_length = conditions.frames_with_audio, conditions.clip_length
     key = (id(bundle.diffusion_net.module), astuple(settings), frames, clip_length, str(device), output,
-           id(conditions), vae_batch, pf.speed_key(speed))
+           _conditions_key(bundle, frames, clip_length, conditions), vae_batch, pf.speed_key(speed))
     if key in _CACHE:
         return _CACHE[key]
     started = time.perf_counter()

@@ -170,6 +170,7 @@ def test_memo_refuses_a_run_that_cannot_fit(memo):
     s = MemoSettings(steps=2, num_past_frames=4, width=64, height=64)
     cond = P.stand_in_conditions(memo, 8, 4, lambda f: f())
     small = P.estimate(memo, s, 8, 4)
+    assert P.estimate(memo, s, 8, 4, conditions=cond) is small      # keyed by the conditions' shapes: no new trace
     assert P.estimate(memo, MemoSettings(steps=2, num_past_frames=4, width=128, height=128), 8, 4).peak > small.peak
     with pytest.raises(pf.PreflightError) as e:
         P.ensure(memo, cond, s, free=small.peak // 2)
@@ -319,8 +320,8 @@ def test_hellomeme_picks_smaller_decode_batch_and_stores_that_fit_with_the_same_
     from portrait_animation.sk_attention import preflight as P
     from portrait_animation.sk_attention.pipeline_video import generate_video
 
-    models, _ = tiny_models("v5")
-    hw, frames = (128, 128), 40
+    models, _ = tiny_models("v5", latent_hw=(8, 8))                  # 64 px: the ladder's logic, at a quarter of the cost
+    hw, frames = (64, 64), 40
     ref, pos, neg = reference_image(hw), text(1), text(2)
     rt = StandaloneRuntime("cpu", show_progress=False)
     options = dict(steps=2, prompt=pos, negative=neg, output="video file")
