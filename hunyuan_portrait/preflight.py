@@ -36,6 +36,16 @@ def _conditions(conditions, frames: int, size: int, make):
                                         source=SimpleNamespace(ref_img=torch.zeros(3, size, size))))
 
 
+def _conditions_key(conditions, frames: int, size: int) -> tuple:
+    """What of the conditions the trace reads: the shapes and dtypes of the motion and appearance tokens and of the
+    reference (never their values or the object's id; :func:`_conditions` makes the same for stand-ins), so the
+    Preflight node, the sampler's check and a re-queue share one trace."""
+    if conditions is None:
+        return (frames, 64, 1024), "torch.float32", (1, 64, 1024), "torch.float32", (3, size, size), "torch.float32"
+    return tuple(x for t in (conditions.motion, conditions.appearance, conditions.source.ref_img)
+                 for x in (tuple(t.shape), str(t.dtype)))
+
+
 def estimate(bundle, settings, frames: int, conditions=None, runtime=None, full_size: Optional[tuple] = None,
              traced_windows: int = 2, speed=None) -> pf.Estimate:
     """The estimate of :func:`.animate.animate` for ``frames`` driving frames (``conditions``: the real ones, when
@@ -44,8 +54,8 @@ def estimate(bundle, settings, frames: int, conditions=None, runtime=None, full_
     :func:`runtime.preflight.traced_speed`)."""
     rt = runtime or bundle.runtime
     device = torch.device(rt.device)
-    key = (id(bundle.unet.module), astuple(settings), frames, str(device), full_size, id(conditions),
-           pf.speed_key(speed))
+    key = (id(bundle.unet.module), astuple(settings), frames, str(device), full_size,
+           _conditions_key(conditions, frames, settings.width), pf.speed_key(speed))
     if key in _CACHE:
         return _CACHE[key]
     started = __import__("time").perf_counter()

@@ -120,6 +120,11 @@ def test_hunyuan_estimate_grows_and_auto_chunk_fits_the_budget(hp):
     assert by_chunk[1] < by_chunk[8] < by_chunk[32]
     longer = P.estimate(bundle, base, 4 * n)
     assert longer.peak > P.estimate(bundle, base, n).peak                  # the host sequence state grows
+    # keyed by the conditions' shapes: real conditions of the stand-ins' shapes reuse the trace; other shapes do not
+    assert P.estimate(bundle, base, n, conditions=hp_conditions(n, size)) is P.estimate(bundle, base, n)
+    half = hp_conditions(n, size)
+    half.motion = half.motion.half()
+    assert P._conditions_key(half, n, size) != P._conditions_key(None, n, size)
     peaks = {c: P.estimate(bundle, replace(base, decode_chunk_size=c), n).peak for c in P.DECODE_CHUNKS if c <= n + 2}
     budget = (peaks[8] + peaks[12]) // 2
     chosen, est = P.auto_decode_chunk(bundle, n, base, free=budget)

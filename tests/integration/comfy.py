@@ -205,7 +205,7 @@ def write_wav(path: Path, waveform, sample_rate: int) -> None:
 # real defaults). Applied by class_type to every node of that type.
 FAST_OVERRIDES = {
     "PortraitAnim_MemoLoader": {"emotion_model": False, "identity": False, "dtype": "fp32"},
-    "PortraitAnim_MemoAudio": {"clip_length": 4},
+    "PortraitAnim_MemoAudio": {"clip_length": 4, "fps": 12},  # speech_short.wav (1 s): 12 frames, 3 clips
     "PortraitAnim_MemoSampler": {"steps": 1, "resolution": 64, "past_frames": 4, "on_missing_face": "uncond"},
     "PortraitAnim_LoadAudio": {"audio_file": "speech_short.wav"},
     "PortraitAnim_HelloMemeLoader": {"dtype": "fp32"},

@@ -17,9 +17,10 @@ from .comfy import ROOT, decode_media, fast, fetch_view, load_api_workflow, outp
 CASES = {
     # workflow, sampler class, sampler settings (long enough to interrupt mid-run), family, first segment, unit,
     # other nodes' inputs by class
+    # 1 s of speech at 15 fps: 15 frames, 4 clips of 4
     "memo": ("MEMO talking portrait", "PortraitAnim_MemoSampler", {"steps": 6, "seed": 9191}, "memo",
-             "clip00001.pt", "clip", {}),
-    "hunyuan_portrait": ("HunyuanPortrait video", "PortraitAnim_HunyuanPortraitSampler", {"steps": 8, "seed": 9191},
+             "clip00001.pt", "clip", {"PortraitAnim_MemoAudio": {"fps": 15}}),
+    "hunyuan_portrait": ("HunyuanPortrait video", "PortraitAnim_HunyuanPortraitSampler", {"steps": 4, "seed": 9191},
                          "hunyuan_portrait", "state.pt", "step", {}),
     # v5: a keyframe pass then the whole clip (14 frames: 1 + 2 windows a step); the state after every step
     "hellomeme_v5": ("HelloMeme video", "PortraitAnim_HelloMemeVideo", {"steps": 4, "seed": 9191}, "hellomeme",

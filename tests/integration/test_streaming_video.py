@@ -49,7 +49,8 @@ def test_memo_streams_the_pasted_back_video(comfy_server):
     from PIL import Image
 
     size = Image.open(comfy_server.input_dir / graph[portrait]["inputs"]["image"]).size[::-1]
-    _check(frames, audio_s, 30, 30.0, size)                          # speech_short.wav: 1 s at 30 fps
+    fps = float(graph[_node(graph, "PortraitAnim_MemoAudio")]["inputs"]["fps"])
+    _check(frames, audio_s, round(fps), fps, size)                   # speech_short.wav: 1 s, one frame per 1/fps s
 
 
 def test_hunyuan_portrait_streams_the_pasted_back_video(comfy_server):
