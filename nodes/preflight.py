@@ -2,8 +2,6 @@
 same code the samplers run first (``runtime.preflight`` + each family's ``preflight`` module)."""
 from __future__ import annotations
 
-import json
-
 from comfy_api.v0_0_2 import io
 
 from ..runtime import preflight as pf
