@@ -37,13 +37,10 @@ def _conditions(conditions, frames: int, size: int, make):
 
 
 def _conditions_key(conditions, frames: int, size: int) -> tuple:
-    """What of the conditions the trace reads: the shapes and dtypes of the motion and appearance tokens and of the
-    reference (never their values or the object's id; :func:`_conditions` makes the same for stand-ins), so the
-    Preflight node, the sampler's check and a re-queue share one trace."""
-    if conditions is None:
-        return (frames, 64, 1024), "torch.float32", (1, 64, 1024), "torch.float32", (3, size, size), "torch.float32"
-    return tuple(x for t in (conditions.motion, conditions.appearance, conditions.source.ref_img)
-                 for x in (tuple(t.shape), str(t.dtype)))
+    """What of the conditions the trace reads: the motion and appearance tokens and the reference
+    (:func:`runtime.preflight.shapes_key`; without conditions the stand-ins :func:`_conditions` makes)."""
+    c = _conditions(conditions, frames, size, pf.on_meta)
+    return pf.shapes_key(c.motion, c.appearance, c.source.ref_img)
 
 
 def estimate(bundle, settings, frames: int, conditions=None, runtime=None, full_size: Optional[tuple] = None,

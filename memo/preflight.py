@@ -42,15 +42,11 @@ def stand_in_conditions(bundle, frames: int, clip_length: int, make):
 
 
 def _conditions_key(bundle, frames: int, clip_length: int, conditions) -> tuple:
-    """What of the conditions the estimate depends on: the audio features' shape and dtype (never their values or
-    the object's id), so the Preflight node's estimate, the sampler's check and a re-queue with new conditions of the
-    same shapes share one trace. Without conditions: the shapes :func:`stand_in_conditions` makes."""
+    """What of the conditions the trace depends on: the audio features (:func:`runtime.preflight.shapes_key`; without
+    conditions those :func:`stand_in_conditions` makes)."""
     if conditions is None:
-        cfg = bundle.audio_proj.module.config
-        total = max(1, -(-frames // clip_length)) * clip_length
-        return (total, cfg.window, cfg.layers, cfg.channels), str(torch.float32)
-    emb = conditions.audio_emb
-    return tuple(emb.shape), str(emb.dtype)
+        conditions = stand_in_conditions(bundle, frames, clip_length, pf.on_meta)
+    return pf.shapes_key(conditions.audio_emb)
 
 
 def estimate(bundle, settings, frames: int, clip_length: int = 16, conditions=None, runtime=None,

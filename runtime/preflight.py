@@ -482,6 +482,20 @@ def speed_key(speed) -> tuple:
     return () if traced is None else (traced.attention, traced.cache_interval)
 
 
+def on_meta(fn):
+    """``fn()`` with new tensors on the meta device (shapes and dtypes, no memory): a ``make`` for a family's stand-in
+    conditions when only their :func:`shapes_key` is wanted."""
+    with torch.device("meta"):
+        return fn()
+
+
+def shapes_key(*tensors: torch.Tensor) -> tuple:
+    """The part of an estimate's cache key that input tensors decide: their shapes and dtypes (never their values,
+    device or the object's id), so the Preflight node, the sampler's own check and a re-queue with new inputs of the
+    same shapes share one trace."""
+    return tuple((tuple(t.shape), str(t.dtype)) for t in tensors)
+
+
 def speed_settings(speed) -> dict:
     """The Speed Options an estimate names in its settings (none for the exact path)."""
     if speed is None:
